@@ -1,0 +1,12 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="llama",
+    version="0.1.0",
+    description="A faithful, portable and fast reimplementation of Meta's Llama 2 reference generator",
+    packages=find_packages(include=["llama", "llama.*"]),
+    package_data={"llama": ["demo/*"]},
+    python_requires=">=3.9",
+    install_requires=["torch", "fairscale", "fire", "sentencepiece", "tqdm"],
+    extras_require={"test": ["pytest", "transformers"]},
+)
