@@ -8,7 +8,6 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): setup.py constraints-test.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints-test.txt -e '.[test]'
 	touch $(STAMP)
 
