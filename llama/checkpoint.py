@@ -1,0 +1,201 @@
+"""Meta checkpoint directories: params.json, shard discovery, safe loading and resharding.
+
+A directory saved with k shards (`consolidated.00.pth` ...) can be loaded by n model-parallel
+ranks whenever n divides k (each rank merges k/n consecutive shards) or k divides n (each rank
+takes its slice of one shard). The split rule of every weight lives in SPLIT_DIMS.
+"""
+import json
+import logging
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from .errors import CheckpointError, ConfigError, MissingFileError
+
+logger = logging.getLogger(__name__)
+
+# Dim along which a weight is split across model-parallel ranks, keyed by the module name that
+# owns it (the key's second-to-last component). None: replicated on every rank.
+SPLIT_DIMS: Dict[str, Optional[int]] = {
+    "wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "output": 0,  # column-parallel
+    "wo": 1, "w2": 1,  # row-parallel
+    "tok_embeddings": 1,  # ParallelEmbedding splits the embedding dim
+    "attention_norm": None, "ffn_norm": None, "norm": None,
+}
+IGNORED_KEYS = ("rope.freqs",)
+PARAM_KEYS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of",
+              "ffn_dim_multiplier", "norm_eps", "rope_theta")
+
+
+def split_dim(key: str) -> Optional[int]:
+    parts = key.split(".")
+    owner = parts[-2] if len(parts) >= 2 else parts[0]
+    if owner not in SPLIT_DIMS:
+        raise CheckpointError(f"unexpected weight {key!r} in checkpoint: not part of the Llama architecture")
+    return SPLIT_DIMS[owner]
+
+
+def find_shards(ckpt_dir) -> List[Path]:
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        raise MissingFileError(
+            f"checkpoint directory not found: {str(ckpt_dir)!r}; pass --ckpt_dir pointing at a folder "
+            "with params.json and consolidated.*.pth (e.g. llama-2-7b/)"
+        )
+    shards = sorted(ckpt_dir.glob("*.pth"))
+    if not shards:
+        raise MissingFileError(
+            f"no *.pth checkpoint files in {str(ckpt_dir)!r}; expected consolidated.00.pth ... "
+            "(download them with download.sh)"
+        )
+    return shards
+
+
+def read_params(ckpt_dir) -> dict:
+    path = Path(ckpt_dir) / "params.json"
+    if not path.is_file():
+        raise MissingFileError(f"params.json not found in {str(ckpt_dir)!r}; it comes with the weights")
+    try:
+        params = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{str(path)!r} is not valid JSON ({exc})") from None
+    if not isinstance(params, dict):
+        raise ConfigError(f"{str(path)!r} must hold a JSON object, got {type(params).__name__}")
+    unknown = sorted(set(params) - set(PARAM_KEYS))
+    if unknown:
+        raise ConfigError(f"{str(path)!r} has unknown keys {unknown}; known keys: {list(PARAM_KEYS)}")
+    return params
+
+
+def valid_world_sizes(n_shards: int, n_heads: int, n_kv_heads: int) -> List[int]:
+    """Model-parallel process counts that can run a checkpoint saved with `n_shards` shards."""
+    return [
+        d for d in range(1, max(n_shards, n_kv_heads) + 1)
+        if (n_shards % d == 0 or d % n_shards == 0) and n_heads % d == 0 and n_kv_heads % d == 0
+    ]
+
+
+def check_parallelism(n_shards: int, world: int, n_heads: int, n_kv_heads: int) -> None:
+    """Raise before any loading if `world` ranks cannot hold a `n_shards`-shard checkpoint."""
+    valid = valid_world_sizes(n_shards, n_heads, n_kv_heads)
+    if world in valid:
+        return
+    if n_shards % world and world % n_shards:
+        why = "one must divide the other"
+    else:
+        why = f"n_heads={n_heads} and n_kv_heads={n_kv_heads} must both be divisible by it"
+    raise ConfigError(
+        f"a checkpoint with {n_shards} shards cannot run on {world} model-parallel processes: {why}; "
+        f"valid process counts: {valid}"
+    )
+
+
+def load_shard(path: Path) -> Mapping[str, torch.Tensor]:
+    """torch.load with weights_only (never runs pickled code) and memory-mapping."""
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)  # legacy, non-zip format
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refused to load {str(path)!r}: it holds objects other than tensors, which could run code "
+            f"when unpickled ({str(exc).splitlines()[0]}); only plain state dicts are accepted"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise CheckpointError(
+            f"cannot read checkpoint {str(path)!r}: truncated or corrupted ({str(exc).splitlines()[0]}); "
+            "download it again (download.sh resumes and verifies checksums)"
+        ) from None
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{str(path)!r} does not hold a state dict (got {type(state).__name__})")
+    return state
+
+
+def shard_plan(n_shards: int, world: int, rank: int) -> Tuple[List[int], int, int]:
+    """-> (shard indices rank reads, slice index within them, number of slices)."""
+    if world <= n_shards:
+        per = n_shards // world
+        return list(range(rank * per, (rank + 1) * per)), 0, 1
+    pieces = world // n_shards
+    return [rank // pieces], rank % pieces, pieces
+
+
+def _merge(key: str, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    dim = split_dim(key)
+    if dim is None or len(tensors) == 1:
+        return tensors[0]
+    return torch.cat(list(tensors), dim=dim)
+
+
+def _slice(key: str, tensor: torch.Tensor, index: int, pieces: int) -> torch.Tensor:
+    dim = split_dim(key)
+    if dim is None or pieces == 1:
+        return tensor
+    size = tensor.shape[dim]
+    if size % pieces:
+        raise CheckpointError(f"{key} has size {size} along dim {dim}, not divisible into {pieces} slices")
+    part = size // pieces
+    return tensor.narrow(dim, index * part, part).contiguous()
+
+
+def load_rank_state(shards: Sequence[Path], world: int, rank: int) -> Dict[str, torch.Tensor]:
+    """The state dict that model-parallel `rank` of `world` needs, reading only its own shards."""
+    indices, index, pieces = shard_plan(len(shards), world, rank)
+    states = [load_shard(shards[i]) for i in indices]
+    keys = [k for k in states[0] if k not in IGNORED_KEYS]
+    for i, state in zip(indices[1:], states[1:]):
+        if set(state) - set(IGNORED_KEYS) != set(keys):
+            raise CheckpointError(f"shard {shards[i].name} holds different weights than {shards[indices[0]].name}")
+    out = {}
+    for key in keys:
+        tensor = _merge(key, [s[key] for s in states])
+        out[key] = _slice(key, tensor, index, pieces)
+    return out
+
+
+def check_state(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size], source: str) -> None:
+    """Every expected weight present with the expected shape, and nothing else."""
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise CheckpointError(f"{source} is missing weights: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise CheckpointError(
+            f"{source} has unexpected weights {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}; "
+            "does params.json (n_layers) match the checkpoint?"
+        )
+    for key, shape in expected.items():
+        if tuple(state[key].shape) != tuple(shape):
+            raise CheckpointError(
+                f"{source}: weight {key} has shape {tuple(state[key].shape)} but params.json implies "
+                f"{tuple(shape)} for this rank; does params.json belong to this checkpoint?"
+            )
+
+
+def split_state(state: Mapping[str, torch.Tensor], n_shards: int) -> List[Dict[str, torch.Tensor]]:
+    """Split a full (single-shard) state dict into `n_shards` Meta-layout shards."""
+    shards: List[Dict[str, torch.Tensor]] = [{} for _ in range(n_shards)]
+    for key, tensor in state.items():
+        if key in IGNORED_KEYS:
+            for shard in shards:
+                shard[key] = tensor.clone()
+            continue
+        for i, shard in enumerate(shards):
+            shard[key] = _slice(key, tensor, i, n_shards).clone()
+    return shards
+
+
+def save_checkpoint(state: Mapping[str, torch.Tensor], params: dict, out_dir, n_shards: int = 1) -> Path:
+    """Write params.json and consolidated.NN.pth files that Meta's reference can load."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, shard in enumerate(split_state(state, n_shards)):
+        torch.save(shard, out_dir / f"consolidated.{i:02d}.pth")
+    (out_dir / "params.json").write_text(json.dumps(params))
+    return out_dir

@@ -1,0 +1,299 @@
+"""Llama: build a model from a Meta checkpoint directory, and generate, text- or chat-complete."""
+import logging
+import time
+from contextlib import redirect_stdout
+from io import StringIO
+from typing import List, Optional, Tuple, TypedDict
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from fairscale.nn.model_parallel import initialize as fs_init
+
+from . import checkpoint
+from .backend import Runtime, init_distributed, select
+from .chat_format import UNSAFE_ERROR, Dialog, Message, encode_dialog, has_special_tags  # noqa: F401
+from .errors import ConfigError, GenerationError
+from .model import ModelArgs, Transformer
+from .tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+class CompletionPrediction(TypedDict, total=False):
+    generation: str
+    tokens: List[str]
+    logprobs: List[float]
+
+
+class ChatPrediction(TypedDict, total=False):
+    generation: Message
+    tokens: List[str]
+    logprobs: List[float]
+
+
+def _positive(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _init_model_parallel(size: int) -> None:
+    if fs_init.model_parallel_is_initialized():
+        return
+    with redirect_stdout(StringIO()) as chatter:  # fairscale prints its group sizes on every rank
+        fs_init.initialize_model_parallel(size)
+    logger.debug(chatter.getvalue().strip())
+
+
+class Llama:
+    @staticmethod
+    def build(
+        ckpt_dir: str,
+        tokenizer_path: str,
+        max_seq_len: int,
+        max_batch_size: int,
+        model_parallel_size: Optional[int] = None,
+        seed: int = 1,
+        device=None,
+        dtype=None,
+        backend: Optional[str] = None,
+    ) -> "Llama":
+        """Load a Meta checkpoint directory on this process's share of the model-parallel group.
+
+        device, dtype and backend override the automatic choice made in `llama.backend`.
+        """
+        _positive("max_seq_len", max_seq_len)
+        _positive("max_batch_size", max_batch_size)
+        start_time = time.time()
+        shards = checkpoint.find_shards(ckpt_dir)
+        params = checkpoint.read_params(ckpt_dir)
+        tokenizer = Tokenizer(model_path=tokenizer_path)
+
+        rt = select(device=device, dtype=dtype, backend=backend)
+        init_distributed(rt)
+        mp_size = rt.world_size if model_parallel_size is None else _positive("model_parallel_size", model_parallel_size)
+        if rt.world_size % mp_size:
+            raise ConfigError(f"model_parallel_size={mp_size} must divide the number of processes ({rt.world_size})")
+        _init_model_parallel(mp_size)
+        if rt.is_main:
+            logger.info("runtime: %s", rt.describe())
+        torch.manual_seed(seed)
+
+        model_args = ModelArgs(max_seq_len=max_seq_len, max_batch_size=max_batch_size, **params)
+        model_args.vocab_size = tokenizer.n_words
+        mp_rank = fs_init.get_model_parallel_rank()
+        checkpoint.check_parallelism(len(shards), mp_size, model_args.n_heads, model_args.kv_heads)
+        model = _load_model(model_args, shards, mp_size, mp_rank, rt)
+        if rt.is_main:
+            print(f"Loaded in {time.time() - start_time:.2f} seconds")
+        return Llama(model, tokenizer)
+
+    def __init__(self, model: Transformer, tokenizer: Tokenizer):
+        self.model = model
+        self.tokenizer = tokenizer
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that should print (global rank 0, or no process group)."""
+        return not dist.is_initialized() or dist.get_rank() == 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.tok_embeddings.weight.device
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompt_tokens: List[List[int]],
+        max_gen_len: int,
+        temperature: float = 0.6,
+        top_p: float = 0.9,
+        logprobs: bool = False,
+        echo: bool = False,
+    ) -> Tuple[List[List[int]], Optional[List[List[float]]]]:
+        """Continue each prompt; -> (tokens per row, log-probabilities per row or None)."""
+        params = self.model.params
+        bsz = len(prompt_tokens)
+        _check_sampling(temperature, top_p, max_gen_len)
+        if bsz > params.max_batch_size:
+            raise ConfigError(
+                f"{bsz} prompts exceed max_batch_size={params.max_batch_size}; pass at most that many to "
+                "generate, or build with a larger max_batch_size"
+            )
+        if bsz == 0:
+            return [], ([] if logprobs else None)
+        lengths = [len(t) for t in prompt_tokens]
+        min_prompt_len, max_prompt_len = min(lengths), max(lengths)
+        if max_prompt_len > params.max_seq_len:
+            raise ConfigError(
+                f"prompt of {max_prompt_len} tokens is longer than max_seq_len={params.max_seq_len}; "
+                "shorten the prompt or build with a larger max_seq_len"
+            )
+        if min_prompt_len == 0:
+            raise ConfigError("an empty prompt (0 tokens) cannot be continued; encode prompts with bos=True")
+        total_len = min(params.max_seq_len, max_gen_len + max_prompt_len)
+
+        pad_id, eos_id = self.tokenizer.pad_id, self.tokenizer.eos_id
+        device = self.device
+        tokens = torch.full((bsz, total_len), pad_id, dtype=torch.long, device=device)
+        for k, t in enumerate(prompt_tokens):
+            tokens[k, : len(t)] = torch.tensor(t, dtype=torch.long, device=device)
+        token_logprobs = torch.zeros_like(tokens, dtype=torch.float) if logprobs else None
+        eos_reached = torch.zeros(bsz, dtype=torch.bool, device=device)
+        input_text_mask = tokens != pad_id
+
+        prev_pos = 0
+        if min_prompt_len == total_len:
+            logits = self.model.forward(tokens, prev_pos)
+            if logprobs:  # the reference scores against the token's own position; use the previous one
+                token_logprobs[:, 1:] = _token_logprobs(logits[:, :-1], tokens[:, 1:], pad_id)
+
+        for cur_pos in range(min_prompt_len, total_len):
+            logits = self.model.forward(tokens[:, prev_pos:cur_pos], prev_pos)
+            next_token = _next_token(logits[:, -1], temperature, top_p)
+            next_token = torch.where(input_text_mask[:, cur_pos], tokens[:, cur_pos], next_token)
+            tokens[:, cur_pos] = next_token
+            if logprobs:
+                token_logprobs[:, prev_pos + 1 : cur_pos + 1] = _token_logprobs(
+                    logits, tokens[:, prev_pos + 1 : cur_pos + 1], pad_id
+                )
+            eos_reached |= (~input_text_mask[:, cur_pos]) & (next_token == eos_id)
+            prev_pos = cur_pos
+            if bool(eos_reached.all()):
+                break
+
+        return _collect(tokens.tolist(), token_logprobs, prompt_tokens, max_gen_len, eos_id, echo)
+
+    def text_completion(
+        self,
+        prompts: List[str],
+        temperature: float = 0.6,
+        top_p: float = 0.9,
+        max_gen_len: Optional[int] = None,
+        logprobs: bool = False,
+        echo: bool = False,
+    ) -> List[CompletionPrediction]:
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list of strings, got a single str; wrap it in a list")
+        if max_gen_len is None:
+            max_gen_len = self.model.params.max_seq_len - 1
+        prompt_tokens = [self.tokenizer.encode(x, bos=True, eos=False) for x in prompts]
+        tokens, probs = self.generate(prompt_tokens, max_gen_len, temperature, top_p, logprobs, echo)
+        out: List[CompletionPrediction] = []
+        for i, t in enumerate(tokens):
+            pred: CompletionPrediction = {"generation": self.tokenizer.decode(t)}
+            if logprobs:
+                pred["tokens"] = [self.tokenizer.decode(x) for x in t]
+                pred["logprobs"] = probs[i]
+            out.append(pred)
+        return out
+
+    def chat_completion(
+        self,
+        dialogs: List[Dialog],
+        temperature: float = 0.6,
+        top_p: float = 0.9,
+        max_gen_len: Optional[int] = None,
+        logprobs: bool = False,
+    ) -> List[ChatPrediction]:
+        if max_gen_len is None:
+            max_gen_len = self.model.params.max_seq_len - 1
+        prompt_tokens = [encode_dialog(self.tokenizer, d, i) for i, d in enumerate(dialogs)]
+        unsafe = [has_special_tags(d) for d in dialogs]
+        tokens, probs = self.generate(prompt_tokens, max_gen_len, temperature, top_p, logprobs)
+        out: List[ChatPrediction] = []
+        for i, t in enumerate(tokens):
+            content = UNSAFE_ERROR if unsafe[i] else self.tokenizer.decode(t)
+            pred: ChatPrediction = {"generation": {"role": "assistant", "content": content}}
+            if logprobs:
+                pred["tokens"] = [self.tokenizer.decode(x) for x in t]
+                pred["logprobs"] = probs[i]
+            out.append(pred)
+        return out
+
+
+def _load_model(args: ModelArgs, shards, mp_size: int, mp_rank: int, rt: Runtime) -> Transformer:
+    with torch.device("meta"):
+        model = Transformer(args)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    state = checkpoint.load_rank_state(shards, mp_size, mp_rank)
+    source = f"checkpoint {str(shards[0].parent)!r} (rank {mp_rank} of {mp_size})"
+    _check_vocab(state, args, mp_size, source)
+    checkpoint.check_state(state, expected, source)
+    state = {k: v.to(device=rt.device, dtype=rt.dtype) for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    model.setup_caches()
+    return model.eval()
+
+
+def _check_vocab(state, args: ModelArgs, mp_size: int, source: str) -> None:
+    emb = state.get("tok_embeddings.weight")
+    if emb is not None and emb.shape[0] != args.vocab_size:
+        raise checkpoint.CheckpointError(
+            f"{source}: the embedding has {emb.shape[0]} rows but the tokenizer has {args.vocab_size} words; "
+            "use the tokenizer.model that came with these weights"
+        )
+
+
+def _check_sampling(temperature: float, top_p: float, max_gen_len: int) -> None:
+    if not isinstance(temperature, (int, float)) or temperature < 0:
+        raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise ConfigError(f"top_p must be in (0, 1], got {top_p!r}")
+    if isinstance(max_gen_len, bool) or not isinstance(max_gen_len, int) or max_gen_len < 0:
+        raise ConfigError(f"max_gen_len must be an integer >= 0, got {max_gen_len!r}")
+
+
+def _next_token(last_logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    if temperature > 0:
+        probs = torch.softmax(last_logits / temperature, dim=-1)
+        try:
+            next_token = sample_top_p(probs, top_p)
+        except RuntimeError as exc:
+            if "probability tensor" not in str(exc):
+                raise
+            raise GenerationError(
+                "the model produced non-finite logits (inf/nan), usually a float16 overflow; "
+                "run with --dtype bfloat16 or --dtype float32"
+            ) from None
+    else:
+        next_token = torch.argmax(last_logits, dim=-1)
+    return next_token.reshape(-1)
+
+
+def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """log p(target_i | logits_i); 0 where the target is padding."""
+    return -F.cross_entropy(logits.transpose(1, 2), targets, reduction="none", ignore_index=pad_id)
+
+
+def _collect(rows, token_logprobs, prompt_tokens, max_gen_len: int, eos_id: int, echo: bool):
+    """Cut each row to its generation (or prompt + generation with echo), stopping at the first eos."""
+    all_probs = token_logprobs.tolist() if token_logprobs is not None else None
+    out_tokens, out_probs = [], []
+    for i, toks in enumerate(rows):
+        start = 0 if echo else len(prompt_tokens[i])
+        end = len(prompt_tokens[i]) + max_gen_len
+        toks = toks[start:end]
+        probs = all_probs[i][start:end] if all_probs is not None else None
+        if eos_id in toks:
+            cut = toks.index(eos_id)
+            toks = toks[:cut]
+            probs = probs[:cut] if probs is not None else None
+        out_tokens.append(toks)
+        out_probs.append(probs)
+    return out_tokens, (out_probs if all_probs is not None else None)
+
+
+def sample_top_p(probs: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus sampling: keep the smallest prefix of tokens (by probability) whose mass reaches p.
+
+    A token is dropped when the mass of the tokens before it already exceeds p. -> (bsz, 1) indices.
+    """
+    probs_sort, probs_idx = torch.sort(probs, dim=-1, descending=True)
+    probs_sum = torch.cumsum(probs_sort, dim=-1)
+    mask = probs_sum - probs_sort > p
+    probs_sort[mask] = 0.0
+    probs_sort.div_(probs_sort.sum(dim=-1, keepdim=True))
+    next_token = torch.multinomial(probs_sort, num_samples=1)
+    return torch.gather(probs_idx, -1, next_token)

@@ -1,0 +1,54 @@
+"""fairscale's model-parallel layers, constructed without allocating or initialising weights.
+
+fairscale's constructors build each full weight on the CPU and scatter it, which costs a
+full-model allocation per rank and breaks under the meta device. These subclasses set the same
+attributes (so fairscale's forward, with its collectives, runs unchanged) and leave the weight
+`torch.empty`: under `torch.device("meta")` it costs nothing, and loading assigns real tensors.
+"""
+import torch
+from fairscale.nn.model_parallel import layers
+from fairscale.nn.model_parallel.initialize import get_model_parallel_world_size
+from torch import nn
+
+
+def _local(size: int, what: str) -> int:
+    world = get_model_parallel_world_size()
+    if size % world:
+        raise ValueError(f"{what}={size} is not divisible by the model-parallel size {world}")
+    return size // world
+
+
+class ColumnParallelLinear(layers.ColumnParallelLinear):
+    """y = x W^T with W split along its output dim; gathers the full output if `gather_output`."""
+
+    def __init__(self, in_features: int, out_features: int, gather_output: bool = True):
+        nn.Module.__init__(self)
+        self.in_features, self.out_features, self.gather_output = in_features, out_features, gather_output
+        self.output_size_per_partition = _local(out_features, "out_features")
+        self.weight = nn.Parameter(torch.empty(self.output_size_per_partition, in_features), requires_grad=False)
+        self.register_parameter("bias", None)
+        self.master_weight = None
+
+
+class RowParallelLinear(layers.RowParallelLinear):
+    """y = x W^T with W split along its input dim; the partial products are all-reduced."""
+
+    def __init__(self, in_features: int, out_features: int):
+        nn.Module.__init__(self)
+        self.in_features, self.out_features, self.input_is_parallel = in_features, out_features, True
+        self.input_size_per_partition = _local(in_features, "in_features")
+        self.weight = nn.Parameter(torch.empty(out_features, self.input_size_per_partition), requires_grad=False)
+        self.register_parameter("bias", None)
+        self.master_weight = None
+
+
+class ParallelEmbedding(layers.ParallelEmbedding):
+    """Embedding with the embedding dim split across ranks; the slices are gathered."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int):
+        nn.Module.__init__(self)
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.padding_idx, self.max_norm, self.norm_type = None, None, 2.0
+        self.scale_grad_by_freq, self.sparse, self._weight = False, False, None
+        self.embedding_dim_per_partition = _local(embedding_dim, "dim")
+        self.weight = nn.Parameter(torch.empty(num_embeddings, self.embedding_dim_per_partition), requires_grad=False)
