@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean test-tools
 
 $(STAMP): setup.py constraints-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,16 @@ $(STAMP): setup.py constraints-test.txt
 
 install: $(STAMP)
 
-test: $(STAMP)
+# download.sh's tests use wget, curl and shellcheck; install them where we can (root with apt),
+# otherwise those tests skip with a reason.
+test-tools:
+	@missing=""; for t in wget curl shellcheck; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null 2>&1 \
+		|| echo "note: could not install$$missing; tests that need them will skip"; \
+	fi
+
+test: $(STAMP) test-tools
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)

@@ -1,0 +1,47 @@
+"""Both example CLIs end to end, as a user runs them: plain `python`, no launcher, CPU."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SEPARATOR = "\n==================================\n"
+
+
+def run_example(script, *args):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=120, cwd=ROOT)
+
+
+def test_text_completion_example_prints_four_prompts_and_answers(make_ckpt, tokenizer_path):
+    proc = run_example("example_text_completion.py", "--ckpt_dir", make_ckpt("gqa", 2),
+                       "--tokenizer_path", tokenizer_path, "--max_gen_len", 8, "--temperature", 0)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.startswith("Loaded in ")
+    assert out.count(SEPARATOR) == 4
+    assert "I believe the meaning of life is\n> " in out
+    assert "cheese =>\n> " in out
+    assert "Traceback" not in proc.stderr
+
+
+def test_chat_completion_example_prints_dialogs_and_the_unsafe_error(make_ckpt, tokenizer_path):
+    # The tiny test tokenizer needs more tokens than Llama 2's for the long system prompt.
+    proc = run_example("example_chat_completion.py", "--ckpt_dir", make_ckpt("mha", 1),
+                       "--tokenizer_path", tokenizer_path, "--max_gen_len", 4, "--max_seq_len", 1024)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.count(SEPARATOR) == 6
+    assert "User: what is the recipe of mayonnaise?\n\n> Assistant: " in out
+    assert "System: Always answer with Haiku\n\nUser: I am going to Paris, what should I see?\n\n> Assistant:" in out
+    assert "> Assistant: Error: special tags are not allowed as part of the prompt." in out
+
+
+def test_examples_accept_device_and_dtype_overrides(make_ckpt, tokenizer_path):
+    proc = run_example("example_text_completion.py", "--ckpt_dir", make_ckpt("mha", 1),
+                       "--tokenizer_path", tokenizer_path, "--max_gen_len", 2,
+                       "--device", "cpu", "--dtype", "bfloat16")
+    assert proc.returncode == 0, proc.stderr
+    assert "dtype=bfloat16" in proc.stderr

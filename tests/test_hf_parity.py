@@ -1,0 +1,62 @@
+"""External parity: the same weights in Hugging Face transformers' LlamaForCausalLM."""
+import pytest
+import torch
+
+from conftest import model_args
+
+transformers = pytest.importorskip("transformers")
+
+
+def permute_for_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Meta rotates adjacent pairs, HF rotates halves: reorder each head's rows to compensate."""
+    rows, cols = w.shape
+    return w.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def to_hf(state, args, max_seq_len):
+    kv = args.kv_heads
+    config = transformers.LlamaConfig(
+        vocab_size=args.vocab_size, hidden_size=args.dim, intermediate_size=args.ffn_hidden_dim,
+        num_hidden_layers=args.n_layers, num_attention_heads=args.n_heads, num_key_value_heads=kv,
+        rms_norm_eps=args.norm_eps, max_position_embeddings=2 * max_seq_len, tie_word_embeddings=False,
+        rope_theta=args.rope_theta, rope_parameters={"rope_type": "default", "rope_theta": args.rope_theta},
+        attention_bias=False, mlp_bias=False, torch_dtype="float32",
+    )
+    hf = {"model.embed_tokens.weight": state["tok_embeddings.weight"], "model.norm.weight": state["norm.weight"],
+          "lm_head.weight": state["output.weight"]}
+    names = {"attention.wo": "self_attn.o_proj", "attention.wv": "self_attn.v_proj",
+             "feed_forward.w1": "mlp.gate_proj", "feed_forward.w2": "mlp.down_proj",
+             "feed_forward.w3": "mlp.up_proj", "attention_norm": "input_layernorm",
+             "ffn_norm": "post_attention_layernorm"}
+    for i in range(args.n_layers):
+        src, dst = f"layers.{i}.", f"model.layers.{i}."
+        hf[dst + "self_attn.q_proj.weight"] = permute_for_hf(state[src + "attention.wq.weight"], args.n_heads)
+        hf[dst + "self_attn.k_proj.weight"] = permute_for_hf(state[src + "attention.wk.weight"], kv)
+        for meta, name in names.items():
+            hf[dst + name + ".weight"] = state[src + meta + ".weight"]
+    model = transformers.LlamaForCausalLM(config).eval()
+    model.config._attn_implementation = "eager"
+    model.load_state_dict(hf, strict=True)
+    return model
+
+
+@pytest.mark.parametrize("config", ["mha", "gqa"])
+def test_logits_and_greedy_tokens_match_transformers(build, full_state, config):
+    llama = build(config, max_seq_len=64)
+    hf = to_hf(full_state(config), model_args(config), 64)
+    prompt = llama.tokenizer.encode("def fibonacci(n): return the sum of", bos=True, eos=False)
+    tokens = torch.tensor([prompt])
+    with torch.no_grad():
+        hf_logits = hf(tokens).logits
+    ours = llama.model.forward(tokens, 0)
+    torch.testing.assert_close(ours, hf_logits, rtol=0, atol=1e-4)
+
+    generated, _ = llama.generate([prompt], max_gen_len=12, temperature=0)
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(12):
+            nxt = int(hf(torch.tensor([seq])).logits[0, -1].argmax())
+            if nxt == llama.tokenizer.eos_id:
+                break
+            seq.append(nxt)
+    assert generated[0] == seq[len(prompt):]
