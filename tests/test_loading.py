@@ -1,0 +1,31 @@
+"""Loading Meta checkpoint directories: shard discovery, rope.freqs, strictness, placement."""
+import torch
+
+from llama.checkpoint import find_shards, load_shard
+
+
+def test_shards_are_found_sorted_and_rope_freqs_is_ignored(make_ckpt, build):
+    ckpt = make_ckpt("mha", 2)
+    shards = find_shards(ckpt)
+    assert [p.name for p in shards] == ["consolidated.00.pth", "consolidated.01.pth"]
+    assert "rope.freqs" in load_shard(shards[0])  # real checkpoints carry it...
+    llama = build("mha", 2)
+    assert "rope.freqs" not in llama.model.state_dict()  # ...and it is not loaded
+
+
+def test_weights_land_on_the_requested_device_and_dtype_with_caches_beside_them(build):
+    llama = build("gqa", dtype="bfloat16")
+    assert {p.dtype for p in llama.model.parameters()} == {torch.bfloat16}
+    assert {p.device.type for p in llama.model.parameters()} == {"cpu"}
+    cache = llama.model.layers[0].attention.cache
+    assert cache.k.dtype == torch.bfloat16 and cache.k.shape == (4, 64, 2, 8)
+    assert llama.model.rope_cos.dtype == torch.float32  # rotary tables stay float32
+
+
+def test_two_shards_merge_into_the_full_weights(make_ckpt, build, full_state):
+    llama = build("gqa", 2)
+    full = full_state("gqa")
+    state = llama.model.state_dict()
+    for key, tensor in full.items():
+        if key != "rope.freqs":
+            assert torch.equal(state[key], tensor), key
