@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny SentencePiece tokenizer and tiny random Meta-layout checkpoints."""
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,11 @@ import torch
 from llama.checkpoint import save_checkpoint
 from llama.model import ModelArgs
 from llama.synthetic import params_dict, random_state
+
+# The test models are tiny: one thread is faster than two fighting over OpenMP barriers, and
+# subprocesses (CLIs, torchrun ranks) inherit the setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 VOCAB_SIZE = 512
 
