@@ -68,6 +68,8 @@ class Llama:
         """
         _positive("max_seq_len", max_seq_len)
         _positive("max_batch_size", max_batch_size)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"seed must be an integer, got {seed!r}")
         start_time = time.time()
         shards = checkpoint.find_shards(ckpt_dir)
         params = checkpoint.read_params(ckpt_dir)
@@ -118,13 +120,9 @@ class Llama:
     ) -> Tuple[List[List[int]], Optional[List[List[float]]]]:
         """Continue each prompt; -> (tokens per row, log-probabilities per row or None)."""
         params = self.model.params
-        if isinstance(prompt_tokens, (str, bytes)) or not isinstance(prompt_tokens, Sequence):
-            raise TypeError(
-                f"prompt_tokens must be a list of token-id lists, got {type(prompt_tokens).__name__}; "
-                "for text, call text_completion([...])"
-            )
-        bsz = len(prompt_tokens)
         _check_sampling(temperature, top_p, max_gen_len)
+        _check_prompt_tokens(prompt_tokens, self.tokenizer.n_words, params.max_seq_len)
+        bsz = len(prompt_tokens)
         if bsz > params.max_batch_size:
             raise ConfigError(
                 f"{bsz} prompts exceed max_batch_size={params.max_batch_size}; pass at most that many to "
@@ -132,7 +130,6 @@ class Llama:
             )
         if bsz == 0:
             return [], ([] if logprobs else None)
-        _check_prompt_tokens(prompt_tokens, self.tokenizer.n_words, params.max_seq_len)
         lengths = [len(t) for t in prompt_tokens]
         min_prompt_len, max_prompt_len = min(lengths), max(lengths)
         total_len = min(params.max_seq_len, max_gen_len + max_prompt_len)
@@ -282,6 +279,11 @@ def _check_sampling(temperature: float, top_p: float, max_gen_len: int) -> None:
 
 def _check_prompt_tokens(prompt_tokens: Sequence, n_words: int, max_seq_len: int) -> None:
     """Every prompt a non-empty list of token ids of this tokenizer, no longer than max_seq_len."""
+    if isinstance(prompt_tokens, (str, bytes)) or not isinstance(prompt_tokens, Sequence):
+        raise TypeError(
+            f"prompt_tokens must be a list of token-id lists, got {type(prompt_tokens).__name__}; "
+            "for text, call text_completion([...])"
+        )
     for i, row in enumerate(prompt_tokens):
         if isinstance(row, (str, bytes)) or not isinstance(row, Sequence):
             raise TypeError(
