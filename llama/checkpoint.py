@@ -199,8 +199,7 @@ def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
     why = "the file is empty" if size == 0 else _first_sentence(exc)
     return CheckpointError(
         f"cannot read checkpoint {str(path)!r} ({size} bytes): truncated, corrupted or not written by "
-        f"torch.save ({why}); "
-        "download it again (download.sh resumes and verifies checksums)"
+        f"torch.save ({why}); download it again (download.sh resumes and verifies checksums)"
     )
 
 
