@@ -3,6 +3,7 @@
 from typing import List, Optional
 
 from llama import Llama
+from llama.generation import check_sampling
 from llama.cli import run
 
 
@@ -17,6 +18,7 @@ def main(
     device: Optional[str] = None,
     dtype: Optional[str] = None,
 ):
+    check_sampling(temperature, top_p, max_gen_len)  # before the (slow) load, not after it
     generator = Llama.build(
         ckpt_dir=ckpt_dir,
         tokenizer_path=tokenizer_path,

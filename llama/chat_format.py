@@ -22,7 +22,10 @@ ROLES = ("system", "user", "assistant")
 
 def _check_messages(dialog: Sequence, index: int) -> None:
     if not isinstance(dialog, (list, tuple)) or not dialog:
-        raise ConfigError(f"dialog {index} must be a non-empty list of messages, got {dialog!r:.80}")
+        raise ConfigError(
+            f"dialog {index} must be a non-empty list of messages, got {dialog!r:.80}; chat_completion takes "
+            "a list of dialogs, each a list of {'role': ..., 'content': ...} messages"
+        )
     for i, msg in enumerate(dialog):
         if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
             raise ConfigError(f"dialog {index}, message {i}: expected {{'role': ..., 'content': ...}}, got {msg!r:.80}")

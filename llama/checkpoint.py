@@ -6,14 +6,19 @@ takes its slice of one shard). The split rule of every weight lives in SPLIT_DIM
 """
 import json
 import logging
+import os
 import pickle
+import re
+import warnings
 import zipfile
+from dataclasses import fields
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from .errors import CheckpointError, ConfigError, MissingFileError
+from .model import ModelArgs
 
 logger = logging.getLogger(__name__)
 
@@ -28,21 +33,26 @@ SPLIT_DIMS: Dict[str, Optional[int]] = {
 IGNORED_KEYS = ("rope.freqs",)
 PARAM_KEYS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of",
               "ffn_dim_multiplier", "norm_eps", "rope_theta")
+INT_PARAMS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of")
 
 
 def split_dim(key: str) -> Optional[int]:
     parts = key.split(".")
     owner = parts[-2] if len(parts) >= 2 else parts[0]
     if owner not in SPLIT_DIMS:
-        raise CheckpointError(f"unexpected weight {key!r} in checkpoint: not part of the Llama architecture")
+        raise CheckpointError(
+            f"unexpected weight {key!r} in checkpoint: not part of the Llama architecture "
+            f"(known modules: {sorted(SPLIT_DIMS)}); use an unmodified Meta checkpoint"
+        )
     return SPLIT_DIMS[owner]
 
 
 def find_shards(ckpt_dir) -> List[Path]:
-    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir = _as_path(ckpt_dir, "ckpt_dir")
     if not ckpt_dir.is_dir():
+        what = "is a file, not a directory" if ckpt_dir.exists() else "not found"
         raise MissingFileError(
-            f"checkpoint directory not found: {str(ckpt_dir)!r}; pass --ckpt_dir pointing at a folder "
+            f"checkpoint directory {str(ckpt_dir)!r} {what}; pass --ckpt_dir pointing at a folder "
             "with params.json and consolidated.*.pth (e.g. llama-2-7b/)"
         )
     shards = sorted(ckpt_dir.glob("*.pth"))
@@ -54,20 +64,68 @@ def find_shards(ckpt_dir) -> List[Path]:
     return shards
 
 
+def _as_path(value, name: str) -> Path:
+    if not isinstance(value, (str, os.PathLike)):
+        raise ConfigError(f"{name} must be a path (str), got {type(value).__name__} {value!r}")
+    return Path(value)
+
+
 def read_params(ckpt_dir) -> dict:
-    path = Path(ckpt_dir) / "params.json"
+    """params.json as a dict, checked for types and consistency before any weight is read."""
+    path = _as_path(ckpt_dir, "ckpt_dir") / "params.json"
     if not path.is_file():
         raise MissingFileError(f"params.json not found in {str(ckpt_dir)!r}; it comes with the weights")
     try:
         params = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{str(path)!r} is not valid JSON ({exc})") from None
+        raise ConfigError(
+            f"{str(path)!r} is not valid JSON ({exc}); restore the params.json that came with the weights"
+        ) from None
     if not isinstance(params, dict):
         raise ConfigError(f"{str(path)!r} must hold a JSON object, got {type(params).__name__}")
     unknown = sorted(set(params) - set(PARAM_KEYS))
     if unknown:
         raise ConfigError(f"{str(path)!r} has unknown keys {unknown}; known keys: {list(PARAM_KEYS)}")
+    check_params(params, str(path))
     return params
+
+
+def _check_types(params: dict, source: str) -> None:
+    for key, value in params.items():
+        optional = key in ("n_kv_heads", "ffn_dim_multiplier")
+        if value is None and optional:
+            continue
+        want_int = key in INT_PARAMS
+        ok = isinstance(value, int) if want_int else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok:
+            raise ConfigError(
+                f"{source}: {key} must be {'an integer' if want_int else 'a number'}"
+                f"{' or null' if optional else ''}, got {value!r}"
+            )
+        allowed_minus_one = key == "vocab_size" and value == -1
+        if not (value > 0 or allowed_minus_one):  # also rejects NaN, which json accepts
+            hint = " (or -1: take it from the tokenizer)" if key == "vocab_size" else ""
+            raise ConfigError(f"{source}: {key} must be > 0{hint}, got {value!r}")
+
+
+def check_params(params: dict, source: str) -> None:
+    """Types, signs and the divisibility rules attention needs; `source` names params.json in messages."""
+    _check_types(params, source)
+    defaults = {f.name: f.default for f in fields(ModelArgs)}
+    p = {**defaults, **params}
+    dim, n_heads = p["dim"], p["n_heads"]
+    n_kv_heads = n_heads if p["n_kv_heads"] is None else p["n_kv_heads"]
+    if dim % n_heads:
+        raise ConfigError(f"{source}: dim={dim} is not divisible by n_heads={n_heads}; each head gets dim / n_heads")
+    if (dim // n_heads) % 2:
+        raise ConfigError(
+            f"{source}: head size dim / n_heads = {dim // n_heads} is odd; rotary embeddings need an even head size"
+        )
+    if n_heads % n_kv_heads:
+        raise ConfigError(
+            f"{source}: n_heads={n_heads} is not divisible by n_kv_heads={n_kv_heads}; "
+            "each key/value head must serve a whole number of query heads"
+        )
 
 
 def valid_world_sizes(n_shards: int, n_heads: int, n_kv_heads: int) -> List[int]:
@@ -93,28 +151,56 @@ def check_parallelism(n_shards: int, world: int, n_heads: int, n_kv_heads: int) 
     )
 
 
-def load_shard(path: Path) -> Mapping[str, torch.Tensor]:
-    """torch.load with weights_only (never runs pickled code) and memory-mapping."""
-    try:
+def _torch_load(path: Path):
+    with warnings.catch_warnings():
+        # torch warns about unusual pickle protocols before refusing or accepting the file;
+        # the verdict below says all the user needs.
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
         try:
-            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
         except RuntimeError as exc:
             if "mmap" not in str(exc):
                 raise
-            state = torch.load(path, map_location="cpu", weights_only=True)  # legacy, non-zip format
+            return torch.load(path, map_location="cpu", weights_only=True)  # legacy, non-zip format
+
+
+def _first_sentence(exc: BaseException) -> str:
+    # torch's weights-only refusal opens with advice to retry unsafely; keep only the verdict.
+    verdict = re.search(r"Unsupported [^.\n]*", str(exc))
+    if verdict:
+        return verdict.group(0).strip()
+    text = " ".join(str(exc).split())
+    return text.split(". ")[0].rstrip(".") or type(exc).__name__
+
+
+def load_shard(path: Path) -> Mapping[str, torch.Tensor]:
+    """torch.load with weights_only (never runs pickled code) and memory-mapping."""
+    try:
+        state = _torch_load(path)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"refused to load {str(path)!r}: it holds objects other than tensors, which could run code "
-            f"when unpickled ({str(exc).splitlines()[0]}); only plain state dicts are accepted"
-        ) from None
+        # weights_only refuses every import outside torch's allow-list; the message names it.
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found:
+            raise CheckpointError(
+                f"refused to load {str(path)!r}: unpickling it would import {found.group(1)}, which could "
+                "run code; a Llama checkpoint holds only tensors. Do not use this file; download the "
+                "weights again from the official source"
+            ) from None
+        raise _unreadable(path, exc) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
-        raise CheckpointError(
-            f"cannot read checkpoint {str(path)!r}: truncated or corrupted ({str(exc).splitlines()[0]}); "
-            "download it again (download.sh resumes and verifies checksums)"
-        ) from None
+        raise _unreadable(path, exc) from None
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{str(path)!r} does not hold a state dict (got {type(state).__name__})")
     return state
+
+
+def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
+    size = path.stat().st_size if path.exists() else 0
+    why = "the file is empty" if size == 0 else _first_sentence(exc)
+    return CheckpointError(
+        f"cannot read checkpoint {str(path)!r} ({size} bytes): truncated, corrupted or not written by "
+        f"torch.save ({why}); download it again (download.sh resumes and verifies checksums)"
+    )
 
 
 def shard_plan(n_shards: int, world: int, rank: int) -> Tuple[List[int], int, int]:
@@ -163,7 +249,10 @@ def check_state(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.
     """Every expected weight present with the expected shape, and nothing else."""
     missing = sorted(set(expected) - set(state))
     if missing:
-        raise CheckpointError(f"{source} is missing weights: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        raise CheckpointError(
+            f"{source} is missing weights {missing[:5]}{' ...' if len(missing) > 5 else ''}; the download is "
+            "incomplete or params.json (n_layers) does not belong to this checkpoint"
+        )
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
         raise CheckpointError(

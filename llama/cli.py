@@ -1,14 +1,22 @@
 """What every command-line entry point shares: one `error:` line instead of a traceback, rank 0 speaks."""
+import inspect
+import json
 import logging
 import os
+import re
 import sys
-from typing import Callable
+import time
+from typing import Callable, List
 
 import fire
 
-from .errors import LlamaError
+from .errors import ConfigError, LlamaError
+from .ranks import REPORT_ON_ANY_RANK
 
 DEBUG_ENV = "LLAMA_DEBUG"
+# torchrun gives each worker a file to describe its failure in; its summary then shows our
+# message instead of a pointer to its docs.
+LAUNCHER_ERROR_FILE = "TORCHELASTIC_ERROR_FILE"
 
 
 def is_main_rank() -> bool:
@@ -25,6 +33,83 @@ def _user_error(exc: BaseException) -> bool:
     return isinstance(exc, (LlamaError, ValueError, TypeError, FileNotFoundError, PermissionError))
 
 
+def _is_flag(arg: str) -> bool:
+    """fire's rule: a leading hyphen, unless it is a negative number."""
+    return arg.startswith("--") or re.match(r"^-[a-zA-Z]", arg) is not None
+
+
+def _flag_name(arg: str, names: List[str]) -> str:
+    """The parameter `arg` sets, as fire resolves it; raise ConfigError if it sets none."""
+    key = arg.lstrip("-").split("=", 1)[0].replace("-", "_")
+    if key in names:
+        return key
+    if key.startswith("no") and key[2:] in names:  # fire's --noflag for False
+        return key[2:]
+    shortcuts = [n for n in names if n[0] == key] if len(key) == 1 else []
+    if len(shortcuts) == 1:
+        return shortcuts[0]
+    if shortcuts:
+        raise ConfigError(f"ambiguous flag {arg!r}: it could be {', '.join('--' + n for n in shortcuts)}")
+    prog = os.path.basename(sys.argv[0])
+    raise ConfigError(f"unknown flag {arg!r}; {prog} accepts {', '.join('--' + n for n in names)}")
+
+
+def check_args(main: Callable, argv: List[str]) -> None:
+    """Refuse unknown flags, surplus arguments and missing required ones before `main` runs.
+
+    fire would call `main` first (loading the model, generating) and only then complain about
+    arguments it could not use.
+    """
+    params = inspect.signature(main).parameters
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params.values()):
+        return
+    names = list(params)
+    named, positional, i = set(), [], 0
+    while i < len(argv) and argv[i] != "--":  # after "--" come fire's own flags
+        arg = argv[i]
+        if arg in ("--help", "-h"):
+            return  # fire shows the usage
+        if _is_flag(arg):
+            named.add(_flag_name(arg, names))
+            takes_next = "=" not in arg and i + 1 < len(argv) and not _is_flag(argv[i + 1])
+            i += 2 if takes_next else 1
+            continue
+        positional.append(arg)
+        i += 1
+    unnamed = [n for n in names if n not in named]
+    if len(positional) > len(unnamed):
+        raise ConfigError(f"unexpected extra arguments {positional[len(unnamed):]}; pass options as --name value")
+    missing = [n for n in unnamed[len(positional):] if params[n].default is inspect.Parameter.empty]
+    if missing:
+        raise ConfigError(f"missing required arguments: {', '.join(missing)}; e.g. --{missing[0]} PATH")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    if not text or not _user_error(exc):
+        text = f"{type(exc).__name__}: {text}".rstrip(": ")
+    return text
+
+
+def report(exc: BaseException) -> None:
+    """Print `error: ...` once for the whole job: on rank 0, or on the rank that alone knows of it."""
+    if is_main_rank():
+        message = _one_line(exc)
+    elif getattr(exc, REPORT_ON_ANY_RANK, False):
+        message = f"rank {os.environ.get('RANK')}: {_one_line(exc)}"
+    else:
+        return
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    error_file = os.environ.get(LAUNCHER_ERROR_FILE)
+    if error_file:
+        try:
+            with open(error_file, "w") as f:  # the layout torch.distributed.elastic writes itself
+                info = {"py_callstack": message, "timestamp": str(int(time.time()))}
+                json.dump({"message": {"message": message, "extraInfo": info}}, f)
+        except OSError:
+            pass  # the error line above already said it
+
+
 def run(main: Callable) -> None:
     """Run `main` through fire; user mistakes exit 1 with one `error: ...` line on stderr.
 
@@ -35,13 +120,12 @@ def run(main: Callable) -> None:
         sys.argv.remove("--debug")
     setup_logging()
     try:
+        check_args(main, sys.argv[1:])
         fire.Fire(main)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the point is to turn any failure into one line
         if debug:
             raise
-        if is_main_rank():
-            kind = "" if _user_error(exc) else f"{type(exc).__name__}: "
-            print(f"error: {kind}{exc}", file=sys.stderr)
+        report(exc)
         sys.exit(1)

@@ -27,3 +27,7 @@ class BackendError(LlamaError, RuntimeError):
 
 class GenerationError(LlamaError, RuntimeError):
     """Generation cannot go on (e.g. non-finite logits)."""
+
+
+class RankError(LlamaError, RuntimeError):
+    """Another model-parallel rank failed; the message is that rank's error."""

@@ -1,20 +1,23 @@
 """Llama: build a model from a Meta checkpoint directory, and generate, text- or chat-complete."""
 import logging
+import math
 import time
 from contextlib import redirect_stdout
 from io import StringIO
-from typing import List, Optional, Tuple, TypedDict
+from numbers import Integral
+from typing import List, Optional, Sequence, Tuple, TypedDict
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from fairscale.nn.model_parallel import initialize as fs_init
 
-from . import checkpoint
+from . import checkpoint, memory
 from .backend import Runtime, init_distributed, select
 from .chat_format import UNSAFE_ERROR, Dialog, Message, encode_dialog, has_special_tags  # noqa: F401
 from .errors import ConfigError, GenerationError
 from .model import ModelArgs, Transformer
+from .ranks import on_all_ranks
 from .tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -34,7 +37,7 @@ class ChatPrediction(TypedDict, total=False):
 
 def _positive(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        raise ConfigError(f"{name} must be a whole number > 0, got {value!r}")
     return value
 
 
@@ -65,6 +68,8 @@ class Llama:
         """
         _positive("max_seq_len", max_seq_len)
         _positive("max_batch_size", max_batch_size)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"seed must be an integer, got {seed!r}")
         start_time = time.time()
         shards = checkpoint.find_shards(ckpt_dir)
         params = checkpoint.read_params(ckpt_dir)
@@ -84,7 +89,8 @@ class Llama:
         model_args.vocab_size = tokenizer.n_words
         mp_rank = fs_init.get_model_parallel_rank()
         checkpoint.check_parallelism(len(shards), mp_size, model_args.n_heads, model_args.kv_heads)
-        model = _load_model(model_args, shards, mp_size, mp_rank, rt)
+        memory.check_fits(model_args, mp_size, rt.device, rt.dtype)
+        model = on_all_ranks(_load_model_or_explain, model_args, shards, mp_size, mp_rank, rt)
         if rt.is_main:
             print(f"Loaded in {time.time() - start_time:.2f} seconds")
         return Llama(model, tokenizer)
@@ -114,8 +120,9 @@ class Llama:
     ) -> Tuple[List[List[int]], Optional[List[List[float]]]]:
         """Continue each prompt; -> (tokens per row, log-probabilities per row or None)."""
         params = self.model.params
-        bsz = len(prompt_tokens)
         _check_sampling(temperature, top_p, max_gen_len)
+        _check_prompt_tokens(prompt_tokens, self.tokenizer.n_words, params.max_seq_len)
+        bsz = len(prompt_tokens)
         if bsz > params.max_batch_size:
             raise ConfigError(
                 f"{bsz} prompts exceed max_batch_size={params.max_batch_size}; pass at most that many to "
@@ -125,13 +132,6 @@ class Llama:
             return [], ([] if logprobs else None)
         lengths = [len(t) for t in prompt_tokens]
         min_prompt_len, max_prompt_len = min(lengths), max(lengths)
-        if max_prompt_len > params.max_seq_len:
-            raise ConfigError(
-                f"prompt of {max_prompt_len} tokens is longer than max_seq_len={params.max_seq_len}; "
-                "shorten the prompt or build with a larger max_seq_len"
-            )
-        if min_prompt_len == 0:
-            raise ConfigError("an empty prompt (0 tokens) cannot be continued; encode prompts with bos=True")
         total_len = min(params.max_seq_len, max_gen_len + max_prompt_len)
 
         pad_id, eos_id = self.tokenizer.pad_id, self.tokenizer.eos_id
@@ -151,6 +151,7 @@ class Llama:
 
         for cur_pos in range(min_prompt_len, total_len):
             logits = self.model.forward(tokens[:, prev_pos:cur_pos], prev_pos)
+            _check_finite(logits[:, -1], self.model.tok_embeddings.weight.dtype)
             next_token = _next_token(logits[:, -1], temperature, top_p)
             next_token = torch.where(input_text_mask[:, cur_pos], tokens[:, cur_pos], next_token)
             tokens[:, cur_pos] = next_token
@@ -227,6 +228,22 @@ def _load_model(args: ModelArgs, shards, mp_size: int, mp_rank: int, rt: Runtime
     return model.eval()
 
 
+def _load_model_or_explain(args: ModelArgs, shards, mp_size: int, mp_rank: int, rt: Runtime) -> Transformer:
+    """_load_model, with an allocation failure explained in terms of the sizes the user chose."""
+    try:
+        return _load_model(args, shards, mp_size, mp_rank, rt)
+    except RuntimeError as exc:  # torch.OutOfMemoryError is one; CPU and MPS raise plain RuntimeError
+        text = str(exc).lower()
+        if not any(s in text for s in ("out of memory", "can't allocate memory", "not enough memory")):
+            raise
+        cache = memory.gib(memory.cache_bytes(args, mp_size, rt.dtype))
+        raise ConfigError(
+            f"out of memory on {rt.device} while loading the model (its KV cache takes {cache} for "
+            f"max_batch_size={args.max_batch_size} x max_seq_len={args.max_seq_len}); lower max_seq_len "
+            "or max_batch_size, use a smaller --dtype, or spread the model over more processes"
+        ) from None
+
+
 def _check_vocab(state, args: ModelArgs, mp_size: int, source: str) -> None:
     emb = state.get("tok_embeddings.weight")
     if emb is not None and emb.shape[0] != args.vocab_size:
@@ -236,27 +253,74 @@ def _check_vocab(state, args: ModelArgs, mp_size: int, source: str) -> None:
         )
 
 
-def _check_sampling(temperature: float, top_p: float, max_gen_len: int) -> None:
-    if not isinstance(temperature, (int, float)) or temperature < 0:
-        raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
-    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-        raise ConfigError(f"top_p must be in (0, 1], got {top_p!r}")
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_sampling(temperature: float, top_p: float, max_gen_len: Optional[int]) -> None:
+    """Raise ConfigError for sampling settings generate would reject; None max_gen_len means the default."""
+    if not _is_number(temperature) or temperature < 0:
+        raise ConfigError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}; e.g. 0.6")
+    if not _is_number(top_p) or not 0 < top_p <= 1:
+        raise ConfigError(f"top_p must be a number in (0, 1], got {top_p!r}; e.g. 0.9 (1 = no nucleus cut)")
+    if max_gen_len is not None:
+        _check_gen_len(max_gen_len)
+
+
+def _check_gen_len(max_gen_len: int) -> None:
     if isinstance(max_gen_len, bool) or not isinstance(max_gen_len, int) or max_gen_len < 0:
         raise ConfigError(f"max_gen_len must be an integer >= 0, got {max_gen_len!r}")
+
+
+def _check_sampling(temperature: float, top_p: float, max_gen_len: int) -> None:
+    check_sampling(temperature, top_p, None)
+    _check_gen_len(max_gen_len)
+
+
+def _check_prompt_tokens(prompt_tokens: Sequence, n_words: int, max_seq_len: int) -> None:
+    """Every prompt a non-empty list of token ids of this tokenizer, no longer than max_seq_len."""
+    if isinstance(prompt_tokens, (str, bytes)) or not isinstance(prompt_tokens, Sequence):
+        raise TypeError(
+            f"prompt_tokens must be a list of token-id lists, got {type(prompt_tokens).__name__}; "
+            "for text, call text_completion([...])"
+        )
+    for i, row in enumerate(prompt_tokens):
+        if isinstance(row, (str, bytes)) or not isinstance(row, Sequence):
+            raise TypeError(
+                f"prompt_tokens[{i}] must be a list of token ids, got {type(row).__name__} {row!r:.60}; "
+                "encode text with tokenizer.encode(text, bos=True, eos=False), or call text_completion"
+            )
+        if not row:
+            raise ConfigError(f"prompt_tokens[{i}] is empty (0 tokens); encode prompts with bos=True")
+        if len(row) > max_seq_len:
+            raise ConfigError(
+                f"prompt {i} has {len(row)} tokens, more than max_seq_len={max_seq_len}; "
+                "shorten the prompt or build with a larger max_seq_len"
+            )
+        bad = next((t for t in row if isinstance(t, bool) or not isinstance(t, Integral) or not 0 <= t < n_words), None)
+        if bad is not None:
+            raise ConfigError(
+                f"prompt_tokens[{i}] holds {bad!r}, not a token id of this tokenizer (0 .. {n_words - 1}); "
+                "encode prompts with the tokenizer that came with the weights"
+            )
+
+
+def _check_finite(last_logits: torch.Tensor, dtype: torch.dtype) -> None:
+    """Non-finite logits would make sampling fail deep in torch.multinomial (or argmax pick garbage)."""
+    if bool(torch.isfinite(last_logits).all()):
+        return
+    name = str(dtype).replace("torch.", "")
+    if dtype == torch.float16:
+        fix = "float16 overflowed: run with --dtype bfloat16 or --dtype float32 (Llama.build(dtype=...))"
+    else:
+        fix = "the checkpoint probably holds inf/nan weights: download it again, or try --dtype float32"
+    raise GenerationError(f"the model produced non-finite logits (inf or nan) with {name} weights; {fix}")
 
 
 def _next_token(last_logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
     if temperature > 0:
         probs = torch.softmax(last_logits / temperature, dim=-1)
-        try:
-            next_token = sample_top_p(probs, top_p)
-        except RuntimeError as exc:
-            if "probability tensor" not in str(exc):
-                raise
-            raise GenerationError(
-                "the model produced non-finite logits (inf/nan), usually a float16 overflow; "
-                "run with --dtype bfloat16 or --dtype float32"
-            ) from None
+        next_token = sample_top_p(probs, top_p)
     else:
         next_token = torch.argmax(last_logits, dim=-1)
     return next_token.reshape(-1)

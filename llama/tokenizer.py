@@ -5,17 +5,20 @@ from typing import List
 
 from sentencepiece import SentencePieceProcessor
 
-from .errors import CheckpointError, MissingFileError
+from .errors import CheckpointError, ConfigError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
 
 class Tokenizer:
     def __init__(self, model_path: str):
+        if not isinstance(model_path, (str, os.PathLike)):
+            raise ConfigError(f"tokenizer_path must be a path (str), got {type(model_path).__name__} {model_path!r}")
         model_path = os.fspath(model_path)
         if not os.path.isfile(model_path):
+            what = "is a directory, not a file" if os.path.isdir(model_path) else "not found"
             raise MissingFileError(
-                f"tokenizer file not found: {model_path!r}; pass --tokenizer_path pointing at the "
+                f"tokenizer file {model_path!r} {what}; pass --tokenizer_path pointing at the "
                 "tokenizer.model that came with the weights"
             )
         self.sp_model = SentencePieceProcessor()
@@ -30,6 +33,11 @@ class Tokenizer:
         self.bos_id: int = self.sp_model.bos_id()
         self.eos_id: int = self.sp_model.eos_id()
         self.pad_id: int = self.sp_model.pad_id()
+        if self.bos_id < 0 or self.eos_id < 0:
+            raise CheckpointError(
+                f"{model_path!r} is a SentencePiece model without bos/eos pieces (bos={self.bos_id}, "
+                f"eos={self.eos_id}); Llama needs both: pass the tokenizer.model that came with the weights"
+            )
         logger.debug("tokenizer %s: %d words, bos %d, eos %d", model_path, self.n_words, self.bos_id, self.eos_id)
 
     def encode(self, s: str, bos: bool, eos: bool) -> List[int]:
