@@ -127,7 +127,7 @@ class ScriptedModel(torch.nn.Module):
 
 
 class FakeTokenizer:
-    pad_id, eos_id, bos_id = -1, 2, 1
+    pad_id, eos_id, bos_id, n_words = -1, 2, 1, 16
 
     def decode(self, t):
         return " ".join(map(str, t))
