@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from fairscale.nn.model_parallel import initialize as fs_init
 
 from . import checkpoint
-from .backend import Runtime, init_distributed, select
+from .backend import Runtime, init_distributed, loaded, select
 from .chat_format import UNSAFE_ERROR, Dialog, Message, encode_dialog, has_special_tags  # noqa: F401
 from .errors import ConfigError, GenerationError
 from .model import ModelArgs, Transformer
@@ -85,6 +85,7 @@ class Llama:
         mp_rank = fs_init.get_model_parallel_rank()
         checkpoint.check_parallelism(len(shards), mp_size, model_args.n_heads, model_args.kv_heads)
         model = _load_model(model_args, shards, mp_size, mp_rank, rt)
+        loaded(rt)
         if rt.is_main:
             print(f"Loaded in {time.time() - start_time:.2f} seconds")
         return Llama(model, tokenizer)
