@@ -155,6 +155,15 @@ def test_single_process_opens_no_tcp_store_and_needs_no_master_addr():
     )
 
 
+@pytest.fixture
+def one_thread():
+    # Tiny matmuls gain nothing from threads, and on a shared CPU OpenMP's spinning makes them crawl.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class _RecordOutputs(TorchDispatchMode):
     """Remembers the dtype and device of every tensor any op produces."""
 
@@ -172,7 +181,7 @@ class _RecordOutputs(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("config, n_shards", [("gqa", 2), ("mha", 1)])
-def test_mps_code_path_makes_no_complex_or_float64_tensors(build, config, n_shards):
+def test_mps_code_path_makes_no_complex_or_float64_tensors(build, one_thread, config, n_shards):
     """What MPS runs (float16, one process), forced on the CPU: MPS has no complex or float64 dtypes."""
     assert select(env={}, probe=MAC).dtype == torch.float16
     record = _RecordOutputs()
