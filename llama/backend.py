@@ -325,21 +325,24 @@ def loaded(rt: Runtime) -> None:
     set_timeout(rt.timeout, fs_init.get_model_parallel_group())
 
 
-# How gloo and NCCL word a collective that failed because a peer process went away or stalled.
-_PEER_LOST = (
-    "Connection closed by peer", "Connection reset by peer", "Broken pipe", "Timed out waiting",
-    "timed out", "NCCL communicator was aborted", "remote process exited", "Socket Timeout",
-)
+# How gloo and NCCL word a collective that failed because a peer process exited ...
+_PEER_EXITED = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote process exited",
+                "NCCL communicator was aborted")
+# ... or stopped answering (hung, or its machine vanished) for longer than the timeout.
+_PEER_SILENT = ("Timed out waiting", "timed out", "Socket Timeout")
+
+
+def peer_exited(exc: BaseException) -> bool:
+    """True if `exc` is a collective failing because another rank's process went away."""
+    return isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in _PEER_EXITED)
 
 
 def peer_failure(exc: BaseException) -> Optional[str]:
     """If `exc` is a collective failing because another rank died or hung, say so in one line."""
-    text = str(exc)
-    if not (isinstance(exc, getattr(dist, "DistError", ())) or isinstance(exc, RuntimeError)):
+    text = str(exc).strip()
+    if not isinstance(exc, RuntimeError) or not any(m in text for m in _PEER_EXITED + _PEER_SILENT):
         return None
-    if not any(marker in text for marker in _PEER_LOST):
-        return None
-    detail = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    detail = text.splitlines()[0]
     if detail.startswith("[") and "] " in detail:  # drop gloo's "[/path/to/pair.cc:553] " prefix
         detail = detail.split("] ", 1)[1]
     detail = detail.split(". ")[0].rstrip(".")
