@@ -39,7 +39,7 @@ DTYPES = {
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
 }
 # Defaults; env LLAMA_COLLECTIVE_TIMEOUT / LLAMA_LOAD_TIMEOUT (seconds) override them per run.
-COLLECTIVE_TIMEOUT = timedelta(seconds=60)
+COLLECTIVE_TIMEOUT = timedelta(seconds=30)
 LOAD_TIMEOUT = timedelta(minutes=30)
 
 
@@ -346,7 +346,12 @@ def peer_failure(exc: BaseException) -> Optional[str]:
     if detail.startswith("[") and "] " in detail:  # drop gloo's "[/path/to/pair.cc:553] " prefix
         detail = detail.split("] ", 1)[1]
     detail = detail.split(". ")[0].rstrip(".")
+    if peer_exited(exc):
+        return (
+            f"lost contact with another rank ({detail}); the rank that failed prints its own error, "
+            "and torchrun's failure report names it (Root Cause)"
+        )
     return (
-        f"lost contact with another rank ({detail}); the rank that failed prints its own error, "
-        "and torchrun's failure report names it (Root Cause)"
+        f"another rank stopped answering ({detail}): it hung, or its machine or network went away; "
+        "if it is only slow, raise LLAMA_COLLECTIVE_TIMEOUT or LLAMA_LOAD_TIMEOUT (seconds)"
     )

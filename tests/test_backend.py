@@ -123,7 +123,7 @@ def test_impossible_choices_raise_clear_errors(probe, env, kwargs, error, messag
 
 
 def test_timeouts_come_from_the_environment():
-    assert select(env={}, probe=CPU).timeout == COLLECTIVE_TIMEOUT == timedelta(seconds=60)
+    assert select(env={}, probe=CPU).timeout == COLLECTIVE_TIMEOUT == timedelta(seconds=30)
     rt = select(env={"LLAMA_COLLECTIVE_TIMEOUT": "2.5", "LLAMA_LOAD_TIMEOUT": "600"}, probe=CPU)
     assert (rt.timeout, rt.load_timeout) == (timedelta(seconds=2.5), timedelta(seconds=600))
 

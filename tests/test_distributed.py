@@ -162,7 +162,7 @@ def test_a_hung_rank_times_out_instead_of_hanging_the_others(launches, build):
     assert finished - _failed_at(run.stderr) < DEADLINE_S
     errors = _error_lines(run.stderr)
     assert len(errors) == 1 and errors[0].startswith(
-        f"error: rank 0: lost contact with another rank (Timed out waiting {HANG_TIMEOUT_S * 1000}ms for "
+        f"error: rank 0: another rank stopped answering (Timed out waiting {HANG_TIMEOUT_S * 1000}ms for "
     ), run.stderr
 
 
@@ -191,6 +191,12 @@ PEER_LOST = RuntimeError("[../third_party/gloo/transport/tcp/pair.cc:534] Connec
 LOST_LINE = ("lost contact with another rank (Connection closed by peer [127.0.0.1]:5); the rank that failed "
              "prints its own error, and torchrun's failure report names it (Root Cause)")
 
+PEER_SILENT = RuntimeError("[../gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 30000ms for recv operation "
+                           "to complete")
+SILENT_LINE = ("another rank stopped answering (Timed out waiting 30000ms for recv operation to complete): it hung, "
+               "or its machine or network went away; if it is only slow, raise LLAMA_COLLECTIVE_TIMEOUT or "
+               "LLAMA_LOAD_TIMEOUT (seconds)")
+
 
 @pytest.mark.parametrize(
     "rank, local_rank, world, exc, line",
@@ -204,9 +210,10 @@ LOST_LINE = ("lost contact with another rank (Connection closed by peer [127.0.0
         (0, 0, 2, PEER_LOST, f"error: rank 0: {LOST_LINE}"),
         (1, 1, 2, PEER_LOST, None),
         (0, 0, 1, PEER_LOST, f"error: RuntimeError: {PEER_LOST}"),
+        (0, 0, 2, PEER_SILENT, f"error: rank 0: {SILENT_LINE}"),
     ],
     ids=["single", "rank0-user", "rank1-user", "node-leader-user", "rank-local-crash", "rank1-checkpoint",
-         "rank0-peer-lost", "rank1-peer-lost", "single-runtime"],
+         "rank0-peer-lost", "rank1-peer-lost", "single-runtime", "rank0-peer-silent"],
 )
 def test_which_rank_prints_which_error(monkeypatch, rank, local_rank, world, exc, line):
     for name, value in (("RANK", rank), ("LOCAL_RANK", local_rank), ("WORLD_SIZE", world)):
