@@ -41,6 +41,7 @@ DTYPES = {
 # Defaults; env LLAMA_COLLECTIVE_TIMEOUT / LLAMA_LOAD_TIMEOUT (seconds) override them per run.
 COLLECTIVE_TIMEOUT = timedelta(seconds=30)
 LOAD_TIMEOUT = timedelta(minutes=30)
+_made_here = False  # whether init_distributed created this process's group (then it is ours, not the caller's)
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class Probe:
         cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         mps_backend = getattr(torch.backends, "mps", None)
         group = None
-        if dist.is_available() and dist.is_initialized():
+        if dist.is_available() and dist.is_initialized() and not _made_here:
             group = (str(dist.get_backend()), dist.get_rank(), dist.get_world_size())
         return cls(
             cuda_count=cuda_count,
@@ -179,7 +180,9 @@ def _requested_device(value, source: str, probe: Probe, world_size: int, local_r
             "or on this machine; use device cpu (or mps on Apple silicon)"
         )
     if dev.type == "mps" and not probe.mps:
-        raise BackendError(f"device {value!r} (from {source}) requested, but Apple MPS is not available here; use device cpu")
+        raise BackendError(
+            f"device {value!r} (from {source}) requested, but Apple MPS is not available here; use device cpu"
+        )
     if dev.type == "mps" and world_size > 1:
         raise BackendError(
             f"device 'mps' (from {source}) runs one process, but {world_size} were launched; run without "
@@ -282,6 +285,7 @@ def select(
 
 def init_distributed(rt: Runtime) -> None:
     """Create the default process group for `rt` unless one exists. Idempotent."""
+    global _made_here
     if dist.is_initialized():
         return
     if rt.device.type == "cuda":
@@ -297,6 +301,7 @@ def init_distributed(rt: Runtime) -> None:
         # Loading can take long and unevenly, so joining uses the generous load timeout;
         # `loaded` tightens the model-parallel collectives afterwards.
         dist.init_process_group(rt.backend, rank=rt.rank, world_size=rt.world_size, timeout=rt.load_timeout)
+    _made_here = True
     atexit.register(_shutdown)
 
 

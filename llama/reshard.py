@@ -22,7 +22,9 @@ logger = logging.getLogger(__name__)
 
 def _check_target(src_dir: Path, dst_dir: Path) -> None:
     if dst_dir.exists() and dst_dir.resolve() == src_dir.resolve():
-        raise ConfigError(f"DST_DIR {str(dst_dir)!r} is the source directory; write the new shards to another directory")
+        raise ConfigError(
+            f"DST_DIR {str(dst_dir)!r} is the source directory; write the new shards to another directory"
+        )
     if dst_dir.exists() and not dst_dir.is_dir():
         raise ConfigError(f"DST_DIR {str(dst_dir)!r} is a file; name a directory (it is created if missing)")
     stale = sorted(p.name for p in dst_dir.glob("*.pth")) if dst_dir.is_dir() else []

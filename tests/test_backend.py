@@ -94,7 +94,8 @@ def test_single_process_needs_no_launcher_and_torchrun_is_recognised():
          "(--nproc_per_node), or use device cpu"),
         (OLD_GPU, {}, {"dtype": "bf16"}, BackendError,
          "bfloat16 requested but this GPU does not support it; use dtype float16"),
-        (CPU, {}, {"backend": "mpi"}, ConfigError, "unknown backend 'mpi' (from backend argument); use one of nccl, gloo"),
+        (CPU, {}, {"backend": "mpi"}, ConfigError,
+         "unknown backend 'mpi' (from backend argument); use one of nccl, gloo"),
         (CPU, {}, {"device": "tpu"}, ConfigError,
          "unknown device 'tpu' (from device argument); use cpu, cuda, cuda:N or mps"),
         (CPU, {}, {"dtype": "float64"}, ConfigError,
@@ -145,7 +146,8 @@ print(rt.describe(), dist.get_world_size(), t.tolist())
 
 
 def test_single_process_opens_no_tcp_store_and_needs_no_master_addr():
-    launcher_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LLAMA_DEVICE", "LLAMA_BACKEND")
+    launcher_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LLAMA_DEVICE", "LLAMA_BACKEND",
+                     "LLAMA_DTYPE")
     env = {k: v for k, v in os.environ.items() if k not in launcher_vars}
     env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-c", NO_TCP_STORE], env=env, capture_output=True, text=True, timeout=120)
