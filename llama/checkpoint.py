@@ -129,25 +129,36 @@ def check_params(params: dict, source: str) -> None:
 
 
 def valid_world_sizes(n_shards: int, n_heads: int, n_kv_heads: int) -> List[int]:
-    """Model-parallel process counts that can run a checkpoint saved with `n_shards` shards."""
+    """Model-parallel process counts that can run a checkpoint saved with `n_shards` shards.
+
+    A count must divide the shard count or be a multiple of it (ranks merge whole shards or
+    split one evenly), and divide both head counts (every rank holds whole heads).
+    """
     return [
         d for d in range(1, max(n_shards, n_kv_heads) + 1)
         if (n_shards % d == 0 or d % n_shards == 0) and n_heads % d == 0 and n_kv_heads % d == 0
     ]
 
 
+def parallelism_problem(n_shards: int, world: int, n_heads: int, n_kv_heads: int) -> Optional[str]:
+    """Why `n_shards` shards cannot be regrouped into `world` parts, or None if they can."""
+    if world in valid_world_sizes(n_shards, n_heads, n_kv_heads):
+        return None
+    if n_shards % world and world % n_shards:
+        return f"one of {n_shards} and {world} must divide the other"
+    return f"n_heads={n_heads} and n_kv_heads={n_kv_heads} must both be divisible by {world}"
+
+
 def check_parallelism(n_shards: int, world: int, n_heads: int, n_kv_heads: int) -> None:
     """Raise before any loading if `world` ranks cannot hold a `n_shards`-shard checkpoint."""
-    valid = valid_world_sizes(n_shards, n_heads, n_kv_heads)
-    if world in valid:
+    why = parallelism_problem(n_shards, world, n_heads, n_kv_heads)
+    if why is None:
         return
-    if n_shards % world and world % n_shards:
-        why = "one must divide the other"
-    else:
-        why = f"n_heads={n_heads} and n_kv_heads={n_kv_heads} must both be divisible by it"
+    valid = valid_world_sizes(n_shards, n_heads, n_kv_heads)
     raise ConfigError(
         f"a checkpoint with {n_shards} shards cannot run on {world} model-parallel processes: {why}; "
-        f"valid process counts: {valid}"
+        f"valid process counts: {valid} (torchrun --nproc_per_node N, or python -m llama.reshard to "
+        "change the shard count)"
     )
 
 
@@ -230,19 +241,36 @@ def _slice(key: str, tensor: torch.Tensor, index: int, pieces: int) -> torch.Ten
     return tensor.narrow(dim, index * part, part).contiguous()
 
 
-def load_rank_state(shards: Sequence[Path], world: int, rank: int) -> Dict[str, torch.Tensor]:
-    """The state dict that model-parallel `rank` of `world` needs, reading only its own shards."""
+def reshard_state(shards: Sequence[Path], world: int, rank: int) -> Dict[str, torch.Tensor]:
+    """Every tensor that part `rank` of `world` holds, from a checkpoint saved as `shards`.
+
+    Reads only the shards this part needs. Entries the model ignores (rope.freqs) are kept as
+    the first shard read has them, so the result can be saved as a shard the reference loads.
+    """
     indices, index, pieces = shard_plan(len(shards), world, rank)
     states = [load_shard(shards[i]) for i in indices]
-    keys = [k for k in states[0] if k not in IGNORED_KEYS]
+    keys = list(states[0])
+    weights = set(keys) - set(IGNORED_KEYS)
     for i, state in zip(indices[1:], states[1:]):
-        if set(state) - set(IGNORED_KEYS) != set(keys):
-            raise CheckpointError(f"shard {shards[i].name} holds different weights than {shards[indices[0]].name}")
+        if set(state) - set(IGNORED_KEYS) != weights:
+            raise CheckpointError(
+                f"shard {shards[i].name} holds different weights than {shards[indices[0]].name}; "
+                "the shards do not belong to one checkpoint, download them again"
+            )
     out = {}
     for key in keys:
+        if key in IGNORED_KEYS:
+            out[key] = states[0][key]
+            continue
         tensor = _merge(key, [s[key] for s in states])
         out[key] = _slice(key, tensor, index, pieces)
     return out
+
+
+def load_rank_state(shards: Sequence[Path], world: int, rank: int) -> Dict[str, torch.Tensor]:
+    """The weights that model-parallel `rank` of `world` needs, reading only its own shards."""
+    state = reshard_state(shards, world, rank)
+    return {key: tensor for key, tensor in state.items() if key not in IGNORED_KEYS}
 
 
 def check_state(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size], source: str) -> None:

@@ -6,10 +6,11 @@ import os
 import re
 import sys
 import time
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import fire
 
+from .backend import peer_exited, peer_failure
 from .errors import ConfigError, LlamaError
 from .ranks import REPORT_ON_ANY_RANK
 
@@ -17,6 +18,7 @@ DEBUG_ENV = "LLAMA_DEBUG"
 # torchrun gives each worker a file to describe its failure in; its summary then shows our
 # message instead of a pointer to its docs.
 LAUNCHER_ERROR_FILE = "TORCHELASTIC_ERROR_FILE"
+PEER_EXIT_GRACE_S = 2.0
 
 
 def is_main_rank() -> bool:
@@ -92,16 +94,14 @@ def _one_line(exc: BaseException) -> str:
 
 
 def report(exc: BaseException) -> None:
-    """Print `error: ...` once for the whole job: on rank 0, or on the rank that alone knows of it."""
-    if is_main_rank():
-        message = _one_line(exc)
-    elif getattr(exc, REPORT_ON_ANY_RANK, False):
-        message = f"rank {os.environ.get('RANK')}: {_one_line(exc)}"
-    else:
+    """Print this rank's `error:` line, if it is the one to speak, and hand it to the launcher."""
+    line = error_line(exc)
+    if line is None:
         return
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    print(line, file=sys.stderr, flush=True)
     error_file = os.environ.get(LAUNCHER_ERROR_FILE)
     if error_file:
+        message = line[len("error: "):]
         try:
             with open(error_file, "w") as f:  # the layout torch.distributed.elastic writes itself
                 info = {"py_callstack": message, "timestamp": str(int(time.time()))}
@@ -128,4 +128,50 @@ def run(main: Callable) -> None:
         if debug:
             raise
         report(exc)
+        if _env_int("WORLD_SIZE", 1) > 1:
+            _exit_rank(peer_exited(exc))
         sys.exit(1)
+
+
+def _exit_rank(peer_exited: bool) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if peer_exited:
+        # Let the launcher see the rank that really failed exit first: torchrun names the first
+        # exit it observes as the root cause, and stops this rank itself within a moment.
+        time.sleep(PEER_EXIT_GRACE_S)
+    # Skip interpreter teardown: joining collective threads that wait on a dead peer could
+    # hang this rank while the launcher waits for it.
+    os._exit(1)
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, ""))
+    except ValueError:
+        return default
+
+
+def error_line(exc: BaseException) -> Optional[str]:
+    """The `error:` line this rank prints for `exc`, or None when another rank speaks for it.
+
+    User mistakes are the same on every rank: rank 0 reports them (and the first rank of each
+    other node, whose log is separate). Anything else (a crash, out of memory) may be this
+    rank's alone, so the rank that hit it reports it, naming itself. A lost peer is only the
+    echo of another rank's failure: the first rank of each node mentions it.
+    """
+    rank, local_rank, world = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0), _env_int("WORLD_SIZE", 1)
+    if world <= 1:
+        return f"error: {_one_line(exc)}"
+    if getattr(exc, REPORT_ON_ANY_RANK, False) and rank != 0:
+        return f"error: rank {rank}: {_one_line(exc)}"  # its peers could not be told
+    peer = peer_failure(exc)
+    if peer is not None:
+        return f"error: rank {rank}: {peer}" if local_rank == 0 else None
+    if _user_error(exc):
+        if rank == 0:
+            return f"error: {_one_line(exc)}"
+        return f"error: rank {rank}: {_one_line(exc)}" if local_rank == 0 else None
+    return f"error: rank {rank}: {_one_line(exc)}"
+
+

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from fairscale.nn.model_parallel import initialize as fs_init
 
 from . import checkpoint, memory
-from .backend import Runtime, init_distributed, select
+from .backend import Runtime, init_distributed, loaded, select
 from .chat_format import UNSAFE_ERROR, Dialog, Message, encode_dialog, has_special_tags  # noqa: F401
 from .errors import ConfigError, GenerationError
 from .model import ModelArgs, Transformer
@@ -91,6 +91,7 @@ class Llama:
         checkpoint.check_parallelism(len(shards), mp_size, model_args.n_heads, model_args.kv_heads)
         memory.check_fits(model_args, mp_size, rt.device, rt.dtype)
         model = on_all_ranks(_load_model_or_explain, model_args, shards, mp_size, mp_rank, rt)
+        loaded(rt)
         if rt.is_main:
             print(f"Loaded in {time.time() - start_time:.2f} seconds")
         return Llama(model, tokenizer)

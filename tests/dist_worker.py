@@ -1,0 +1,58 @@
+"""Test-only driver for tests/test_distributed.py (run under torchrun).
+
+Generates PROMPTS greedily and with default sampling and prints the tokens as one JSON line on
+rank 0. With `--fail_rank R --fail_how raise|kill|hang`, rank R then fails at the `--fail_step`-th
+forward call of one more generation, to check that no rank hangs and the user learns why; it
+says on stderr when (time.time()) it fails.
+"""
+import json
+import os
+import signal
+import sys
+import time
+
+from llama import Llama
+from llama.cli import run
+
+PROMPTS = ["I believe the meaning of life is", "Simply put, the theory of relativity states that"]
+
+
+def generations(generator: Llama, max_gen_len: int = 6) -> dict:
+    prompts = [generator.tokenizer.encode(p, bos=True, eos=False) for p in PROMPTS]
+    greedy, _ = generator.generate(prompts, max_gen_len, temperature=0)
+    sampled, _ = generator.generate(prompts, max_gen_len)
+    return {"greedy": greedy, "sampled": sampled}
+
+
+def _fail_at(generator: Llama, step: int, how: str) -> None:
+    forward = generator.model.forward
+    calls = [0]
+
+    def failing_forward(tokens, start_pos):
+        calls[0] += 1
+        if calls[0] == step:
+            print(f"failing ({how}) at {time.time()}", file=sys.stderr, flush=True)
+            if how == "raise":
+                raise RuntimeError(f"injected failure at forward call {step}")
+            if how == "kill":  # what the kernel's OOM killer does
+                os.kill(os.getpid(), signal.SIGKILL)
+            if how == "hang":
+                time.sleep(3600)
+        return forward(tokens, start_pos)
+
+    generator.model.forward = failing_forward
+
+
+def main(ckpt_dir: str, tokenizer_path: str, fail_rank: int = -1, fail_step: int = 3, fail_how: str = "raise"):
+    generator = Llama.build(ckpt_dir, tokenizer_path, max_seq_len=64, max_batch_size=len(PROMPTS))
+    result = generations(generator)
+    if generator.is_main:
+        print(json.dumps(result), flush=True)
+    if fail_rank >= 0:
+        if int(os.environ.get("RANK", "0")) == fail_rank:
+            _fail_at(generator, fail_step, fail_how)
+        generations(generator)
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,221 @@
+"""Model parallelism over several processes on the CPU (gloo): torchrun with 1, 2 and 4 processes,
+two launchers acting as two nodes, ranks that die or hang mid-generation, and who reports what."""
+import importlib.util
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import List, Tuple
+
+import pytest
+import torch
+
+from llama.cli import error_line
+from llama.errors import CheckpointError, ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).with_name("dist_worker.py")
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
+               "LLAMA_DEVICE", "LLAMA_BACKEND", "LLAMA_DTYPE", "LLAMA_COLLECTIVE_TIMEOUT", "LLAMA_DEBUG")
+DEADLINE_S = 60  # every rank must be gone this long after one fails
+HANG_TIMEOUT_S = 10  # LLAMA_COLLECTIVE_TIMEOUT for the hang test: well above any stall of a busy CPU
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    return {**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **extra}
+
+
+def _torchrun(nproc: int, script: Path, *args) -> List[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            str(script), *map(str, args)]
+
+
+def _node(node_rank: int, port: int, script: Path, *args) -> List[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+            "--node_rank", str(node_rank), "--master_addr", "127.0.0.1", "--master_port", str(port),
+            str(script), *map(str, args)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(cmds: List[List[str]], env: dict) -> Tuple[List[subprocess.CompletedProcess], float]:
+    """Run the launchers together; -> their results and when the last one exited."""
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for cmd in cmds]
+    outs = [proc.communicate(timeout=300) for proc in procs]
+    finished = time.time()
+    return [subprocess.CompletedProcess(p.args, p.returncode, o, e) for p, (o, e) in zip(procs, outs)], finished
+
+
+@pytest.fixture(scope="module")
+def launches(make_ckpt, tokenizer_path, tmp_path_factory):
+    """Every launch this module checks, started together in the background: each mostly waits
+    (imports, rendezvous, timeouts), so running them side by side keeps the module fast."""
+    tok, example = tokenizer_path, REPO / "example_text_completion.py"
+    unreadable = tmp_path_factory.mktemp("unreadable-2-shards")
+    (unreadable / "params.json").write_bytes((make_ckpt("mha", 2) / "params.json").read_bytes())
+    for i in range(2):  # loading these would fail with a CheckpointError
+        (unreadable / f"consolidated.{i:02d}.pth").write_bytes(b"not a checkpoint")
+    port = _free_port()
+    jobs = {
+        "1proc-4shards-sampled": ([_torchrun(1, example, make_ckpt("mha", 4), tok, "--max_gen_len", 4)], {}),
+        "2procs-gqa-greedy": (
+            [_torchrun(2, example, make_ckpt("gqa", 2), tok, "--max_gen_len", 4, "--temperature", 0)], {}),
+        "4procs-2shards-sampled": ([_torchrun(4, example, make_ckpt("mha", 2), tok, "--max_gen_len", 4)], {}),
+        "kill": ([_torchrun(2, WORKER, make_ckpt("mha", 4), tok, "--fail_rank", 1, "--fail_how", "kill")], {}),
+        "hang": ([_torchrun(2, WORKER, make_ckpt("mha", 1), tok, "--fail_rank", 1, "--fail_how", "hang")],
+                 {"LLAMA_COLLECTIVE_TIMEOUT": str(HANG_TIMEOUT_S)}),
+        "two-nodes": ([_node(n, port, WORKER, make_ckpt("gqa", 2), tok, "--fail_rank", 1) for n in (0, 1)], {}),
+        "3procs-2shards": ([_torchrun(3, example, unreadable, tok)], {}),
+    }
+    pool = ThreadPoolExecutor(max_workers=3)
+    futures = {name: pool.submit(_launch, cmds, _env(**env)) for name, (cmds, env) in jobs.items()}
+    yield lambda name: futures[name].result()
+    pool.shutdown(wait=True)
+
+
+def _error_lines(stderr: str):
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def _failed_at(stderr: str) -> float:
+    return float(re.search(r"^failing \(\w+\) at ([\d.]+)$", stderr, re.M).group(1))
+
+
+def _root_cause(stderr: str) -> str:
+    return stderr.split("Root Cause (first observed failure):", 1)[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The subprocesses run one thread each; the in-process reference runs alike (and faster on a shared CPU).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def example():
+    spec = importlib.util.spec_from_file_location("example_text_completion", REPO / "example_text_completion.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _without_timing(stdout: str) -> str:
+    return "\n".join(line for line in stdout.splitlines() if not line.startswith("Loaded in "))
+
+
+@pytest.mark.parametrize(
+    "name, nproc, config, temperature",
+    [("1proc-4shards-sampled", 1, "mha", 0.6), ("2procs-gqa-greedy", 2, "gqa", 0),
+     ("4procs-2shards-sampled", 4, "mha", 0.6)],
+)
+def test_torchrun_example_prints_the_single_process_text(
+    launches, example, make_ckpt, tokenizer_path, capsys, name, nproc, config, temperature
+):
+    (run,), _ = launches(name)
+    assert run.returncode == 0, run.stderr
+    example.main(str(make_ckpt(config, 1)), str(tokenizer_path), temperature=temperature, max_gen_len=4)
+    single = capsys.readouterr().out
+    assert "> " in single
+    assert _without_timing(run.stdout) == _without_timing(single)  # rank 0 alone prints, the same text
+    runtime = [line for line in run.stderr.splitlines() if line.startswith("runtime: ")]
+    assert runtime == [
+        f"runtime: backend=gloo device=cpu dtype=float32 world_size={nproc} rank=0 "
+        "(no CUDA or MPS -> cpu; no CUDA -> gloo)"
+    ]
+
+
+def _reference(build, config):
+    sys.path.insert(0, str(WORKER.parent))
+    from dist_worker import generations
+
+    return generations(build(config, 1, max_seq_len=64, max_batch_size=2))
+
+
+def test_a_killed_rank_ends_the_job_quickly_and_torchrun_names_it(launches, build):
+    # 4 shards merged pairwise onto 2 ranks; rank 1 is then SIGKILLed (as by the OOM killer) mid-generation.
+    (run,), finished = launches("kill")
+    assert json.loads(run.stdout.splitlines()[-1]) == _reference(build, "mha")
+    assert run.returncode != 0
+    assert finished - _failed_at(run.stderr) < DEADLINE_S
+    cause = _root_cause(run.stderr)
+    assert "rank      : 1 (local_rank: 1)" in cause and "(SIGKILL)" in cause, cause
+
+
+def test_a_hung_rank_times_out_instead_of_hanging_the_others(launches, build):
+    # One shard split over 2 ranks; rank 1 then stops answering, rank 0 gives up after the collective timeout.
+    (run,), finished = launches("hang")
+    assert json.loads(run.stdout.splitlines()[-1]) == _reference(build, "mha")
+    assert run.returncode != 0
+    assert finished - _failed_at(run.stderr) < DEADLINE_S
+    errors = _error_lines(run.stderr)
+    assert len(errors) == 1 and errors[0].startswith(
+        f"error: rank 0: another rank stopped answering (Timed out waiting {HANG_TIMEOUT_S * 1000}ms for "
+    ), run.stderr
+
+
+def test_two_launchers_as_two_nodes_match_one_process_and_report_a_failed_rank(launches, build):
+    (node0, node1), finished = launches("two-nodes")
+    assert json.loads(node0.stdout.splitlines()[-1]) == _reference(build, "gqa"), node0.stderr
+    assert (node0.returncode != 0, node1.returncode != 0) == (True, True)
+    assert finished - _failed_at(node1.stderr) < DEADLINE_S
+    assert _error_lines(node1.stderr) == ["error: rank 1: RuntimeError: injected failure at forward call 3"]
+    lost = _error_lines(node0.stderr)
+    assert len(lost) == 1 and lost[0].startswith("error: rank 0: lost contact with another rank ("), node0.stderr
+
+
+def test_an_impossible_process_count_fails_before_loading_with_one_message(launches):
+    (run,), _ = launches("3procs-2shards")
+    assert run.returncode != 0
+    assert _error_lines(run.stderr) == [
+        "error: a checkpoint with 2 shards cannot run on 3 model-parallel processes: one of 2 and 3 must divide "
+        "the other; valid process counts: [1, 2, 4] (torchrun --nproc_per_node N, or python -m llama.reshard to "
+        "change the shard count)"
+    ], run.stderr
+
+
+PEER_LOST = RuntimeError("[../third_party/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:5. "
+                         "This is typically caused by a remote worker crashing.")
+LOST_LINE = ("lost contact with another rank (Connection closed by peer [127.0.0.1]:5); the rank that failed "
+             "prints its own error, and torchrun's failure report names it (Root Cause)")
+
+PEER_SILENT = RuntimeError("[../gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 30000ms for recv operation "
+                           "to complete")
+SILENT_LINE = ("another rank stopped answering (Timed out waiting 30000ms for recv operation to complete): it hung, "
+               "or its machine or network went away; if it is only slow, raise LLAMA_COLLECTIVE_TIMEOUT or "
+               "LLAMA_LOAD_TIMEOUT (seconds)")
+
+
+@pytest.mark.parametrize(
+    "rank, local_rank, world, exc, line",
+    [
+        (0, 0, 1, ConfigError("top_p must be in (0, 1]"), "error: top_p must be in (0, 1]"),
+        (0, 0, 4, ConfigError("top_p must be in (0, 1]"), "error: top_p must be in (0, 1]"),
+        (1, 1, 4, ConfigError("top_p must be in (0, 1]"), None),  # rank 0 says it for everyone
+        (2, 0, 4, ConfigError("top_p must be in (0, 1]"), "error: rank 2: top_p must be in (0, 1]"),  # node 2's log
+        (3, 1, 4, MemoryError("cannot allocate 4 GiB"), "error: rank 3: MemoryError: cannot allocate 4 GiB"),
+        (1, 1, 2, CheckpointError("shard 01 is truncated"), None),
+        (0, 0, 2, PEER_LOST, f"error: rank 0: {LOST_LINE}"),
+        (1, 1, 2, PEER_LOST, None),
+        (0, 0, 1, PEER_LOST, f"error: RuntimeError: {PEER_LOST}"),
+        (0, 0, 2, PEER_SILENT, f"error: rank 0: {SILENT_LINE}"),
+    ],
+    ids=["single", "rank0-user", "rank1-user", "node-leader-user", "rank-local-crash", "rank1-checkpoint",
+         "rank0-peer-lost", "rank1-peer-lost", "single-runtime", "rank0-peer-silent"],
+)
+def test_which_rank_prints_which_error(monkeypatch, rank, local_rank, world, exc, line):
+    for name, value in (("RANK", rank), ("LOCAL_RANK", local_rank), ("WORLD_SIZE", world)):
+        monkeypatch.setenv(name, str(value))
+    assert error_line(exc) == line
