@@ -91,10 +91,6 @@ def _failed_at(stderr: str) -> float:
     return float(re.search(r"^failing \(\w+\) at ([\d.]+)$", stderr, re.M).group(1))
 
 
-def _root_cause(stderr: str) -> str:
-    return stderr.split("Root Cause (first observed failure):", 1)[1]
-
-
 @pytest.fixture(autouse=True)
 def _one_thread():
     # The subprocesses run one thread each; the in-process reference runs alike (and faster on a shared CPU).
@@ -150,8 +146,11 @@ def test_a_killed_rank_ends_the_job_quickly_and_torchrun_names_it(launches, buil
     assert json.loads(run.stdout.splitlines()[-1]) == _reference(build, "mha")
     assert run.returncode != 0
     assert finished - _failed_at(run.stderr) < DEADLINE_S
-    cause = _root_cause(run.stderr)
-    assert "rank      : 1 (local_rank: 1)" in cause and "(SIGKILL)" in cause, cause
+    # torchrun's failure report lists every failed rank; under load, rank 0's own exit can be
+    # observed first, so look for rank 1's SIGKILL anywhere in the report, not only as Root Cause.
+    report = run.stderr.split("Failures:", 1)[-1]
+    entries = re.split(r"\n\s*\[\d+\]:\n", report)
+    assert any("rank      : 1 (local_rank: 1)" in e and "(SIGKILL)" in e for e in entries), report
 
 
 def test_a_hung_rank_times_out_instead_of_hanging_the_others(launches, build):
