@@ -90,7 +90,7 @@ def _stream_batch(generator: Llama, batch, offset: int, max_gen_len: int, temper
             if token == eos_id or cur_pos + 1 >= ends[i]:
                 done[i] = True
                 yield StreamEvent(offset + i, None, decoders[i].flush(), done=True)
-    for i in (i for i, d in enumerate(done) if not d):  # only if the loop stopped early; kept for safety
+    for i in (i for i, d in enumerate(done) if not d):  # defensive: every row normally closes in the loop
         yield StreamEvent(offset + i, None, decoders[i].flush(), done=True)
 
 

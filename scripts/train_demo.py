@@ -230,8 +230,9 @@ def write_record(out: Path, args, stats: dict, argv) -> None:
         "# How the demo model was trained", "",
         f"Command: `{' '.join(['python scripts/train_demo.py', *argv])}`", "",
         f"- model: {json.dumps(MODEL)}, vocab {args.vocab_size}, {stats.pop('parameters')} parameters",
-        f"- data: pydoc_data topics + standard-library docstrings of Python {platform.python_version()} "
-        f"({stats.pop('train_tokens')} training tokens), plus question/answer dialogs made from them",
+        f"- data: pydoc_data topics + standard-library docstrings and comments of Python "
+        f"{platform.python_version()}, plus question/answer dialogs made from them "
+        f"({stats.pop('train_tokens')} training tokens; every {VALID_EVERY}th document held out as valid)",
         f"- training: {args.steps} steps of {args.batch_size} x {args.seq_len} tokens, AdamW lr {args.lr} "
         f"(warmup {args.warmup}, cosine to lr/10), weight decay {args.weight_decay}, seed {args.seed}, "
         f"{args.threads} thread(s), torch {torch.__version__}",
