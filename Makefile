@@ -25,8 +25,11 @@ test-tools:
 test: $(STAMP) test-tools
 	$(PY) -m pytest -q tests
 
+# The bundled demo model (llama/demo/): both reference examples, streamed; then how to chat with it.
 demo: $(STAMP)
-	$(PY) example_text_completion.py
+	$(PY) example_text_completion.py --stream
+	$(PY) example_chat_completion.py --stream
+	@echo "Chat with the demo model: $(PY) -m llama.chat"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

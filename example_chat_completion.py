@@ -1,15 +1,21 @@
 """Chat completion with a Llama 2 chat checkpoint: `torchrun --nproc_per_node MP example_chat_completion.py ...`
-(or plain `python example_chat_completion.py ...` on one process: CPU, CUDA or Apple MPS)."""
+(or plain `python example_chat_completion.py ...` on one process: CPU, CUDA or Apple MPS).
+Without --ckpt_dir/--tokenizer_path it runs the bundled demo model; --stream prints answers as they come."""
+import logging
+import time
 from typing import List, Optional
 
-from llama import Dialog, Llama
-from llama.generation import check_sampling
+from llama import Dialog, Llama, demo
 from llama.cli import run
+from llama.generation import check_sampling
+from llama.streaming import in_prompt_order, stream_chat_completion
+
+logger = logging.getLogger(__name__)
 
 
 def main(
-    ckpt_dir: str,
-    tokenizer_path: str,
+    ckpt_dir: Optional[str] = None,
+    tokenizer_path: Optional[str] = None,
     temperature: float = 0.6,
     top_p: float = 0.9,
     max_seq_len: int = 512,
@@ -17,8 +23,12 @@ def main(
     max_gen_len: Optional[int] = None,
     device: Optional[str] = None,
     dtype: Optional[str] = None,
+    *,
+    stream: bool = False,  # a flag only (--stream), so that positional arguments keep the reference's meaning
 ):
     check_sampling(temperature, top_p, max_gen_len)  # before the (slow) load, not after it
+    ckpt_dir, tokenizer_path = demo.resolve(ckpt_dir, tokenizer_path)
+    started = time.perf_counter()
     generator = Llama.build(
         ckpt_dir=ckpt_dir,
         tokenizer_path=tokenizer_path,
@@ -70,18 +80,48 @@ If a question does not make any sense, or is not factually coherent, explain why
             }
         ],
     ]
-    results = generator.chat_completion(
-        dialogs,  # type: ignore
-        max_gen_len=max_gen_len,
-        temperature=temperature,
-        top_p=top_p,
-    )
-    if generator.is_main:
-        for dialog, result in zip(dialogs, results):
-            for msg in dialog:
-                print(f"{msg['role'].capitalize()}: {msg['content']}\n")
-            print(f"> {result['generation']['role'].capitalize()}: {result['generation']['content']}")
+    load_s, started = time.perf_counter() - started, time.perf_counter()
+    if stream:
+        n_tokens = print_streamed(generator, dialogs, temperature, top_p, max_gen_len)
+    else:
+        results = generator.chat_completion(
+            dialogs,  # type: ignore
+            max_gen_len=max_gen_len,
+            temperature=temperature,
+            top_p=top_p,
+        )
+        n_tokens = sum(len(generator.tokenizer.encode(r["generation"]["content"], bos=False, eos=False)) for r in results)
+        if generator.is_main:
+            for dialog, result in zip(dialogs, results):
+                print_dialog(dialog)
+                print(f"> {result['generation']['role'].capitalize()}: {result['generation']['content']}")
+                print("\n==================================\n")
+    gen_s = time.perf_counter() - started
+    logger.info("loaded in %.2f s; generated %d tokens in %.2f s (%.1f tokens/s)", load_s, n_tokens, gen_s, n_tokens / gen_s)
+
+
+def print_dialog(dialog: Dialog) -> None:
+    for msg in dialog:
+        print(f"{msg['role'].capitalize()}: {msg['content']}\n")
+
+
+def print_streamed(generator: Llama, dialogs: List[Dialog], temperature: float, top_p: float, max_gen_len) -> int:
+    """Print each answer as it is generated, one dialog after another; -> tokens generated."""
+    n_tokens, started = 0, set()
+    events = stream_chat_completion(generator, dialogs, temperature=temperature, top_p=top_p, max_gen_len=max_gen_len)
+    for event in in_prompt_order(events):
+        n_tokens += event.token is not None
+        if not generator.is_main:
+            continue
+        if event.index not in started:
+            started.add(event.index)
+            print_dialog(dialogs[event.index])
+            print("> Assistant: ", end="")
+        print(event.text, end="", flush=True)
+        if event.done:
+            print()
             print("\n==================================\n")
+    return n_tokens
 
 
 if __name__ == "__main__":

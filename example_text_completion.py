@@ -1,15 +1,21 @@
 """Text completion with a Llama 2 checkpoint: `torchrun --nproc_per_node MP example_text_completion.py ...`
-(or plain `python example_text_completion.py ...` on one process: CPU, CUDA or Apple MPS)."""
+(or plain `python example_text_completion.py ...` on one process: CPU, CUDA or Apple MPS).
+Without --ckpt_dir/--tokenizer_path it runs the bundled demo model; --stream prints text as it comes."""
+import logging
+import time
 from typing import List, Optional
 
-from llama import Llama
-from llama.generation import check_sampling
+from llama import Llama, demo
 from llama.cli import run
+from llama.generation import check_sampling
+from llama.streaming import in_prompt_order, stream_text_completion
+
+logger = logging.getLogger(__name__)
 
 
 def main(
-    ckpt_dir: str,
-    tokenizer_path: str,
+    ckpt_dir: Optional[str] = None,
+    tokenizer_path: Optional[str] = None,
     temperature: float = 0.6,
     top_p: float = 0.9,
     max_seq_len: int = 128,
@@ -17,8 +23,12 @@ def main(
     max_batch_size: int = 4,
     device: Optional[str] = None,
     dtype: Optional[str] = None,
+    *,
+    stream: bool = False,  # a flag only (--stream), so that positional arguments keep the reference's meaning
 ):
     check_sampling(temperature, top_p, max_gen_len)  # before the (slow) load, not after it
+    ckpt_dir, tokenizer_path = demo.resolve(ckpt_dir, tokenizer_path)
+    started = time.perf_counter()
     generator = Llama.build(
         ckpt_dir=ckpt_dir,
         tokenizer_path=tokenizer_path,
@@ -45,17 +55,43 @@ def main(
         plush girafe => girafe peluche
         cheese =>""",
     ]
-    results = generator.text_completion(
-        prompts,
-        max_gen_len=max_gen_len,
-        temperature=temperature,
-        top_p=top_p,
-    )
-    if generator.is_main:
-        for prompt, result in zip(prompts, results):
-            print(prompt)
-            print(f"> {result['generation']}")
+    load_s, started = time.perf_counter() - started, time.perf_counter()
+    if stream:
+        n_tokens = print_streamed(generator, prompts, temperature, top_p, max_gen_len)
+    else:
+        results = generator.text_completion(
+            prompts,
+            max_gen_len=max_gen_len,
+            temperature=temperature,
+            top_p=top_p,
+        )
+        n_tokens = sum(len(generator.tokenizer.encode(r["generation"], bos=False, eos=False)) for r in results)
+        if generator.is_main:
+            for prompt, result in zip(prompts, results):
+                print(prompt)
+                print(f"> {result['generation']}")
+                print("\n==================================\n")
+    gen_s = time.perf_counter() - started
+    logger.info("loaded in %.2f s; generated %d tokens in %.2f s (%.1f tokens/s)", load_s, n_tokens, gen_s, n_tokens / gen_s)
+
+
+def print_streamed(generator: Llama, prompts: List[str], temperature: float, top_p: float, max_gen_len: int) -> int:
+    """Print each completion as it is generated, one prompt after another; -> tokens generated."""
+    n_tokens, started = 0, set()
+    events = stream_text_completion(generator, prompts, temperature=temperature, top_p=top_p, max_gen_len=max_gen_len)
+    for event in in_prompt_order(events):
+        n_tokens += event.token is not None
+        if not generator.is_main:
+            continue
+        if event.index not in started:
+            started.add(event.index)
+            print(prompts[event.index])
+            print("> ", end="")
+        print(event.text, end="", flush=True)
+        if event.done:
+            print()
             print("\n==================================\n")
+    return n_tokens
 
 
 if __name__ == "__main__":

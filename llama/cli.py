@@ -78,7 +78,7 @@ def check_args(main: Callable, argv: List[str]) -> None:
             continue
         positional.append(arg)
         i += 1
-    unnamed = [n for n in names if n not in named]
+    unnamed = [n for n in names if n not in named and params[n].kind != params[n].KEYWORD_ONLY]
     if len(positional) > len(unnamed):
         raise ConfigError(f"unexpected extra arguments {positional[len(unnamed):]}; pass options as --name value")
     missing = [n for n in unnamed[len(positional):] if params[n].default is inspect.Parameter.empty]

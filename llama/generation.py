@@ -3,20 +3,22 @@ import logging
 import math
 import time
 from contextlib import redirect_stdout
+from dataclasses import dataclass
 from io import StringIO
 from numbers import Integral
-from typing import List, Optional, Sequence, Tuple, TypedDict
+from typing import Iterator, List, Optional, Sequence, Tuple, TypedDict
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from fairscale.nn.model_parallel import initialize as fs_init
 
-from . import checkpoint, memory
+from . import checkpoint, demo, memory
 from .backend import Runtime, init_distributed, loaded, select
 from .chat_format import UNSAFE_ERROR, Dialog, Message, encode_dialog, has_special_tags  # noqa: F401
 from .errors import ConfigError, GenerationError
 from .model import ModelArgs, Transformer
+from .progress import slow_progress
 from .ranks import on_all_ranks
 from .tokenizer import Tokenizer
 
@@ -33,6 +35,18 @@ class ChatPrediction(TypedDict, total=False):
     generation: Message
     tokens: List[str]
     logprobs: List[float]
+
+
+@dataclass
+class DecodeState:
+    """The buffers of one batched decode: (bsz, total_len) tokens, updated in place step by step."""
+
+    tokens: torch.Tensor
+    token_logprobs: Optional[torch.Tensor]
+    input_text_mask: torch.Tensor  # True where a prompt token sits (never overwritten)
+    eos_reached: torch.Tensor
+    min_prompt_len: int
+    total_len: int
 
 
 def _positive(name: str, value) -> int:
@@ -96,6 +110,15 @@ class Llama:
             print(f"Loaded in {time.time() - start_time:.2f} seconds")
         return Llama(model, tokenizer)
 
+    @staticmethod
+    def build_demo(**build_kwargs) -> "Llama":
+        """The small model bundled in llama/demo/ (trained on Python's own documentation).
+
+        build_kwargs go to `build`; max_seq_len and max_batch_size default to the demo's own.
+        """
+        kwargs = {"max_seq_len": demo.MAX_SEQ_LEN, "max_batch_size": demo.MAX_BATCH_SIZE, **build_kwargs}
+        return Llama.build(str(demo.CKPT_DIR), str(demo.TOKENIZER_PATH), **kwargs)
+
     def __init__(self, model: Transformer, tokenizer: Tokenizer):
         self.model = model
         self.tokenizer = tokenizer
@@ -131,11 +154,20 @@ class Llama:
             )
         if bsz == 0:
             return [], ([] if logprobs else None)
+        state = self._start_decode(prompt_tokens, max_gen_len, logprobs)
+        for _ in self._decode_steps(state, temperature, top_p):
+            pass
+        return _collect(state.tokens.tolist(), state.token_logprobs, prompt_tokens, max_gen_len, self.tokenizer.eos_id, echo)
+
+    def _start_decode(self, prompt_tokens: List[List[int]], max_gen_len: int, logprobs: bool) -> DecodeState:
+        """Check the prompts' lengths and lay them out in a (bsz, total_len) buffer of pad_id."""
+        params = self.model.params
+        bsz = len(prompt_tokens)
         lengths = [len(t) for t in prompt_tokens]
         min_prompt_len, max_prompt_len = min(lengths), max(lengths)
         total_len = min(params.max_seq_len, max_gen_len + max_prompt_len)
 
-        pad_id, eos_id = self.tokenizer.pad_id, self.tokenizer.eos_id
+        pad_id = self.tokenizer.pad_id
         device = self.device
         tokens = torch.full((bsz, total_len), pad_id, dtype=torch.long, device=device)
         for k, t in enumerate(prompt_tokens):
@@ -143,7 +175,15 @@ class Llama:
         token_logprobs = torch.zeros_like(tokens, dtype=torch.float) if logprobs else None
         eos_reached = torch.zeros(bsz, dtype=torch.bool, device=device)
         input_text_mask = tokens != pad_id
+        return DecodeState(tokens, token_logprobs, input_text_mask, eos_reached, min_prompt_len, total_len)
 
+    @torch.inference_mode()
+    def _decode_steps(self, state: DecodeState, temperature: float, top_p: float) -> Iterator[int]:
+        """Run the decode loop on `state`, yielding each position just written (for all rows at once)."""
+        tokens, token_logprobs, input_text_mask = state.tokens, state.token_logprobs, state.input_text_mask
+        eos_reached, min_prompt_len, total_len = state.eos_reached, state.min_prompt_len, state.total_len
+        pad_id, eos_id = self.tokenizer.pad_id, self.tokenizer.eos_id
+        logprobs = token_logprobs is not None
         prev_pos = 0
         if min_prompt_len == total_len:
             logits = self.model.forward(tokens, prev_pos)
@@ -162,10 +202,9 @@ class Llama:
                 )
             eos_reached |= (~input_text_mask[:, cur_pos]) & (next_token == eos_id)
             prev_pos = cur_pos
+            yield cur_pos
             if bool(eos_reached.all()):
                 break
-
-        return _collect(tokens.tolist(), token_logprobs, prompt_tokens, max_gen_len, eos_id, echo)
 
     def text_completion(
         self,
@@ -181,7 +220,7 @@ class Llama:
         if max_gen_len is None:
             max_gen_len = self.model.params.max_seq_len - 1
         prompt_tokens = [self.tokenizer.encode(x, bos=True, eos=False) for x in prompts]
-        tokens, probs = self.generate(prompt_tokens, max_gen_len, temperature, top_p, logprobs, echo)
+        tokens, probs = self._generate_in_batches(prompt_tokens, max_gen_len, temperature, top_p, logprobs, echo)
         out: List[CompletionPrediction] = []
         for i, t in enumerate(tokens):
             pred: CompletionPrediction = {"generation": self.tokenizer.decode(t)}
@@ -203,7 +242,7 @@ class Llama:
             max_gen_len = self.model.params.max_seq_len - 1
         prompt_tokens = [encode_dialog(self.tokenizer, d, i) for i, d in enumerate(dialogs)]
         unsafe = [has_special_tags(d) for d in dialogs]
-        tokens, probs = self.generate(prompt_tokens, max_gen_len, temperature, top_p, logprobs)
+        tokens, probs = self._generate_in_batches(prompt_tokens, max_gen_len, temperature, top_p, logprobs)
         out: List[ChatPrediction] = []
         for i, t in enumerate(tokens):
             content = UNSAFE_ERROR if unsafe[i] else self.tokenizer.decode(t)
@@ -214,6 +253,19 @@ class Llama:
             out.append(pred)
         return out
 
+    def _generate_in_batches(self, prompt_tokens, max_gen_len, temperature, top_p, logprobs, echo=False):
+        """generate() on consecutive groups of at most max_batch_size prompts; results in input order."""
+        params = self.model.params
+        _check_sampling(temperature, top_p, max_gen_len)  # once, with indices into the whole list
+        _check_prompt_tokens(prompt_tokens, self.tokenizer.n_words, params.max_seq_len)
+        size = params.max_batch_size
+        tokens, probs = [], []
+        for start in range(0, len(prompt_tokens), size):
+            t, p = self.generate(prompt_tokens[start : start + size], max_gen_len, temperature, top_p, logprobs, echo)
+            tokens += t
+            probs += p or []
+        return tokens, (probs if logprobs else None)
+
 
 def _load_model(args: ModelArgs, shards, mp_size: int, mp_rank: int, rt: Runtime) -> Transformer:
     with torch.device("meta"):
@@ -223,7 +275,8 @@ def _load_model(args: ModelArgs, shards, mp_size: int, mp_rank: int, rt: Runtime
     source = f"checkpoint {str(shards[0].parent)!r} (rank {mp_rank} of {mp_size})"
     _check_vocab(state, args, mp_size, source)
     checkpoint.check_state(state, expected, source)
-    state = {k: v.to(device=rt.device, dtype=rt.dtype) for k, v in state.items()}
+    tensors = slow_progress(state.items(), total=len(state), desc="Loading weights", unit="tensor", enabled=rt.is_main)
+    state = {k: v.to(device=rt.device, dtype=rt.dtype) for k, v in tensors}
     model.load_state_dict(state, strict=True, assign=True)
     model.setup_caches()
     return model.eval()

@@ -201,8 +201,9 @@ def test_unknown_flag_is_refused_before_anything_runs(cli, ckpts, tokenizer_path
     assert res.out == ""
 
 
-def test_missing_required_arguments(cli):
-    assert_one_error(cli(CHAT), "missing required arguments: ckpt_dir, tokenizer_path")
+def test_a_checkpoint_without_its_tokenizer(cli, ckpts):
+    # Neither runs the bundled demo; one without the other is a mistake.
+    assert_one_error(cli(CHAT, "--ckpt_dir", ckpts["good"]), "--ckpt_dir was given without --tokenizer_path")
 
 
 def test_surplus_positional_arguments(cli, ckpts, tokenizer_path):

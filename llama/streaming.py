@@ -1,0 +1,150 @@
+"""Streaming generation: each prompt's new text, one token at a time, as the tokens are sampled.
+
+The events carry text deltas whose concatenation (per prompt) is exactly what the non-streaming
+call returns: `text_completion(...)[i]["generation"]`, or the chat answer's content. Prompts
+beyond max_batch_size are run in later batches, so their events come after the earlier ones.
+"""
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from typing import DefaultDict, Iterable, Iterator, List, Optional
+
+from .chat_format import UNSAFE_ERROR, Dialog, encode_dialog, has_special_tags
+from .generation import Llama, _check_prompt_tokens, _check_sampling
+
+# What SentencePiece decodes an incomplete UTF-8 byte sequence to; a later byte token may complete it.
+REPLACEMENT_CHAR = "\ufffd"
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    index: int  # which prompt, in input order
+    token: Optional[int]  # the token just generated; None on the closing event
+    text: str  # text this event adds ("" while a multi-byte character is still incomplete)
+    done: bool = False  # the prompt's last event: its generation is complete
+
+
+class TextDeltas:
+    """Turns one row's tokens into text deltas that concatenate to tokenizer.decode(all tokens).
+
+    Decoding token by token would drop SentencePiece's word-initial spaces and split multi-byte
+    characters, so the whole row is decoded each time and only the new, complete suffix is given.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.tokens: List[int] = []
+        self.emitted = ""
+
+    def push(self, token: int) -> str:
+        self.tokens.append(token)
+        stable = self.tokenizer.decode(self.tokens).rstrip(REPLACEMENT_CHAR)
+        return self._advance(stable)
+
+    def flush(self) -> str:
+        """The rest of the text (held-back replacement characters included) once the row is done."""
+        return self._advance(self.tokenizer.decode(self.tokens))
+
+    def _advance(self, text: str) -> str:
+        if not text.startswith(self.emitted):
+            return ""  # hold back until the text agrees again with what was already given out
+        delta, self.emitted = text[len(self.emitted):], text
+        return delta
+
+
+def stream_generate(
+    generator: Llama,
+    prompt_tokens: List[List[int]],
+    max_gen_len: int,
+    temperature: float = 0.6,
+    top_p: float = 0.9,
+) -> Iterator[StreamEvent]:
+    """Llama.generate as a stream, for any number of prompts (batches of max_batch_size).
+
+    Arguments are checked here, before the first event is asked for.
+    """
+    _check_sampling(temperature, top_p, max_gen_len)
+    _check_prompt_tokens(prompt_tokens, generator.tokenizer.n_words, generator.model.params.max_seq_len)
+    size = generator.model.params.max_batch_size
+    batches = [prompt_tokens[start : start + size] for start in range(0, len(prompt_tokens), size)]
+    return (
+        event
+        for k, batch in enumerate(batches)
+        for event in _stream_batch(generator, batch, k * size, max_gen_len, temperature, top_p)
+    )
+
+
+def _stream_batch(generator: Llama, batch, offset: int, max_gen_len: int, temperature: float, top_p: float):
+    state = generator._start_decode(batch, max_gen_len, logprobs=False)
+    eos_id = generator.tokenizer.eos_id
+    ends = [min(len(p) + max_gen_len, state.total_len) for p in batch]  # first position past each generation
+    decoders = [TextDeltas(generator.tokenizer) for _ in batch]
+    done = [len(p) >= end for p, end in zip(batch, ends)]
+    for i in (i for i, d in enumerate(done) if d):
+        yield StreamEvent(offset + i, None, "", done=True)
+    for cur_pos in generator._decode_steps(state, temperature, top_p):
+        column = state.tokens[:, cur_pos].tolist()
+        for i, token in enumerate(column):
+            if done[i] or cur_pos < len(batch[i]):
+                continue
+            if token != eos_id:
+                yield StreamEvent(offset + i, token, decoders[i].push(token))
+            if token == eos_id or cur_pos + 1 >= ends[i]:
+                done[i] = True
+                yield StreamEvent(offset + i, None, decoders[i].flush(), done=True)
+    for i in (i for i, d in enumerate(done) if not d):  # defensive: every row normally closes in the loop
+        yield StreamEvent(offset + i, None, decoders[i].flush(), done=True)
+
+
+def stream_text_completion(
+    generator: Llama,
+    prompts: List[str],
+    temperature: float = 0.6,
+    top_p: float = 0.9,
+    max_gen_len: Optional[int] = None,
+) -> Iterator[StreamEvent]:
+    """Llama.text_completion as a stream of StreamEvent."""
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings, got a single str; wrap it in a list")
+    if max_gen_len is None:
+        max_gen_len = generator.model.params.max_seq_len - 1
+    prompt_tokens = [generator.tokenizer.encode(x, bos=True, eos=False) for x in prompts]
+    return stream_generate(generator, prompt_tokens, max_gen_len, temperature, top_p)
+
+
+def stream_chat_completion(
+    generator: Llama,
+    dialogs: List[Dialog],
+    temperature: float = 0.6,
+    top_p: float = 0.9,
+    max_gen_len: Optional[int] = None,
+) -> Iterator[StreamEvent]:
+    """Llama.chat_completion as a stream; a dialog with special tags streams only its error text."""
+    if max_gen_len is None:
+        max_gen_len = generator.model.params.max_seq_len - 1
+    prompt_tokens = [encode_dialog(generator.tokenizer, d, i) for i, d in enumerate(dialogs)]
+    unsafe = [has_special_tags(d) for d in dialogs]
+    return _replace_unsafe(stream_generate(generator, prompt_tokens, max_gen_len, temperature, top_p), unsafe)
+
+
+def _replace_unsafe(events: Iterator[StreamEvent], unsafe: List[bool]) -> Iterator[StreamEvent]:
+    for event in events:
+        if unsafe[event.index]:
+            event = replace(event, text=UNSAFE_ERROR if event.done else "")
+        yield event
+
+
+def in_prompt_order(events: Iterable[StreamEvent]) -> Iterator[StreamEvent]:
+    """The same events regrouped prompt by prompt, in input order, for printing one answer at a time.
+
+    The current prompt's events pass straight through; later prompts' events wait until it is done.
+    """
+    waiting: DefaultDict[int, List[StreamEvent]] = defaultdict(list)
+    current = 0
+    for event in events:
+        waiting[event.index].append(event)
+        while waiting[current]:
+            finished = waiting[current][-1].done
+            yield from waiting.pop(current)
+            if not finished:
+                break
+            current += 1
