@@ -10,9 +10,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from fairscale.nn.model_parallel import initialize as fs_init
 
-from . import checkpoint
-from .backend import Runtime, init_distributed, select
+from . import checkpoint, quantize as quant
+from .backend import Runtime, compile_options, eos_check_interval, init_distributed, select
 from .chat_format import UNSAFE_ERROR, Dialog, Message, encode_dialog, has_special_tags  # noqa: F401
+from .decode import StaticDecode
 from .errors import ConfigError, GenerationError
 from .model import ModelArgs, Transformer
 from .tokenizer import Tokenizer
@@ -58,13 +59,18 @@ class Llama:
         device=None,
         dtype=None,
         backend: Optional[str] = None,
+        compile: bool = False,
+        quantize: Optional[str] = None,
     ) -> "Llama":
         """Load a Meta checkpoint directory on this process's share of the model-parallel group.
 
         device, dtype and backend override the automatic choice made in `llama.backend`.
+        compile: run one-token decode steps through torch.compile (static shapes; the first
+        generate call pays the compilation). quantize="int8": int8 weight-only (llama.quantize).
         """
         _positive("max_seq_len", max_seq_len)
         _positive("max_batch_size", max_batch_size)
+        quant.check_method(quantize)
         start_time = time.time()
         shards = checkpoint.find_shards(ckpt_dir)
         params = checkpoint.read_params(ckpt_dir)
@@ -84,14 +90,19 @@ class Llama:
         model_args.vocab_size = tokenizer.n_words
         mp_rank = fs_init.get_model_parallel_rank()
         checkpoint.check_parallelism(len(shards), mp_size, model_args.n_heads, model_args.kv_heads)
-        model = _load_model(model_args, shards, mp_size, mp_rank, rt)
+        model = _load_model(model_args, shards, mp_size, mp_rank, rt, quantize)
         if rt.is_main:
             print(f"Loaded in {time.time() - start_time:.2f} seconds")
-        return Llama(model, tokenizer)
+        decode_step = StaticDecode(model, compile_options(rt.device)) if compile else None
+        return Llama(model, tokenizer, decode_step, eos_check_interval(rt.device))
 
-    def __init__(self, model: Transformer, tokenizer: Tokenizer):
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, decode_step=None, eos_check_every: int = 1):
+        """decode_step(tokens (bsz, 1), start_pos) -> logits: a faster path for one-token steps.
+        eos_check_every: greedy decoding checks for "every row finished" only this often."""
         self.model = model
         self.tokenizer = tokenizer
+        self.decode_step = decode_step
+        self.eos_check_every = eos_check_every
 
     @property
     def is_main(self) -> bool:
@@ -149,8 +160,11 @@ class Llama:
             if logprobs:  # the reference scores against the token's own position; use the previous one
                 token_logprobs[:, 1:] = _token_logprobs(logits[:, :-1], tokens[:, 1:], pad_id)
 
+        # Running past the step where the last row finished changes nothing that is returned;
+        # with sampling it would consume random draws the reference does not, so check every step.
+        check_every = self.eos_check_every if temperature == 0 else 1
         for cur_pos in range(min_prompt_len, total_len):
-            logits = self.model.forward(tokens[:, prev_pos:cur_pos], prev_pos)
+            logits = self._forward(tokens[:, prev_pos:cur_pos], prev_pos)
             next_token = _next_token(logits[:, -1], temperature, top_p)
             next_token = torch.where(input_text_mask[:, cur_pos], tokens[:, cur_pos], next_token)
             tokens[:, cur_pos] = next_token
@@ -160,10 +174,15 @@ class Llama:
                 )
             eos_reached |= (~input_text_mask[:, cur_pos]) & (next_token == eos_id)
             prev_pos = cur_pos
-            if bool(eos_reached.all()):
+            if (cur_pos - min_prompt_len + 1) % check_every == 0 and bool(eos_reached.all()):
                 break
 
         return _collect(tokens.tolist(), token_logprobs, prompt_tokens, max_gen_len, eos_id, echo)
+
+    def _forward(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
+        if self.decode_step is not None and tokens.shape[1] == 1:
+            return self.decode_step(tokens, start_pos)
+        return self.model.forward(tokens, start_pos)
 
     def text_completion(
         self,
@@ -213,7 +232,12 @@ class Llama:
         return out
 
 
-def _load_model(args: ModelArgs, shards, mp_size: int, mp_rank: int, rt: Runtime) -> Transformer:
+def _load_model(args: ModelArgs, shards, mp_size: int, mp_rank: int, rt: Runtime, quantize=None) -> Transformer:
+    """The model with this rank's weights on rt.device in rt.dtype (int8 where quantized).
+
+    Built on the meta device and given the checkpoint's own memory-mapped tensors where no
+    conversion is needed (CPU, same dtype): no weight is allocated or copied twice.
+    """
     with torch.device("meta"):
         model = Transformer(args)
     expected = {k: v.shape for k, v in model.state_dict().items()}
@@ -221,8 +245,16 @@ def _load_model(args: ModelArgs, shards, mp_size: int, mp_rank: int, rt: Runtime
     source = f"checkpoint {str(shards[0].parent)!r} (rank {mp_rank} of {mp_size})"
     _check_vocab(state, args, mp_size, source)
     checkpoint.check_state(state, expected, source)
-    state = {k: v.to(device=rt.device, dtype=rt.dtype) for k, v in state.items()}
-    model.load_state_dict(state, strict=True, assign=True)
+    if quantize:
+        with torch.device("meta"):
+            quant.replace_linears(model)
+    int8_layers = quant.int8_layer_names(model)
+    placed = {}
+    for key in list(state):
+        # To the device in the stored dtype, then converted there: one tensor in flight at a time.
+        tensor = state.pop(key).to(device=rt.device).to(dtype=rt.dtype)
+        placed.update(quant.quantize_entry(key, tensor, int8_layers))
+    model.load_state_dict(placed, strict=True, assign=True)
     model.setup_caches()
     return model.eval()
 
