@@ -16,6 +16,8 @@ def main(
     max_batch_size: int = 4,
     device: Optional[str] = None,
     dtype: Optional[str] = None,
+    compile: bool = False,
+    quantize: Optional[str] = None,
 ):
     generator = Llama.build(
         ckpt_dir=ckpt_dir,
@@ -24,6 +26,8 @@ def main(
         max_batch_size=max_batch_size,
         device=device,
         dtype=dtype,
+        compile=compile,
+        quantize=quantize,
     )
 
     prompts: List[str] = [
