@@ -135,7 +135,7 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: Opti
     bsz, seqlen, heads, head_dim = q.shape
     kv_len, kv_heads = keys.shape[1], keys.shape[2]
     n_rep = heads // kv_heads
-    q = q.view(bsz, seqlen, kv_heads, n_rep, head_dim).permute(0, 2, 3, 1, 4)
+    q = q.reshape(bsz, seqlen, kv_heads, n_rep, head_dim).permute(0, 2, 3, 1, 4)
     q = q.reshape(bsz, kv_heads, n_rep * seqlen, head_dim)
     scores = torch.matmul(q, keys.permute(0, 2, 3, 1)) / math.sqrt(head_dim)
     if mask is not None:
@@ -162,9 +162,9 @@ class Attention(nn.Module):
     def forward(self, x, start_pos, cos, sin, mask: Optional[torch.Tensor]):
         """cos, sin: full-width rotary tables for these positions, (1, seqlen, 1, head_dim)."""
         bsz, seqlen, _ = x.shape
-        xq = self.wq(x).view(bsz, seqlen, self.n_local_heads, self.head_dim)
-        xk = self.wk(x).view(bsz, seqlen, self.n_local_kv_heads, self.head_dim)
-        xv = self.wv(x).view(bsz, seqlen, self.n_local_kv_heads, self.head_dim)
+        xq = self.wq(x).reshape(bsz, seqlen, self.n_local_heads, self.head_dim)
+        xk = self.wk(x).reshape(bsz, seqlen, self.n_local_kv_heads, self.head_dim)
+        xv = self.wv(x).reshape(bsz, seqlen, self.n_local_kv_heads, self.head_dim)
         xq = rotate_pairs(xq, cos, sin)
         xk = rotate_pairs(xk, cos, sin)
         keys, values = self.cache.update(start_pos, xk, xv)

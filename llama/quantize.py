@@ -12,11 +12,10 @@ the int8 matmul the device has (see BENCHMARKS.md).
 from typing import Dict, Set
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
-from .parallel import ColumnParallelLinear, RowParallelLinear
+from .parallel import ColumnParallelLinear, RowParallelLinear, linear
 
 METHODS = ("int8",)
 
@@ -37,7 +36,7 @@ def quantize_weight(weight: torch.Tensor):
 
 def int8_matmul(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """x @ (q * scales[:, None]).T, with the scale applied to the (much smaller) output."""
-    return F.linear(x, q.to(x.dtype)) * scales
+    return linear(x, q.to(x.dtype)) * scales
 
 
 class _Int8Weight:
