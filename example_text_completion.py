@@ -23,8 +23,10 @@ def main(
     max_batch_size: int = 4,
     device: Optional[str] = None,
     dtype: Optional[str] = None,
-    *,
-    stream: bool = False,  # a flag only (--stream), so that positional arguments keep the reference's meaning
+    *,  # flags only (--stream, ...), so that positional arguments keep the reference's meaning
+    stream: bool = False,
+    compile: bool = False,
+    quantize: Optional[str] = None,
 ):
     check_sampling(temperature, top_p, max_gen_len)  # before the (slow) load, not after it
     ckpt_dir, tokenizer_path = demo.resolve(ckpt_dir, tokenizer_path)
@@ -36,6 +38,8 @@ def main(
         max_batch_size=max_batch_size,
         device=device,
         dtype=dtype,
+        compile=compile,
+        quantize=quantize,
     )
 
     prompts: List[str] = [

@@ -14,8 +14,10 @@ import torch.nn.functional as F
 from fairscale.nn.model_parallel import initialize as fs_init
 
 from . import checkpoint, demo, memory
-from .backend import Runtime, init_distributed, loaded, select
+from . import quantize as quant
+from .backend import Runtime, compile_options, eos_check_interval, init_distributed, loaded, select
 from .chat_format import UNSAFE_ERROR, Dialog, Message, encode_dialog, has_special_tags  # noqa: F401
+from .decode import StaticDecode
 from .errors import ConfigError, GenerationError
 from .model import ModelArgs, Transformer
 from .progress import slow_progress
@@ -75,15 +77,20 @@ class Llama:
         device=None,
         dtype=None,
         backend: Optional[str] = None,
+        compile: bool = False,
+        quantize: Optional[str] = None,
     ) -> "Llama":
         """Load a Meta checkpoint directory on this process's share of the model-parallel group.
 
         device, dtype and backend override the automatic choice made in `llama.backend`.
+        compile: run one-token decode steps through torch.compile (static shapes; the first
+        generate call pays the compilation). quantize="int8": int8 weight-only (llama.quantize).
         """
         _positive("max_seq_len", max_seq_len)
         _positive("max_batch_size", max_batch_size)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ConfigError(f"seed must be an integer, got {seed!r}")
+        quant.check_method(quantize)
         start_time = time.time()
         shards = checkpoint.find_shards(ckpt_dir)
         params = checkpoint.read_params(ckpt_dir)
@@ -104,11 +111,12 @@ class Llama:
         mp_rank = fs_init.get_model_parallel_rank()
         checkpoint.check_parallelism(len(shards), mp_size, model_args.n_heads, model_args.kv_heads)
         memory.check_fits(model_args, mp_size, rt.device, rt.dtype)
-        model = on_all_ranks(_load_model_or_explain, model_args, shards, mp_size, mp_rank, rt)
+        model = on_all_ranks(_load_model_or_explain, model_args, shards, mp_size, mp_rank, rt, quantize)
         loaded(rt)
         if rt.is_main:
             print(f"Loaded in {time.time() - start_time:.2f} seconds")
-        return Llama(model, tokenizer)
+        decode_step = StaticDecode(model, compile_options(rt.device)) if compile else None
+        return Llama(model, tokenizer, decode_step, eos_check_interval(rt.device))
 
     @staticmethod
     def build_demo(**build_kwargs) -> "Llama":
@@ -119,9 +127,13 @@ class Llama:
         kwargs = {"max_seq_len": demo.MAX_SEQ_LEN, "max_batch_size": demo.MAX_BATCH_SIZE, **build_kwargs}
         return Llama.build(str(demo.CKPT_DIR), str(demo.TOKENIZER_PATH), **kwargs)
 
-    def __init__(self, model: Transformer, tokenizer: Tokenizer):
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, decode_step=None, eos_check_every: int = 1):
+        """decode_step(tokens (bsz, 1), start_pos) -> logits: a faster path for one-token steps.
+        eos_check_every: greedy decoding checks for "every row finished" only this often."""
         self.model = model
         self.tokenizer = tokenizer
+        self.decode_step = decode_step
+        self.eos_check_every = eos_check_every
 
     @property
     def is_main(self) -> bool:
@@ -190,10 +202,18 @@ class Llama:
             if logprobs:  # the reference scores against the token's own position; use the previous one
                 token_logprobs[:, 1:] = _token_logprobs(logits[:, :-1], tokens[:, 1:], pad_id)
 
+        # Running past the step where the last row finished changes nothing that is returned;
+        # with sampling it would consume random draws the reference does not, so check every step.
+        check_every = self.eos_check_every if temperature == 0 else 1
+        all_finite = torch.ones((), dtype=torch.bool, device=tokens.device)
         for cur_pos in range(min_prompt_len, total_len):
-            logits = self.model.forward(tokens[:, prev_pos:cur_pos], prev_pos)
-            _check_finite(logits[:, -1], self.model.tok_embeddings.weight.dtype)
-            next_token = _next_token(logits[:, -1], temperature, top_p)
+            logits = self._forward(tokens[:, prev_pos:cur_pos], prev_pos)
+            last_logits = logits[:, -1]
+            if temperature > 0:  # multinomial would fail on non-finite probabilities with torch's own words
+                _check_finite(torch.isfinite(last_logits).all(), self.model.tok_embeddings.weight.dtype)
+            else:  # greedy: no host sync here; checked below, with eos
+                all_finite &= torch.isfinite(last_logits).all()
+            next_token = _next_token(last_logits, temperature, top_p)
             next_token = torch.where(input_text_mask[:, cur_pos], tokens[:, cur_pos], next_token)
             tokens[:, cur_pos] = next_token
             if logprobs:
@@ -202,9 +222,17 @@ class Llama:
                 )
             eos_reached |= (~input_text_mask[:, cur_pos]) & (next_token == eos_id)
             prev_pos = cur_pos
+            check_now = (cur_pos - min_prompt_len + 1) % check_every == 0 or cur_pos + 1 == total_len
+            if check_now and temperature == 0:
+                _check_finite(all_finite, self.model.tok_embeddings.weight.dtype)
             yield cur_pos
-            if bool(eos_reached.all()):
+            if check_now and bool(eos_reached.all()):
                 break
+
+    def _forward(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
+        if self.decode_step is not None and tokens.shape[1] == 1:
+            return self.decode_step(tokens, start_pos)
+        return self.model.forward(tokens, start_pos)
 
     def text_completion(
         self,
@@ -267,7 +295,12 @@ class Llama:
         return tokens, (probs if logprobs else None)
 
 
-def _load_model(args: ModelArgs, shards, mp_size: int, mp_rank: int, rt: Runtime) -> Transformer:
+def _load_model(args: ModelArgs, shards, mp_size: int, mp_rank: int, rt: Runtime, quantize=None) -> Transformer:
+    """The model with this rank's weights on rt.device in rt.dtype (int8 where quantized).
+
+    Built on the meta device and given the checkpoint's own memory-mapped tensors where no
+    conversion is needed (CPU, same dtype): no weight is allocated or copied twice.
+    """
     with torch.device("meta"):
         model = Transformer(args)
     expected = {k: v.shape for k, v in model.state_dict().items()}
@@ -275,17 +308,25 @@ def _load_model(args: ModelArgs, shards, mp_size: int, mp_rank: int, rt: Runtime
     source = f"checkpoint {str(shards[0].parent)!r} (rank {mp_rank} of {mp_size})"
     _check_vocab(state, args, mp_size, source)
     checkpoint.check_state(state, expected, source)
-    tensors = slow_progress(state.items(), total=len(state), desc="Loading weights", unit="tensor", enabled=rt.is_main)
-    state = {k: v.to(device=rt.device, dtype=rt.dtype) for k, v in tensors}
-    model.load_state_dict(state, strict=True, assign=True)
+    if quantize:
+        with torch.device("meta"):
+            quant.replace_linears(model)
+    int8_layers = quant.int8_layer_names(model)
+    placed = {}
+    keys = slow_progress(list(state), total=len(state), desc="Loading weights", unit="tensor", enabled=rt.is_main)
+    for key in keys:
+        # To the device in the stored dtype, then converted there: one tensor in flight at a time.
+        tensor = state.pop(key).to(device=rt.device).to(dtype=rt.dtype)
+        placed.update(quant.quantize_entry(key, tensor, int8_layers))
+    model.load_state_dict(placed, strict=True, assign=True)
     model.setup_caches()
     return model.eval()
 
 
-def _load_model_or_explain(args: ModelArgs, shards, mp_size: int, mp_rank: int, rt: Runtime) -> Transformer:
+def _load_model_or_explain(args: ModelArgs, shards, mp_size: int, mp_rank: int, rt: Runtime, quantize=None) -> Transformer:
     """_load_model, with an allocation failure explained in terms of the sizes the user chose."""
     try:
-        return _load_model(args, shards, mp_size, mp_rank, rt)
+        return _load_model(args, shards, mp_size, mp_rank, rt, quantize)
     except RuntimeError as exc:  # torch.OutOfMemoryError is one; CPU and MPS raise plain RuntimeError
         text = str(exc).lower()
         if not any(s in text for s in ("out of memory", "can't allocate memory", "not enough memory")):
@@ -359,9 +400,10 @@ def _check_prompt_tokens(prompt_tokens: Sequence, n_words: int, max_seq_len: int
             )
 
 
-def _check_finite(last_logits: torch.Tensor, dtype: torch.dtype) -> None:
-    """Non-finite logits would make sampling fail deep in torch.multinomial (or argmax pick garbage)."""
-    if bool(torch.isfinite(last_logits).all()):
+def _check_finite(all_finite: torch.Tensor, dtype: torch.dtype) -> None:
+    """all_finite: a bool tensor, False once any logit was inf or nan. Non-finite logits would make
+    sampling fail deep in torch.multinomial (or argmax pick garbage), so say what happened."""
+    if bool(all_finite):
         return
     name = str(dtype).replace("torch.", "")
     if dtype == torch.float16:

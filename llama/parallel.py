@@ -2,13 +2,39 @@
 
 fairscale's constructors build each full weight on the CPU and scatter it, which costs a
 full-model allocation per rank and breaks under the meta device. These subclasses set the same
-attributes (so fairscale's forward, with its collectives, runs unchanged) and leave the weight
-`torch.empty`: under `torch.device("meta")` it costs nothing, and loading assigns real tensors.
+attributes and leave the weight `torch.empty`: under `torch.device("meta")` it costs nothing, and
+loading assigns real tensors. Their forward runs fairscale's own collectives (the region
+functions) around one `matmul`, which quantized variants (llama.quantize) replace.
+
+With one model-parallel rank the region functions are identities that still cost tens of
+microseconds each (autograd Function dispatch, process-group queries), hundreds of times per
+decoded token, so the layers skip them: the result is the same tensor.
 """
 import torch
+import torch.nn.functional as F
 from fairscale.nn.model_parallel import layers
 from fairscale.nn.model_parallel.initialize import get_model_parallel_world_size
+from fairscale.nn.model_parallel.mappings import (
+    copy_to_model_parallel_region,
+    gather_from_model_parallel_region,
+    reduce_from_model_parallel_region,
+)
 from torch import nn
+
+
+# For 2..SMALL_BATCH_ROWS rows (a small decode batch) a linear layer runs as (W @ x.T).T, which
+# MKL computes ~1.45x faster than F.linear's small-matrix GEMM (measured on AMD EPYC, see
+# benchmarks/BENCHMARKS.md); from 8 rows on F.linear is as fast or faster.
+SMALL_BATCH_ROWS = 4
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight.T for x (..., in_features); the result may be a transposed (non-contiguous) view."""
+    rows = x.numel() // x.shape[-1]
+    if rows == 1 or rows > SMALL_BATCH_ROWS:
+        return F.linear(x, weight)
+    out = weight @ x.reshape(rows, x.shape[-1]).t()
+    return out.t().reshape(*x.shape[:-1], weight.shape[0])
 
 
 def _local(size: int, what: str) -> int:
@@ -28,6 +54,16 @@ class ColumnParallelLinear(layers.ColumnParallelLinear):
         self.weight = nn.Parameter(torch.empty(self.output_size_per_partition, in_features), requires_grad=False)
         self.register_parameter("bias", None)
         self.master_weight = None
+        self.single_rank = get_model_parallel_world_size() == 1
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.single_rank:
+            return self.matmul(x)
+        y = self.matmul(copy_to_model_parallel_region(x))
+        return gather_from_model_parallel_region(y) if self.gather_output else y
 
 
 class RowParallelLinear(layers.RowParallelLinear):
@@ -40,6 +76,14 @@ class RowParallelLinear(layers.RowParallelLinear):
         self.weight = nn.Parameter(torch.empty(out_features, self.input_size_per_partition), requires_grad=False)
         self.register_parameter("bias", None)
         self.master_weight = None
+        self.single_rank = get_model_parallel_world_size() == 1
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.matmul(x)  # x is already this rank's slice (input_is_parallel)
+        return y if self.single_rank else reduce_from_model_parallel_region(y)
 
 
 class ParallelEmbedding(layers.ParallelEmbedding):
@@ -52,3 +96,9 @@ class ParallelEmbedding(layers.ParallelEmbedding):
         self.scale_grad_by_freq, self.sparse, self._weight = False, False, None
         self.embedding_dim_per_partition = _local(embedding_dim, "dim")
         self.weight = nn.Parameter(torch.empty(num_embeddings, self.embedding_dim_per_partition), requires_grad=False)
+        self.single_rank = get_model_parallel_world_size() == 1
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.single_rank:
+            return F.embedding(tokens, self.weight)
+        return super().forward(tokens)

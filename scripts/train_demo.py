@@ -126,7 +126,8 @@ def training_logits(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
     """Transformer.forward at start_pos 0 without inference_mode (so autograd records it); same math."""
     seqlen = tokens.shape[1]
     h = model.tok_embeddings(tokens)
-    cos, sin = model.rope_cos[:seqlen], model.rope_sin[:seqlen]
+    cos = model.rope_cos[None, :seqlen, None, :]  # full-width tables, (1, seqlen, 1, head_dim)
+    sin = model.rope_sin[None, :seqlen, None, :]
     mask = causal_mask(seqlen, 0, h.dtype, tokens.device)
     for layer in model.layers:
         h = layer(h, 0, cos, sin, mask)

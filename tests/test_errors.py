@@ -336,6 +336,12 @@ def test_fp16_overflow_names_the_dtype_and_the_fix(overflowing, temperature):
         overflowing.text_completion(["hello"], max_gen_len=2, temperature=temperature)
 
 
+def test_greedy_decoding_that_syncs_rarely_still_reports_non_finite_logits(overflowing, monkeypatch):
+    monkeypatch.setattr(overflowing, "eos_check_every", 16)  # as on accelerators: checked with eos, not per step
+    with pytest.raises(GenerationError, match="non-finite logits"):
+        overflowing.text_completion(["hello"], max_gen_len=3, temperature=0)
+
+
 def test_nan_logits_in_float32_point_at_the_checkpoint(llama, monkeypatch):
     monkeypatch.setattr(llama.model, "forward", lambda tokens, start_pos: torch.full((*tokens.shape, 512), math.nan))
     with pytest.raises(GenerationError, match="with float32 weights; the checkpoint probably holds inf/nan weights"):

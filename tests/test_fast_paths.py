@@ -1,0 +1,92 @@
+"""Every fast path computes the same greedy tokens as the plain path, on the test checkpoints."""
+import pytest
+import torch
+
+from llama import Llama
+from llama.decode import StaticDecode
+from llama.model import apply_rotary_emb, attend, rope_tables
+from llama.parallel import ColumnParallelLinear, ParallelEmbedding, RowParallelLinear
+
+PROMPTS = ["The quick brown fox", "Python is a programming language that", "A"]
+SHAPES = [("mha", 1), ("mha", 2), ("gqa", 1), ("gqa", 2)]
+
+
+def greedy(llama, max_gen_len=12, logprobs=False):
+    prompts = [llama.tokenizer.encode(p, bos=True, eos=False) for p in PROMPTS]
+    return llama.generate(prompts, max_gen_len=max_gen_len, temperature=0, logprobs=logprobs)
+
+
+@pytest.mark.parametrize("config,n_shards", SHAPES)
+def test_single_rank_layers_skipping_fairscale_regions_give_identical_logprobs(build, config, n_shards):
+    fast = greedy(build(config, n_shards), logprobs=True)
+    plain = build(config, n_shards)
+    for module in plain.model.modules():
+        if isinstance(module, (ColumnParallelLinear, RowParallelLinear, ParallelEmbedding)):
+            module.single_rank = False  # through fairscale's copy/reduce/gather (identities at MP=1)
+    assert greedy(plain, logprobs=True) == fast
+
+
+@pytest.mark.parametrize("config,n_shards", SHAPES)
+def test_static_shape_decode_step_generates_the_same_tokens(build, config, n_shards):
+    plain = build(config, n_shards)
+    static = Llama(plain.model, plain.tokenizer, decode_step=StaticDecode(plain.model))
+    tokens, logprobs = greedy(static, logprobs=True)
+    ref_tokens, ref_logprobs = greedy(plain, logprobs=True)
+    assert tokens == ref_tokens
+    for ours, theirs in zip(logprobs, ref_logprobs):
+        torch.testing.assert_close(torch.tensor(ours), torch.tensor(theirs), rtol=0, atol=1e-5)
+
+
+def test_build_accepts_compile_and_compiles_lazily(build):
+    llama = build("mha", compile=True)  # nothing is compiled until the first one-token step
+    assert isinstance(llama.decode_step, StaticDecode)
+
+
+# torch.compile on CPU (inductor, C++) takes ~10 s per shape here: worth it, compile is a user-facing path.
+@pytest.mark.parametrize("config,n_shards", [("mha", 1), ("gqa", 2)])
+def test_compiled_decode_generates_the_same_tokens(build, config, n_shards):
+    assert greedy(build(config, n_shards, compile=True))[0] == greedy(build(config, n_shards))[0]
+
+
+@pytest.mark.parametrize("config", ["mha", "gqa"])
+def test_checking_for_eos_only_every_few_greedy_steps_returns_the_same(build, config):
+    llama = build(config)
+    prompts = [llama.tokenizer.encode(p, bos=True, eos=False) for p in PROMPTS]
+    llama.tokenizer.eos_id = greedy(llama, 6)[0][0][3]  # a token row 0 generates: it will stop there
+    every = llama.generate(prompts, 12, temperature=0, logprobs=True, echo=True)
+    llama.eos_check_every = 5
+    assert llama.generate(prompts, 12, temperature=0, logprobs=True, echo=True) == every
+
+
+def test_sampling_checks_for_eos_every_step_so_random_draws_match_the_reference(build):
+    llama = build("mha")
+    llama.eos_check_every = 1000
+    calls = []
+    forward = llama.model.forward
+    llama.model.forward = lambda tokens, pos: calls.append(pos) or forward(tokens, pos)
+    row = greedy(llama, 6)[0][0]
+    llama.tokenizer.eos_id = row[3]
+    calls.clear()
+    llama.generate([llama.tokenizer.encode(PROMPTS[0], bos=True, eos=False)], 12, temperature=0.0001)
+    assert len(calls) == row.index(row[3]) + 1  # stopped at the step that drew eos (near-greedy draws)
+
+
+def test_rotary_pairs_are_bit_identical_to_the_real_form_of_the_complex_product():
+    cos, sin = rope_tables(16, 12, theta=10000.0)
+    x = torch.randn(2, 12, 3, 16, generator=torch.Generator().manual_seed(0))
+    a, b = x[..., 0::2], x[..., 1::2]
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    expected = torch.stack((a * c - b * s, a * s + b * c), dim=-1).flatten(-2)
+    assert torch.equal(apply_rotary_emb(x, cos, sin), expected)
+
+
+def test_grouped_attention_equals_attention_over_repeated_kv_heads():
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 3, 8, 16, generator=g)
+    keys, values = torch.randn(2, 7, 2, 16, generator=g), torch.randn(2, 7, 2, 16, generator=g)
+    mask = torch.full((3, 7), float("-inf")).triu(diagonal=5)
+    k_rep = keys.repeat_interleave(4, dim=2).transpose(1, 2)  # kv head h serves query heads 4h..4h+3
+    v_rep = values.repeat_interleave(4, dim=2).transpose(1, 2)
+    scores = q.transpose(1, 2) @ k_rep.transpose(2, 3) / 4.0 + mask
+    expected = (torch.softmax(scores, dim=-1) @ v_rep).transpose(1, 2).reshape(2, 3, 128)
+    torch.testing.assert_close(attend(q, keys, values, mask), expected, rtol=1e-6, atol=1e-6)
