@@ -5,6 +5,7 @@ import torch
 from llama import Llama
 from llama.decode import StaticDecode
 from llama.model import apply_rotary_emb, attend, rope_tables
+from llama import parallel
 from llama.parallel import ColumnParallelLinear, ParallelEmbedding, RowParallelLinear
 
 PROMPTS = ["The quick brown fox", "Python is a programming language that", "A"]
@@ -90,3 +91,22 @@ def test_grouped_attention_equals_attention_over_repeated_kv_heads():
     scores = q.transpose(1, 2) @ k_rep.transpose(2, 3) / 4.0 + mask
     expected = (torch.softmax(scores, dim=-1) @ v_rep).transpose(1, 2).reshape(2, 3, 128)
     torch.testing.assert_close(attend(q, keys, values, mask), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("config,n_shards", [("mha", 1), ("gqa", 2)])
+def test_onednn_one_row_linears_generate_the_same_tokens_as_f_linear(build, config, n_shards, monkeypatch):
+    assert parallel.ONEDNN  # the x86/ARM CPU builds of torch have oneDNN; this path is what CPU users run
+    fast_tokens, fast_logprobs = greedy(build(config, n_shards), logprobs=True)
+    monkeypatch.setattr(parallel, "ONEDNN", False)
+    tokens, logprobs = greedy(build(config, n_shards), logprobs=True)
+    assert fast_tokens == tokens
+    for ours, theirs in zip(fast_logprobs, logprobs):
+        torch.testing.assert_close(torch.tensor(ours), torch.tensor(theirs), rtol=0, atol=1e-5)
+
+
+def test_onednn_linear_operator_matches_f_linear_eagerly_and_under_compile():
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(1, 1, 96, generator=g), torch.randn(40, 96, generator=g)
+    expected = torch.nn.functional.linear(x, w)
+    torch.testing.assert_close(parallel.linear(x, w), expected)
+    torch.testing.assert_close(torch.compile(parallel.linear, fullgraph=True)(x, w), expected)
