@@ -1,6 +1,6 @@
 """How far int8 weight-only quantization moves the model: mean |delta log p| and greedy agreement.
 
-    python benchmarks/quality_int8.py              # the test checkpoints (tests/conftest.py configs)
+    python benchmarks/quality_int8.py              # the test checkpoints (tests/conftest.py configs) and the demo
     python benchmarks/quality_int8.py --cpu-330M   # also the benchmark's 12-layer, dim-768 random model
 
 For each prompt the float model generates greedily (prompt + gen_len tokens); both models then
@@ -59,6 +59,10 @@ def main() -> None:
                 ckpt = save_checkpoint(random_state(model_args(name)), params_dict(model_args(name)), tmp / f"{name}{shards}", shards)
                 mean, worst, same, total = compare(ckpt, tok, args.gen_len)
                 print(f"| test {name} | {shards} | {mean:.4f} | {worst:.4f} | {same}/{total} |")
+        from llama import demo
+
+        mean, worst, same, total = compare(demo.CKPT_DIR, demo.TOKENIZER_PATH, args.gen_len)
+        print(f"| bundled demo (trained) | 1 | {mean:.4f} | {worst:.4f} | {same}/{total} |")
         if args.cpu330:
             from bench_generate import make_checkpoint, parse_args
 

@@ -23,8 +23,8 @@ from torch import nn
 
 
 # For 2..SMALL_BATCH_ROWS rows (a small decode batch) a linear layer runs as (W @ x.T).T, which
-# MKL computes ~1.45x faster than F.linear's small-matrix GEMM (measured on AMD EPYC, see
-# benchmarks/BENCHMARKS.md); from 8 rows on F.linear is as fast or faster.
+# MKL computes ~1.45x faster than F.linear's small-matrix GEMM (measured on the 2-core AMD EPYC of
+# BENCHMARKS.md); from 8 rows on F.linear is as fast or faster.
 SMALL_BATCH_ROWS = 4
 
 
