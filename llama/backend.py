@@ -380,3 +380,15 @@ def eos_check_interval(device: torch.device) -> int:
     the next step while the device runs this one; on the CPU the check costs nothing.
     """
     return 1 if device.type == "cpu" else 16
+
+
+def device_memory(device: torch.device) -> Optional[int]:
+    """Total memory of `device` in bytes, or None where it cannot be told."""
+    try:
+        if device.type == "cuda":
+            return torch.cuda.get_device_properties(device).total_memory
+        if device.type == "mps":
+            return torch.mps.recommended_max_memory()
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError, RuntimeError):  # e.g. no sysconf on Windows
+        return None

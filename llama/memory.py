@@ -5,11 +5,9 @@ so max_seq_len and max_batch_size are bounded only by memory. The cache is zero-
 time, so a size beyond the machine does not fail politely: on Linux the kernel kills the process
 (no message at all). We refuse such sizes before allocating anything.
 """
-import os
-from typing import Optional
-
 import torch
 
+from .backend import device_memory
 from .errors import ConfigError
 from .model import ModelArgs
 
@@ -24,18 +22,6 @@ def cache_bytes(args: ModelArgs, mp_size: int, dtype: torch.dtype) -> int:
 def rope_bytes(args: ModelArgs) -> int:
     """Bytes of the float32 cos and sin tables for 2 * max_seq_len positions."""
     return 2 * (2 * args.max_seq_len) * (args.head_dim // 2) * 4
-
-
-def device_memory(device: torch.device) -> Optional[int]:
-    """Total memory of `device` in bytes, or None where it cannot be told."""
-    try:
-        if device.type == "cuda":
-            return torch.cuda.get_device_properties(device).total_memory
-        if device.type == "mps":
-            return torch.mps.recommended_max_memory()
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError, RuntimeError):  # e.g. no sysconf on Windows
-        return None
 
 
 def gib(n: int) -> str:
