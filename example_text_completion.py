@@ -1,16 +1,12 @@
 """Text completion with a Llama 2 checkpoint: `torchrun --nproc_per_node MP example_text_completion.py ...`
 (or plain `python example_text_completion.py ...` on one process: CPU, CUDA or Apple MPS).
 Without --ckpt_dir/--tokenizer_path it runs the bundled demo model; --stream prints text as it comes."""
-import logging
 import time
 from typing import List, Optional
 
-from llama import Llama, demo
-from llama.cli import run
-from llama.generation import check_sampling
+from llama import Llama
+from llama.cli import build_generator, log_summary, run
 from llama.streaming import in_prompt_order, stream_text_completion
-
-logger = logging.getLogger(__name__)
 
 
 def main(
@@ -28,12 +24,12 @@ def main(
     compile: bool = False,
     quantize: Optional[str] = None,
 ):
-    check_sampling(temperature, top_p, max_gen_len)  # before the (slow) load, not after it
-    ckpt_dir, tokenizer_path = demo.resolve(ckpt_dir, tokenizer_path)
-    started = time.perf_counter()
-    generator = Llama.build(
-        ckpt_dir=ckpt_dir,
-        tokenizer_path=tokenizer_path,
+    generator, load_s = build_generator(
+        ckpt_dir,
+        tokenizer_path,
+        temperature,
+        top_p,
+        max_gen_len,
         max_seq_len=max_seq_len,
         max_batch_size=max_batch_size,
         device=device,
@@ -59,7 +55,7 @@ def main(
         plush girafe => girafe peluche
         cheese =>""",
     ]
-    load_s, started = time.perf_counter() - started, time.perf_counter()
+    started = time.perf_counter()
     if stream:
         n_tokens = print_streamed(generator, prompts, temperature, top_p, max_gen_len)
     else:
@@ -75,8 +71,7 @@ def main(
                 print(prompt)
                 print(f"> {result['generation']}")
                 print("\n==================================\n")
-    gen_s = time.perf_counter() - started
-    logger.info("loaded in %.2f s; generated %d tokens in %.2f s (%.1f tokens/s)", load_s, n_tokens, gen_s, n_tokens / gen_s)
+    log_summary(load_s, n_tokens, time.perf_counter() - started)
 
 
 def print_streamed(generator: Llama, prompts: List[str], temperature: float, top_p: float, max_gen_len: int) -> int:

@@ -6,13 +6,17 @@ import os
 import re
 import sys
 import time
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import fire
 
+from . import demo
 from .backend import peer_exited, peer_failure
 from .errors import ConfigError, LlamaError
+from .generation import Llama, check_sampling
 from .ranks import REPORT_ON_ANY_RANK
+
+logger = logging.getLogger(__name__)
 
 DEBUG_ENV = "LLAMA_DEBUG"
 # torchrun gives each worker a file to describe its failure in; its summary then shows our
@@ -175,3 +179,20 @@ def error_line(exc: BaseException) -> Optional[str]:
     return f"error: rank {rank}: {_one_line(exc)}"
 
 
+def build_generator(ckpt_dir: Optional[str], tokenizer_path: Optional[str], temperature: float, top_p: float,
+                    max_gen_len: Optional[int], **build_kwargs) -> Tuple[Llama, float]:
+    """What a command does before generating -> (generator, seconds the load took).
+
+    Checks the sampling flags first (not after a slow load), runs the bundled demo model when
+    neither path is given, then Llama.build(**build_kwargs).
+    """
+    check_sampling(temperature, top_p, max_gen_len)
+    ckpt_dir, tokenizer_path = demo.resolve(ckpt_dir, tokenizer_path)
+    started = time.perf_counter()
+    generator = Llama.build(ckpt_dir=ckpt_dir, tokenizer_path=tokenizer_path, **build_kwargs)
+    return generator, time.perf_counter() - started
+
+
+def log_summary(load_s: float, n_tokens: int, gen_s: float) -> None:
+    logger.info("loaded in %.2f s; generated %d tokens in %.2f s (%.1f tokens/s)", load_s, n_tokens, gen_s,
+                n_tokens / max(gen_s, 1e-9))
