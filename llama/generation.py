@@ -234,6 +234,21 @@ class Llama:
             return self.decode_step(tokens, start_pos)
         return self.model.forward(tokens, start_pos)
 
+    def encode_prompts(self, prompts: List[str], max_gen_len: Optional[int]) -> Tuple[List[List[int]], int]:
+        """text_completion's prompts -> (token lists starting with bos, max_gen_len with its default)."""
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list of strings, got a single str; wrap it in a list")
+        tokens = [self.tokenizer.encode(x, bos=True, eos=False) for x in prompts]
+        return tokens, self._gen_len(max_gen_len)
+
+    def encode_dialogs(self, dialogs: List[Dialog], max_gen_len: Optional[int]) -> Tuple[List[List[int]], int]:
+        """chat_completion's dialogs -> (token lists in the chat format, max_gen_len with its default)."""
+        tokens = [encode_dialog(self.tokenizer, d, i) for i, d in enumerate(dialogs)]
+        return tokens, self._gen_len(max_gen_len)
+
+    def _gen_len(self, max_gen_len: Optional[int]) -> int:
+        return self.model.params.max_seq_len - 1 if max_gen_len is None else max_gen_len
+
     def text_completion(
         self,
         prompts: List[str],
@@ -243,11 +258,7 @@ class Llama:
         logprobs: bool = False,
         echo: bool = False,
     ) -> List[CompletionPrediction]:
-        if isinstance(prompts, str):
-            raise TypeError("prompts must be a list of strings, got a single str; wrap it in a list")
-        if max_gen_len is None:
-            max_gen_len = self.model.params.max_seq_len - 1
-        prompt_tokens = [self.tokenizer.encode(x, bos=True, eos=False) for x in prompts]
+        prompt_tokens, max_gen_len = self.encode_prompts(prompts, max_gen_len)
         tokens, probs = self._generate_in_batches(prompt_tokens, max_gen_len, temperature, top_p, logprobs, echo)
         out: List[CompletionPrediction] = []
         for i, t in enumerate(tokens):
@@ -266,9 +277,7 @@ class Llama:
         max_gen_len: Optional[int] = None,
         logprobs: bool = False,
     ) -> List[ChatPrediction]:
-        if max_gen_len is None:
-            max_gen_len = self.model.params.max_seq_len - 1
-        prompt_tokens = [encode_dialog(self.tokenizer, d, i) for i, d in enumerate(dialogs)]
+        prompt_tokens, max_gen_len = self.encode_dialogs(dialogs, max_gen_len)
         unsafe = [has_special_tags(d) for d in dialogs]
         tokens, probs = self._generate_in_batches(prompt_tokens, max_gen_len, temperature, top_p, logprobs)
         out: List[ChatPrediction] = []

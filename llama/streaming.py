@@ -8,7 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import DefaultDict, Iterable, Iterator, List, Optional
 
-from .chat_format import UNSAFE_ERROR, Dialog, encode_dialog, has_special_tags
+from .chat_format import UNSAFE_ERROR, Dialog, has_special_tags
 from .generation import Llama, _check_prompt_tokens, _check_sampling
 
 # What SentencePiece decodes an incomplete UTF-8 byte sequence to; a later byte token may complete it.
@@ -103,11 +103,7 @@ def stream_text_completion(
     max_gen_len: Optional[int] = None,
 ) -> Iterator[StreamEvent]:
     """Llama.text_completion as a stream of StreamEvent."""
-    if isinstance(prompts, str):
-        raise TypeError("prompts must be a list of strings, got a single str; wrap it in a list")
-    if max_gen_len is None:
-        max_gen_len = generator.model.params.max_seq_len - 1
-    prompt_tokens = [generator.tokenizer.encode(x, bos=True, eos=False) for x in prompts]
+    prompt_tokens, max_gen_len = generator.encode_prompts(prompts, max_gen_len)
     return stream_generate(generator, prompt_tokens, max_gen_len, temperature, top_p)
 
 
@@ -119,9 +115,7 @@ def stream_chat_completion(
     max_gen_len: Optional[int] = None,
 ) -> Iterator[StreamEvent]:
     """Llama.chat_completion as a stream; a dialog with special tags streams only its error text."""
-    if max_gen_len is None:
-        max_gen_len = generator.model.params.max_seq_len - 1
-    prompt_tokens = [encode_dialog(generator.tokenizer, d, i) for i, d in enumerate(dialogs)]
+    prompt_tokens, max_gen_len = generator.encode_dialogs(dialogs, max_gen_len)
     unsafe = [has_special_tags(d) for d in dialogs]
     return _replace_unsafe(stream_generate(generator, prompt_tokens, max_gen_len, temperature, top_p), unsafe)
 

@@ -100,3 +100,12 @@ def build(tokenizer_path, make_ckpt):
 def _deterministic():
     torch.use_deterministic_algorithms(False)
     yield
+
+
+@pytest.fixture
+def one_thread():
+    # Even where OMP_NUM_THREADS asks for more: tiny matmuls gain nothing from threads, and on a shared CPU OpenMP's spinning makes them crawl.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -157,15 +157,6 @@ def test_single_process_opens_no_tcp_store_and_needs_no_master_addr():
     )
 
 
-@pytest.fixture
-def one_thread():
-    # Tiny matmuls gain nothing from threads, and on a shared CPU OpenMP's spinning makes them crawl.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class _RecordOutputs(TorchDispatchMode):
     """Remembers the dtype and device of every tensor any op produces."""
 

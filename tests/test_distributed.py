@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import List, Tuple
 
 import pytest
-import torch
 
 from llama.cli import error_line
 from llama.errors import CheckpointError, ConfigError
@@ -91,13 +90,7 @@ def _failed_at(stderr: str) -> float:
     return float(re.search(r"^failing \(\w+\) at ([\d.]+)$", stderr, re.M).group(1))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The subprocesses run one thread each; the in-process reference runs alike (and faster on a shared CPU).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

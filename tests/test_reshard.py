@@ -16,13 +16,7 @@ from llama.reshard import reshard
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["I believe the meaning of life is", "Translate English to French: cheese =>"]
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matmuls gain nothing from threads, and on a shared CPU OpenMP's spinning makes them crawl.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 LOAD_CASES = [("mha", k, n) for k in (1, 2, 4) for n in (1, 2, 4)] + [("gqa", k, n) for k in (1, 2) for n in (1, 2)]
