@@ -3,10 +3,10 @@ from setuptools import find_packages, setup
 setup(
     name="llama",
     version="0.1.0",
-    description="A faithful, portable and fast reimplementation of Meta's Llama 2 reference generator",
+    description="A faithful, portable and fast reimplementation of Meta's Llama reference generators (Llama 2, 3, 3.1, 3.2)",
     packages=find_packages(include=["llama", "llama.*"]),
     package_data={"llama": ["demo/*"]},
     python_requires=">=3.9",
-    install_requires=["torch", "fairscale", "fire", "sentencepiece", "tqdm"],
-    extras_require={"test": ["pytest", "transformers"]},
+    install_requires=["torch", "fairscale", "fire", "sentencepiece", "tiktoken", "safetensors", "tqdm"],
+    extras_require={"test": ["pytest", "transformers", "llama-models==0.3.0"]},
 )
