@@ -2,10 +2,11 @@
 
 A directory saved with k shards (`consolidated.00.pth` ...) can be loaded by n model-parallel
 ranks whenever n divides k (each rank merges k/n consecutive shards) or k divides n (each rank
-takes its slice of one shard). The split rule of every weight lives in SPLIT_DIMS.
+takes its slice of one shard). Which dim each weight is split along is the parallel plan's
+(`llama.parallel`); Llama 2 and Llama 3 checkpoints differ in how they split the embedding, and
+`family` tells them apart.
 """
 import json
-import logging
 import os
 import pickle
 import re
@@ -19,32 +20,15 @@ import torch
 
 from .errors import CheckpointError, ConfigError, MissingFileError
 from .model import ModelArgs
+from .parallel import PLANS, Plan, split_dim
 
-logger = logging.getLogger(__name__)
-
-# Dim along which a weight is split across model-parallel ranks, keyed by the module name that
-# owns it (the key's second-to-last component). None: replicated on every rank.
-SPLIT_DIMS: Dict[str, Optional[int]] = {
-    "wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "output": 0,  # column-parallel
-    "wo": 1, "w2": 1,  # row-parallel
-    "tok_embeddings": 1,  # ParallelEmbedding splits the embedding dim
-    "attention_norm": None, "ffn_norm": None, "norm": None,
-}
-IGNORED_KEYS = ("rope.freqs",)
+IGNORED_KEYS = ("rope.freqs",)  # Meta's checkpoints carry it; the model computes its own tables
 PARAM_KEYS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of",
-              "ffn_dim_multiplier", "norm_eps", "rope_theta")
+              "ffn_dim_multiplier", "norm_eps", "rope_theta", "use_scaled_rope", "rope_scaling_factor")
 INT_PARAMS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of")
-
-
-def split_dim(key: str) -> Optional[int]:
-    parts = key.split(".")
-    owner = parts[-2] if len(parts) >= 2 else parts[0]
-    if owner not in SPLIT_DIMS:
-        raise CheckpointError(
-            f"unexpected weight {key!r} in checkpoint: not part of the Llama architecture "
-            f"(known modules: {sorted(SPLIT_DIMS)}); use an unmodified Meta checkpoint"
-        )
-    return SPLIT_DIMS[owner]
+OPTIONAL_PARAMS = ("n_kv_heads", "ffn_dim_multiplier", "rope_scaling_factor")
+# Meta's Llama 3.x params.json give vocab_size 128256; Llama 2's give -1 (take it from the tokenizer).
+LLAMA3_MIN_VOCAB = 128000
 
 
 def find_shards(ckpt_dir) -> List[Path]:
@@ -52,8 +36,8 @@ def find_shards(ckpt_dir) -> List[Path]:
     if not ckpt_dir.is_dir():
         what = "is a file, not a directory" if ckpt_dir.exists() else "not found"
         raise MissingFileError(
-            f"checkpoint directory {str(ckpt_dir)!r} {what}; pass --ckpt_dir pointing at a folder "
-            "with params.json and consolidated.*.pth (e.g. llama-2-7b/)"
+            f"checkpoint directory {str(ckpt_dir)!r} {what}; name a folder with params.json and "
+            "consolidated.*.pth (e.g. llama-2-7b/) or a Hugging Face model folder"
         )
     shards = sorted(ckpt_dir.glob("*.pth"))
     if not shards:
@@ -92,8 +76,12 @@ def read_params(ckpt_dir) -> dict:
 
 def _check_types(params: dict, source: str) -> None:
     for key, value in params.items():
-        optional = key in ("n_kv_heads", "ffn_dim_multiplier")
+        optional = key in OPTIONAL_PARAMS
         if value is None and optional:
+            continue
+        if key == "use_scaled_rope":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{source}: use_scaled_rope must be true or false, got {value!r}")
             continue
         want_int = key in INT_PARAMS
         ok = isinstance(value, int) if want_int else isinstance(value, (int, float))
@@ -223,15 +211,30 @@ def shard_plan(n_shards: int, world: int, rank: int) -> Tuple[List[int], int, in
     return [rank // pieces], rank % pieces, pieces
 
 
-def _merge(key: str, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    dim = split_dim(key)
+def family(shards: Sequence[Path], params: Mapping) -> str:
+    """"llama2" or "llama3": which parallel plan these shards were saved with.
+
+    With several shards the embedding's own shape tells (Llama 3 splits its rows, Llama 2 its
+    columns); a single shard is the same either way, and the vocabulary size in params.json
+    names the family whose plan it should be split with.
+    """
+    if len(shards) > 1:
+        emb = load_shard(shards[0]).get("tok_embeddings.weight")
+        if emb is not None:
+            return "llama3" if emb.shape[1] == params["dim"] else "llama2"
+    return "llama3" if params.get("vocab_size", -1) >= LLAMA3_MIN_VOCAB else "llama2"
+
+
+def _merge(plan: Plan, key: str, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    dim = split_dim(plan, key)
     if dim is None or len(tensors) == 1:
         return tensors[0]
     return torch.cat(list(tensors), dim=dim)
 
 
-def _slice(key: str, tensor: torch.Tensor, index: int, pieces: int) -> torch.Tensor:
-    dim = split_dim(key)
+def slice_for_rank(plan: Plan, key: str, tensor: torch.Tensor, index: int, pieces: int) -> torch.Tensor:
+    """Part `index` of `pieces` of state-dict entry `key`, cut along the plan's dim for it."""
+    dim = split_dim(plan, key)
     if dim is None or pieces == 1:
         return tensor
     size = tensor.shape[dim]
@@ -241,8 +244,8 @@ def _slice(key: str, tensor: torch.Tensor, index: int, pieces: int) -> torch.Ten
     return tensor.narrow(dim, index * part, part).contiguous()
 
 
-def reshard_state(shards: Sequence[Path], world: int, rank: int) -> Dict[str, torch.Tensor]:
-    """Every tensor that part `rank` of `world` holds, from a checkpoint saved as `shards`.
+def reshard_state(shards: Sequence[Path], world: int, rank: int, plan: Plan) -> Dict[str, torch.Tensor]:
+    """Every tensor that part `rank` of `world` holds, from a checkpoint saved as `shards` with `plan`.
 
     Reads only the shards this part needs. Entries the model ignores (rope.freqs) are kept as
     the first shard read has them, so the result can be saved as a shard the reference loads.
@@ -262,14 +265,14 @@ def reshard_state(shards: Sequence[Path], world: int, rank: int) -> Dict[str, to
         if key in IGNORED_KEYS:
             out[key] = states[0][key]
             continue
-        tensor = _merge(key, [s[key] for s in states])
-        out[key] = _slice(key, tensor, index, pieces)
+        tensor = _merge(plan, key, [s[key] for s in states])
+        out[key] = slice_for_rank(plan, key, tensor, index, pieces)
     return out
 
 
-def load_rank_state(shards: Sequence[Path], world: int, rank: int) -> Dict[str, torch.Tensor]:
+def load_rank_state(shards: Sequence[Path], world: int, rank: int, plan: Plan) -> Dict[str, torch.Tensor]:
     """The weights that model-parallel `rank` of `world` needs, reading only its own shards."""
-    state = reshard_state(shards, world, rank)
+    state = reshard_state(shards, world, rank, plan)
     return {key: tensor for key, tensor in state.items() if key not in IGNORED_KEYS}
 
 
@@ -295,7 +298,7 @@ def check_state(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.
             )
 
 
-def split_state(state: Mapping[str, torch.Tensor], n_shards: int) -> List[Dict[str, torch.Tensor]]:
+def split_state(state: Mapping[str, torch.Tensor], n_shards: int, plan: Plan) -> List[Dict[str, torch.Tensor]]:
     """Split a full (single-shard) state dict into `n_shards` Meta-layout shards."""
     shards: List[Dict[str, torch.Tensor]] = [{} for _ in range(n_shards)]
     for key, tensor in state.items():
@@ -304,15 +307,32 @@ def split_state(state: Mapping[str, torch.Tensor], n_shards: int) -> List[Dict[s
                 shard[key] = tensor.clone()
             continue
         for i, shard in enumerate(shards):
-            shard[key] = _slice(key, tensor, i, n_shards).clone()
+            shard[key] = slice_for_rank(plan, key, tensor, i, n_shards).clone()
     return shards
 
 
 def save_checkpoint(state: Mapping[str, torch.Tensor], params: dict, out_dir, n_shards: int = 1) -> Path:
-    """Write params.json and consolidated.NN.pth files that Meta's reference can load."""
+    """Write params.json and consolidated.NN.pth files that Meta's reference (of the family that
+    params.json names, see `family`) can load."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for i, shard in enumerate(split_state(state, n_shards)):
+    plan = PLANS[family([], params)]
+    for i, shard in enumerate(split_state(state, n_shards, plan)):
         torch.save(shard, out_dir / f"consolidated.{i:02d}.pth")
     (out_dir / "params.json").write_text(json.dumps(params))
     return out_dir
+
+
+def find_tokenizer(ckpt_dir, tokenizer_path) -> str:
+    """tokenizer_path, or when it is None the tokenizer.model that sits with the weights:
+    ckpt_dir/tokenizer.model, else ckpt_dir/original/tokenizer.model (Llama 3 Hugging Face folders)."""
+    if tokenizer_path is not None:
+        return tokenizer_path
+    places = [Path(ckpt_dir) / "tokenizer.model", Path(ckpt_dir) / "original" / "tokenizer.model"]
+    found = next((p for p in places if p.is_file()), None)
+    if found is None:
+        raise MissingFileError(
+            f"no tokenizer given and none found with the weights (looked for {', '.join(str(p) for p in places)}); "
+            "pass --tokenizer_path pointing at the tokenizer.model that came with the weights"
+        )
+    return str(found)

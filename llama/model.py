@@ -1,9 +1,12 @@
-"""The Llama 2 transformer: ModelArgs and the math, nothing else.
+"""The Llama transformer (Llama 2 and Llama 3.x text): ModelArgs and the math, in plain PyTorch.
 
 Names follow Meta's checkpoints (wq, wk, wv, wo, w1, w2, w3, tok_embeddings, attention_norm,
-ffn_norm), because state-dict keys must match. This module never names a device, a launcher or
-a file: weights arrive on whatever device and dtype the caller chose, and the runtime tensors
-(rotary tables, KV cache) are made next to them by `setup_caches`.
+ffn_norm), because state-dict keys must match. This module knows nothing of processes, devices or
+files: `Transformer(ModelArgs(...))` builds anywhere (also under `torch.device("meta")`), trains
+(`forward(tokens)`: full causal attention, no cache) and decodes (`setup_caches`, then
+`forward(tokens, start_pos)`). Model parallelism (llama.parallel) and quantization
+(llama.quantize) swap its layers from outside; the head counts a layer works with are read off
+its weights, so a layer holding a slice of the heads needs no further telling.
 """
 import math
 from dataclasses import dataclass
@@ -11,10 +14,14 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from fairscale.nn.model_parallel import initialize as fs_init
 from torch import nn
 
-from .parallel import ColumnParallelLinear, ParallelEmbedding, RowParallelLinear
+# Llama 3.1's RoPE scaling (Meta's llama-models, `llama3/model.py`, apply_scaling): the factor
+# is 8 there; the frequency band and original context are fixed.
+ROPE_SCALING_FACTOR = 8.0
+ROPE_LOW_FREQ_FACTOR = 1.0
+ROPE_HIGH_FREQ_FACTOR = 4.0
+ROPE_ORIGINAL_CONTEXT = 8192
 
 
 @dataclass
@@ -28,6 +35,8 @@ class ModelArgs:
     ffn_dim_multiplier: Optional[float] = None
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    use_scaled_rope: bool = False  # Llama 3.1+: stretch the low rotary frequencies (apply_rope_scaling)
+    rope_scaling_factor: Optional[float] = None  # None: Meta's 8
 
     max_batch_size: int = 32
     max_seq_len: int = 2048
@@ -47,6 +56,13 @@ class ModelArgs:
             hidden = int(self.ffn_dim_multiplier * hidden)
         return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
 
+    @property
+    def rope_scaling(self) -> Optional[float]:
+        """The RoPE scaling factor in use, or None without scaling."""
+        if not self.use_scaled_rope:
+            return None
+        return ROPE_SCALING_FACTOR if self.rope_scaling_factor is None else self.rope_scaling_factor
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
@@ -61,10 +77,24 @@ class RMSNorm(nn.Module):
         return self._norm(x.float()).type_as(x) * self.weight
 
 
-def rope_tables(head_dim: int, end: int, theta: float = 10000.0, device=None):
-    """cos and sin of pos * inv_freq[j], each (end, head_dim // 2), float32."""
+def apply_rope_scaling(inv_freq: torch.Tensor, factor: float) -> torch.Tensor:
+    """Llama 3.1's frequency scaling: high frequencies kept, low ones divided by `factor`, a smooth
+    blend between (wavelengths from original_context/4 to original_context)."""
+    low_wavelen = ROPE_ORIGINAL_CONTEXT / ROPE_LOW_FREQ_FACTOR
+    high_wavelen = ROPE_ORIGINAL_CONTEXT / ROPE_HIGH_FREQ_FACTOR
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = (ROPE_ORIGINAL_CONTEXT / wavelen - ROPE_LOW_FREQ_FACTOR) / (ROPE_HIGH_FREQ_FACTOR - ROPE_LOW_FREQ_FACTOR)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    return torch.where((wavelen >= high_wavelen) & (wavelen <= low_wavelen), blended, scaled)
+
+
+def rope_tables(head_dim: int, end: int, theta: float = 10000.0, device=None, scaling: Optional[float] = None):
+    """cos and sin of pos * inv_freq[j], each (end, head_dim // 2), float32; `scaling`: Llama 3.1's factor."""
     exponents = torch.arange(0, head_dim, 2, device=device)[: head_dim // 2].float() / head_dim
     inv_freq = 1.0 / (theta**exponents)
+    if scaling is not None:
+        inv_freq = apply_rope_scaling(inv_freq, scaling)
     angles = torch.outer(torch.arange(end, device=device).float(), inv_freq)
     return torch.cos(angles), torch.sin(angles)
 
@@ -94,7 +124,7 @@ def apply_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
 
 
 class KVCache(nn.Module):
-    """Keys and values of one layer, (max_batch_size, max_seq_len, local_kv_heads, head_dim).
+    """Keys and values of one layer, (max_batch_size, max_seq_len, kv_heads, head_dim).
 
     Stored heads-major underneath (k and v are transposed views), so that attention can multiply
     the cache of every row and head in one batched matmul without first copying it.
@@ -149,25 +179,28 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: Opti
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
-        mp = fs_init.get_model_parallel_world_size()
-        self.n_local_heads = args.n_heads // mp
-        self.n_local_kv_heads = args.kv_heads // mp
         self.head_dim = args.head_dim
-        self.wq = ColumnParallelLinear(args.dim, args.n_heads * self.head_dim, gather_output=False)
-        self.wk = ColumnParallelLinear(args.dim, args.kv_heads * self.head_dim, gather_output=False)
-        self.wv = ColumnParallelLinear(args.dim, args.kv_heads * self.head_dim, gather_output=False)
-        self.wo = RowParallelLinear(args.n_heads * self.head_dim, args.dim)
+        self.wq = nn.Linear(args.dim, args.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, args.kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, args.kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
         self.cache: Optional[KVCache] = None
 
+    @property
+    def local_kv_heads(self) -> int:
+        """kv heads this module holds: all of them, or its slice once model-parallel."""
+        return self.wk.weight.shape[0] // self.head_dim
+
     def forward(self, x, start_pos, cos, sin, mask: Optional[torch.Tensor]):
-        """cos, sin: full-width rotary tables for these positions, (1, seqlen, 1, head_dim)."""
+        """cos, sin: full-width rotary tables for these positions, (1, seqlen, 1, head_dim).
+        start_pos None: no cache (training, scoring a whole sequence)."""
         bsz, seqlen, _ = x.shape
-        xq = self.wq(x).reshape(bsz, seqlen, self.n_local_heads, self.head_dim)
-        xk = self.wk(x).reshape(bsz, seqlen, self.n_local_kv_heads, self.head_dim)
-        xv = self.wv(x).reshape(bsz, seqlen, self.n_local_kv_heads, self.head_dim)
+        xq = self.wq(x).reshape(bsz, seqlen, -1, self.head_dim)
+        xk = self.wk(x).reshape(bsz, seqlen, -1, self.head_dim)
+        xv = self.wv(x).reshape(bsz, seqlen, -1, self.head_dim)
         xq = rotate_pairs(xq, cos, sin)
         xk = rotate_pairs(xk, cos, sin)
-        keys, values = self.cache.update(start_pos, xk, xv)
+        keys, values = (xk, xv) if start_pos is None else self.cache.update(start_pos, xk, xv)
         return self.wo(attend(xq, keys, values, mask))
 
 
@@ -175,18 +208,17 @@ class FeedForward(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         hidden = args.ffn_hidden_dim
-        self.w1 = ColumnParallelLinear(args.dim, hidden, gather_output=False)
-        self.w2 = RowParallelLinear(hidden, args.dim)
-        self.w3 = ColumnParallelLinear(args.dim, hidden, gather_output=False)
+        self.w1 = nn.Linear(args.dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, args.dim, bias=False)
+        self.w3 = nn.Linear(args.dim, hidden, bias=False)
 
     def forward(self, x):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, layer_id: int, args: ModelArgs):
+    def __init__(self, args: ModelArgs):
         super().__init__()
-        self.layer_id = layer_id
         self.attention = Attention(args)
         self.feed_forward = FeedForward(args)
         self.attention_norm = RMSNorm(args.dim, eps=args.norm_eps)
@@ -211,36 +243,55 @@ class Transformer(nn.Module):
         self.params = params
         self.vocab_size = params.vocab_size
         self.n_layers = params.n_layers
-        self.tok_embeddings = ParallelEmbedding(params.vocab_size, params.dim)
-        self.layers = nn.ModuleList(TransformerBlock(i, params) for i in range(params.n_layers))
+        shape = (params.vocab_size, params.dim)
+        self.tok_embeddings = nn.Embedding(*shape, _weight=torch.empty(shape))
+        if self.tok_embeddings.weight.device.type != "meta":
+            # nn.Embedding's own init; skipped on the meta device (where loading builds the model),
+            # whose first normal_ takes ~2 s to set up for weights that are about to be replaced.
+            nn.init.normal_(self.tok_embeddings.weight)
+        self.layers = nn.ModuleList(TransformerBlock(params) for _ in range(params.n_layers))
         self.norm = RMSNorm(params.dim, eps=params.norm_eps)
-        self.output = ColumnParallelLinear(params.dim, params.vocab_size)
-        self.rope_cos: Optional[torch.Tensor] = None
-        self.rope_sin: Optional[torch.Tensor] = None
+        self.output = nn.Linear(params.dim, params.vocab_size, bias=False)
+        self.register_buffer("rope_cos", None, persistent=False)
+        self.register_buffer("rope_sin", None, persistent=False)
+        if self.tok_embeddings.weight.device.type != "meta":  # else made by setup_caches, next to the weights
+            self.make_rope_tables()
+
+    def make_rope_tables(self) -> None:
+        """Full-width float32 rotary tables for 2 * max_seq_len positions, next to the weights.
+
+        Buffers, so that `.to(device)` moves them, but not persistent: checkpoints never hold them.
+        """
+        p = self.params
+        device = self.tok_embeddings.weight.device
+        cos, sin = pair_tables(*rope_tables(p.head_dim, p.max_seq_len * 2, p.rope_theta, device, p.rope_scaling))
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
 
     def setup_caches(self) -> None:
-        """Make the rotary tables and per-layer KV caches next to the weights (their device and dtype).
+        """Rotary tables and per-layer KV caches next to the weights (their device; the caches their dtype).
 
-        Call after the weights are in place; the tables stay float32 whatever the weights are.
+        Call once the weights are in place (and any layers swapped); then forward(tokens, start_pos) decodes.
         """
+        self.make_rope_tables()
         weight = self.tok_embeddings.weight
         p = self.params
-        cos, sin = rope_tables(p.head_dim, p.max_seq_len * 2, p.rope_theta, weight.device)
-        self.rope_cos, self.rope_sin = pair_tables(cos, sin)
         for layer in self.layers:
             attn = layer.attention
-            attn.cache = KVCache(
-                p.max_batch_size, p.max_seq_len, attn.n_local_kv_heads, attn.head_dim,
-                dtype=weight.dtype, device=weight.device,
-            )
+            attn.cache = KVCache(p.max_batch_size, p.max_seq_len, attn.local_kv_heads, attn.head_dim,
+                                 dtype=weight.dtype, device=weight.device)
 
-    @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
-        """tokens (bsz, seqlen) at positions start_pos.. -> float32 logits (bsz, seqlen, vocab)."""
+    def forward(self, tokens: torch.Tensor, start_pos: Optional[int] = None) -> torch.Tensor:
+        """tokens (bsz, seqlen) at positions start_pos.. -> float32 logits (bsz, seqlen, vocab).
+
+        start_pos None: the whole sequence from position 0 with full causal attention and no
+        cache (training, scoring); an int: decoding through the KV caches of `setup_caches`.
+        """
         seqlen = tokens.shape[1]
-        cos = self.rope_cos[start_pos : start_pos + seqlen]
-        sin = self.rope_sin[start_pos : start_pos + seqlen]
-        mask = causal_mask(seqlen, start_pos, self.tok_embeddings.weight.dtype, tokens.device)
+        first = 0 if start_pos is None else start_pos
+        cos = self.rope_cos[first : first + seqlen]
+        sin = self.rope_sin[first : first + seqlen]
+        mask = causal_mask(seqlen, first, self.tok_embeddings.weight.dtype, tokens.device)
         return self._run(tokens, start_pos, cos, sin, mask)
 
     def forward_static(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

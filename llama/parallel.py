@@ -1,19 +1,28 @@
-"""fairscale's model-parallel layers, constructed without allocating or initialising weights.
+"""Model parallelism, applied to a built model from outside: THE plan, and the function that applies it.
 
-fairscale's constructors build each full weight on the CPU and scatter it, which costs a
-full-model allocation per rank and breaks under the meta device. These subclasses set the same
-attributes and leave the weight `torch.empty`: under `torch.device("meta")` it costs nothing, and
-loading assigns real tensors. Their forward runs fairscale's own collectives (the region
-functions) around one `matmul`, which quantized variants (llama.quantize) replace.
+A plan maps a module's name (the last component: `wq`, `tok_embeddings`, ...) to how its weight
+is split across model-parallel ranks. `parallelize` swaps each planned `nn.Linear`/`nn.Embedding`
+of a plain `llama.model.Transformer` for fairscale's model-parallel layer holding this rank's
+slice; the checkpoint code (llama.checkpoint, llama.hf) splits and merges shards with the same
+table (`split_dim`). Llama 3 differs from Llama 2 in one line: its embedding is split along the
+vocabulary (Meta's `meta-llama/llama3` `llama/model.py` uses VocabParallelEmbedding there).
 
-With one model-parallel rank the region functions are identities that still cost tens of
-microseconds each (autograd Function dispatch, process-group queries), hundreds of times per
-decoded token, so the layers skip them: the result is the same tensor.
+The layers subclass fairscale's, constructed without allocating or initialising weights
+(fairscale's constructors build each full weight and scatter it, which costs a full-model
+allocation per rank and breaks under the meta device): the weight is `torch.empty`, and loading
+assigns the real tensor. On one rank they skip fairscale's region functions, which are identities
+there but cost tens of microseconds each, hundreds of times per decoded token.
 """
+from contextlib import redirect_stdout
+from dataclasses import dataclass
+from io import StringIO
+import logging
+from typing import Dict, Mapping, Optional
+
 import torch
 import torch.nn.functional as F
+from fairscale.nn.model_parallel import initialize as fs_init
 from fairscale.nn.model_parallel import layers
-from fairscale.nn.model_parallel.initialize import get_model_parallel_world_size
 from fairscale.nn.model_parallel.mappings import (
     copy_to_model_parallel_region,
     gather_from_model_parallel_region,
@@ -21,60 +30,83 @@ from fairscale.nn.model_parallel.mappings import (
 )
 from torch import nn
 
+from .errors import CheckpointError
+from .kernels import linear
 
-# For 2..SMALL_BATCH_ROWS rows (a small decode batch) a linear layer runs as (W @ x.T).T, which
-# MKL computes ~1.45x faster than F.linear's small-matrix GEMM (measured on the 2-core AMD EPYC of
-# BENCHMARKS.md); from 8 rows on F.linear is as fast or faster.
-SMALL_BATCH_ROWS = 4
-
-
-ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+logger = logging.getLogger(__name__)
 
 
-def _onednn(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x @ weight.T by oneDNN: at one row on the CPU it streams the weight ~1.5-2x faster than F.linear
-    (MKL's GEMV); see BENCHMARKS.md."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+@dataclass(frozen=True)
+class Style:
+    """How one weight is split: `dim` of the weight that is cut into `world` equal slices (None: replicated)."""
+
+    kind: str
+    dim: Optional[int]
+    gather_output: bool = False  # column layers: gather the full output on every rank
 
 
-# The same as an operator of our own, so that torch.compile graphs call it as an opaque kernel
-# (inductor would lower the mkldnn op only for frozen weights). A plain library operator costs
-# ~3 us of dispatch; torch.library.custom_op's wrapper costs ~30 us, a tenth of a small GEMV.
-_LIB = torch.library.Library("llama", "DEF")
-_LIB.define("onednn_linear(Tensor x, Tensor weight) -> Tensor")
-_LIB.impl("onednn_linear", _onednn, "CPU")
-_LIB.impl("onednn_linear", lambda x, weight: x.new_empty(*x.shape[:-1], weight.shape[0]), "Meta")
+COLUMN = Style("column", 0)  # y = x W^T with W's output features split; output stays split
+COLUMN_GATHERED = Style("column", 0, gather_output=True)  # ... and gathered (the logits)
+ROW = Style("row", 1)  # input features split; partial products all-reduced
+EMBEDDING_DIM = Style("embedding_dim", 1)  # embedding vectors split; slices gathered
+VOCAB = Style("vocab", 0)  # vocabulary rows split; lookups masked and all-reduced
+REPLICATED = Style("replicated", None)
+
+Plan = Mapping[str, Style]
+
+LLAMA2_PLAN: Plan = {
+    "tok_embeddings": EMBEDDING_DIM,
+    "wq": COLUMN, "wk": COLUMN, "wv": COLUMN, "wo": ROW,
+    "w1": COLUMN, "w3": COLUMN, "w2": ROW,
+    "output": COLUMN_GATHERED,
+    "attention_norm": REPLICATED, "ffn_norm": REPLICATED, "norm": REPLICATED,
+}
+LLAMA3_PLAN: Plan = {**LLAMA2_PLAN, "tok_embeddings": VOCAB}
+PLANS: Dict[str, Plan] = {"llama2": LLAMA2_PLAN, "llama3": LLAMA3_PLAN}
+
+def split_dim(plan: Plan, key: str) -> Optional[int]:
+    """The dim along which state-dict entry `key` (e.g. `layers.3.attention.wq.weight`) is split."""
+    parts = key.split(".")
+    owner = parts[-2] if len(parts) >= 2 else parts[0]
+    if owner not in plan:
+        raise CheckpointError(
+            f"unexpected weight {key!r} in checkpoint: not part of the Llama architecture "
+            f"(known modules: {sorted(plan)}); use an unmodified checkpoint"
+        )
+    return plan[owner].dim
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x @ weight.T for x (..., in_features); the result may be a transposed (non-contiguous) view."""
-    rows = x.numel() // x.shape[-1]
-    if rows == 1 and x.device.type == "cpu" and x.dtype == torch.float32 and ONEDNN:
-        return torch.ops.llama.onednn_linear(x, weight) if torch.compiler.is_compiling() else _onednn(x, weight)
-    if rows == 1 or rows > SMALL_BATCH_ROWS:
-        return F.linear(x, weight)
-    out = weight @ x.reshape(rows, x.shape[-1]).t()
-    return out.t().reshape(*x.shape[:-1], weight.shape[0])
+def init_model_parallel(size: int) -> None:
+    """fairscale's model-parallel groups over the default process group (once per process)."""
+    if fs_init.model_parallel_is_initialized():
+        return
+    with redirect_stdout(StringIO()) as chatter:  # fairscale prints its group sizes on every rank
+        fs_init.initialize_model_parallel(size)
+    logger.debug(chatter.getvalue().strip())
 
 
-def _local(size: int, what: str) -> int:
-    world = get_model_parallel_world_size()
+def model_parallel_rank() -> int:
+    """This process's rank within its model-parallel group (after `init_model_parallel`)."""
+    return fs_init.get_model_parallel_rank()
+
+
+def _local(size: int, world: int, what: str) -> int:
     if size % world:
-        raise ValueError(f"{what}={size} is not divisible by the model-parallel size {world}")
+        raise CheckpointError(f"{what}={size} is not divisible by the model-parallel size {world}")
     return size // world
 
 
 class ColumnParallelLinear(layers.ColumnParallelLinear):
     """y = x W^T with W split along its output dim; gathers the full output if `gather_output`."""
 
-    def __init__(self, in_features: int, out_features: int, gather_output: bool = True):
+    def __init__(self, in_features: int, out_features: int, world: int = 1, gather_output: bool = True):
         nn.Module.__init__(self)
         self.in_features, self.out_features, self.gather_output = in_features, out_features, gather_output
-        self.output_size_per_partition = _local(out_features, "out_features")
+        self.output_size_per_partition = _local(out_features, world, "out_features")
         self.weight = nn.Parameter(torch.empty(self.output_size_per_partition, in_features), requires_grad=False)
         self.register_parameter("bias", None)
         self.master_weight = None
-        self.single_rank = get_model_parallel_world_size() == 1
+        self.single_rank = world == 1
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight)
@@ -89,14 +121,14 @@ class ColumnParallelLinear(layers.ColumnParallelLinear):
 class RowParallelLinear(layers.RowParallelLinear):
     """y = x W^T with W split along its input dim; the partial products are all-reduced."""
 
-    def __init__(self, in_features: int, out_features: int):
+    def __init__(self, in_features: int, out_features: int, world: int = 1):
         nn.Module.__init__(self)
         self.in_features, self.out_features, self.input_is_parallel = in_features, out_features, True
-        self.input_size_per_partition = _local(in_features, "in_features")
+        self.input_size_per_partition = _local(in_features, world, "in_features")
         self.weight = nn.Parameter(torch.empty(out_features, self.input_size_per_partition), requires_grad=False)
         self.register_parameter("bias", None)
         self.master_weight = None
-        self.single_rank = get_model_parallel_world_size() == 1
+        self.single_rank = world == 1
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight)
@@ -106,19 +138,71 @@ class RowParallelLinear(layers.RowParallelLinear):
         return y if self.single_rank else reduce_from_model_parallel_region(y)
 
 
-class ParallelEmbedding(layers.ParallelEmbedding):
-    """Embedding with the embedding dim split across ranks; the slices are gathered."""
+def _embedding_attributes(module: nn.Module, num_embeddings: int, embedding_dim: int) -> None:
+    module.num_embeddings, module.embedding_dim = num_embeddings, embedding_dim
+    module.padding_idx, module.max_norm, module.norm_type = None, None, 2.0
+    module.scale_grad_by_freq, module.sparse, module._weight = False, False, None
 
-    def __init__(self, num_embeddings: int, embedding_dim: int):
+
+class ParallelEmbedding(layers.ParallelEmbedding):
+    """Embedding with the embedding dim split across ranks (Llama 2); the slices are gathered."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, world: int = 1):
         nn.Module.__init__(self)
-        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        self.padding_idx, self.max_norm, self.norm_type = None, None, 2.0
-        self.scale_grad_by_freq, self.sparse, self._weight = False, False, None
-        self.embedding_dim_per_partition = _local(embedding_dim, "dim")
+        _embedding_attributes(self, num_embeddings, embedding_dim)
+        self.embedding_dim_per_partition = _local(embedding_dim, world, "dim")
         self.weight = nn.Parameter(torch.empty(num_embeddings, self.embedding_dim_per_partition), requires_grad=False)
-        self.single_rank = get_model_parallel_world_size() == 1
+        self.single_rank = world == 1
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.single_rank:
             return F.embedding(tokens, self.weight)
         return super().forward(tokens)
+
+
+class VocabParallelEmbedding(layers.VocabParallelEmbedding):
+    """Embedding with the vocabulary split across ranks (Llama 3): each rank looks up its own rows,
+    zero elsewhere, and the results are summed."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, world: int = 1, rank: int = 0):
+        nn.Module.__init__(self)
+        _embedding_attributes(self, num_embeddings, embedding_dim)
+        self.num_embeddings_per_partition = _local(num_embeddings, world, "vocab_size")
+        self.vocab_start_index = rank * self.num_embeddings_per_partition
+        self.vocab_end_index = self.vocab_start_index + self.num_embeddings_per_partition
+        self.weight = nn.Parameter(torch.empty(self.num_embeddings_per_partition, embedding_dim), requires_grad=False)
+        self.single_rank = world == 1
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.single_rank:
+            return F.embedding(tokens, self.weight)
+        return super().forward(tokens)
+
+
+# Which layer class carries out each kind of split; llama.quantize supplies int8 linear classes.
+LINEAR_CLASSES = {"column": ColumnParallelLinear, "row": RowParallelLinear}
+
+
+def _parallel_layer(style: Style, child: nn.Module, world: int, rank: int, linear_classes) -> nn.Module:
+    if style.kind == "column":
+        return linear_classes["column"](child.in_features, child.out_features, world, style.gather_output)
+    if style.kind == "row":
+        return linear_classes["row"](child.in_features, child.out_features, world)
+    if style.kind == "embedding_dim":
+        return ParallelEmbedding(child.num_embeddings, child.embedding_dim, world)
+    return VocabParallelEmbedding(child.num_embeddings, child.embedding_dim, world, rank)
+
+
+def parallelize(model: nn.Module, plan: Plan, world: int, rank: int, linear_classes=None) -> nn.Module:
+    """Swap every planned, non-replicated module of `model` for its model-parallel layer (rank `rank`
+    of `world`), in place; -> model. Build under `torch.device("meta")`: the new weights are empty.
+
+    Done on one rank too: the swapped layers' one-rank path is the project's fast CPU matmul.
+    """
+    linear_classes = linear_classes or LINEAR_CLASSES
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            style = plan.get(name)
+            if style is not None and style.dim is not None:
+                setattr(parent, name, _parallel_layer(style, child, world, rank, linear_classes))
+    return model

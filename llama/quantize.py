@@ -6,16 +6,19 @@ Activations, embeddings, norms and the KV cache stay in the model dtype. Since t
 output channel it factors out of the matmul: x @ W.T ~= (x @ q.T) * scale, so the int8 weight is
 only converted to the activation dtype, never rescaled element by element.
 
+The int8 layers are the model-parallel linear layers with an int8 weight: `linear_classes`
+hands them to `llama.parallel.parallelize`, so quantization follows the same plan as parallelism.
 It quarters (fp32) or halves (16-bit) the weight memory; whether decode gets faster depends on
 the int8 matmul the device has (see BENCHMARKS.md).
 """
-from typing import Dict, Set
+from typing import Dict, Optional, Set
 
 import torch
 from torch import nn
 
 from .errors import ConfigError
-from .parallel import ColumnParallelLinear, RowParallelLinear, linear
+from .kernels import linear
+from .parallel import LINEAR_CLASSES, ColumnParallelLinear, RowParallelLinear
 
 METHODS = ("int8",)
 
@@ -53,29 +56,24 @@ class _Int8Weight:
 
 
 class Int8ColumnParallelLinear(_Int8Weight, ColumnParallelLinear):
-    def __init__(self, in_features: int, out_features: int, gather_output: bool = True):
-        super().__init__(in_features, out_features, gather_output)
+    def __init__(self, in_features: int, out_features: int, world: int = 1, gather_output: bool = True):
+        super().__init__(in_features, out_features, world, gather_output)
         self._make_int8()
 
 
 class Int8RowParallelLinear(_Int8Weight, RowParallelLinear):
-    def __init__(self, in_features: int, out_features: int):
-        super().__init__(in_features, out_features)
+    def __init__(self, in_features: int, out_features: int, world: int = 1):
+        super().__init__(in_features, out_features, world)
         self._make_int8()
 
 
-def _int8_twin(module: nn.Module) -> nn.Module:
-    if isinstance(module, ColumnParallelLinear):
-        return Int8ColumnParallelLinear(module.in_features, module.out_features, module.gather_output)
-    return Int8RowParallelLinear(module.in_features, module.out_features)
+INT8_CLASSES = {"column": Int8ColumnParallelLinear, "row": Int8RowParallelLinear}
 
 
-def replace_linears(model: nn.Module) -> None:
-    """Swap every parallel linear layer of `model` for its int8 twin (build under the meta device)."""
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, (ColumnParallelLinear, RowParallelLinear)):
-                setattr(parent, name, _int8_twin(child))
+def linear_classes(method: Optional[str]):
+    """The linear layer classes `llama.parallel.parallelize` should build for `method` (None: float)."""
+    check_method(method)
+    return INT8_CLASSES if method == "int8" else LINEAR_CLASSES
 
 
 def int8_layer_names(model: nn.Module) -> Set[str]:
@@ -83,7 +81,7 @@ def int8_layer_names(model: nn.Module) -> Set[str]:
 
 
 def quantize_entry(key: str, tensor: torch.Tensor, int8_layers: Set[str]) -> Dict[str, torch.Tensor]:
-    """One state-dict entry -> the entries a model after `replace_linears` expects for it."""
+    """One state-dict entry -> the entries a model with int8 layers expects for it."""
     owner = key.rsplit(".", 1)[0]
     if owner in int8_layers and key.endswith(".weight"):
         q, scales = quantize_weight(tensor)

@@ -2,7 +2,7 @@
 
 DST_DIR gets consolidated.00.pth .. consolidated.{N-1}.pth and a copy of params.json, in the
 layout Meta's reference loads with `torchrun --nproc_per_node N`: the same key names (rope.freqs
-kept), every weight split along the dim that `checkpoint.SPLIT_DIMS` gives. Shards are written
+kept), every weight split along the dim that the parallel plan (`llama.parallel`) gives. Shards are written
 one at a time, each reading only the source shards it needs, so memory peaks at about one output
 shard plus the source shards it draws on.
 """
@@ -15,6 +15,7 @@ import torch
 
 from . import checkpoint
 from .cli import run
+from .parallel import PLANS
 from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def reshard(src_dir, dst_dir, shards: int) -> List[Path]:
     dst_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for part in range(shards):
-        state = checkpoint.reshard_state(sources, shards, part)
+        state = checkpoint.reshard_state(sources, shards, part, PLANS[checkpoint.family(sources, params)])
         path = dst_dir / f"consolidated.{part:02d}.pth"
         torch.save({key: _owned(tensor) for key, tensor in state.items()}, path)
         logger.info("wrote %s (%d of %d)", path, part + 1, shards)

@@ -8,8 +8,8 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import DefaultDict, Iterable, Iterator, List, Optional
 
-from .chat_format import UNSAFE_ERROR, Dialog, has_special_tags
-from .generation import Llama, _check_prompt_tokens, _check_sampling
+from .chat_format import UNSAFE_ERROR, Dialog
+from .generation import Llama
 
 # What SentencePiece decodes an incomplete UTF-8 byte sequence to; a later byte token may complete it.
 REPLACEMENT_CHAR = "\ufffd"
@@ -62,8 +62,7 @@ def stream_generate(
 
     Arguments are checked here, before the first event is asked for.
     """
-    _check_sampling(temperature, top_p, max_gen_len)
-    _check_prompt_tokens(prompt_tokens, generator.tokenizer.n_words, generator.model.params.max_seq_len)
+    generator.check_request(prompt_tokens, temperature, top_p, max_gen_len)
     size = generator.model.params.max_batch_size
     batches = [prompt_tokens[start : start + size] for start in range(0, len(prompt_tokens), size)]
     return (
@@ -74,21 +73,21 @@ def stream_generate(
 
 
 def _stream_batch(generator: Llama, batch, offset: int, max_gen_len: int, temperature: float, top_p: float):
-    state = generator._start_decode(batch, max_gen_len, logprobs=False)
-    eos_id = generator.tokenizer.eos_id
+    state, steps = generator.decode(batch, max_gen_len, temperature, top_p)
+    stops = set(generator.stop_tokens)
     ends = [min(len(p) + max_gen_len, state.total_len) for p in batch]  # first position past each generation
     decoders = [TextDeltas(generator.tokenizer) for _ in batch]
     done = [len(p) >= end for p, end in zip(batch, ends)]
     for i in (i for i, d in enumerate(done) if d):
         yield StreamEvent(offset + i, None, "", done=True)
-    for cur_pos in generator._decode_steps(state, temperature, top_p):
+    for cur_pos in steps:
         column = state.tokens[:, cur_pos].tolist()
         for i, token in enumerate(column):
             if done[i] or cur_pos < len(batch[i]):
                 continue
-            if token != eos_id:
+            if token not in stops:
                 yield StreamEvent(offset + i, token, decoders[i].push(token))
-            if token == eos_id or cur_pos + 1 >= ends[i]:
+            if token in stops or cur_pos + 1 >= ends[i]:
                 done[i] = True
                 yield StreamEvent(offset + i, None, decoders[i].flush(), done=True)
     for i in (i for i, d in enumerate(done) if not d):  # defensive: every row normally closes in the loop
@@ -116,7 +115,7 @@ def stream_chat_completion(
 ) -> Iterator[StreamEvent]:
     """Llama.chat_completion as a stream; a dialog with special tags streams only its error text."""
     prompt_tokens, max_gen_len = generator.encode_dialogs(dialogs, max_gen_len)
-    unsafe = [has_special_tags(d) for d in dialogs]
+    unsafe = [generator.unsafe(d) for d in dialogs]
     return _replace_unsafe(stream_generate(generator, prompt_tokens, max_gen_len, temperature, top_p), unsafe)
 
 

@@ -12,7 +12,7 @@ import torch
 
 from conftest import model_args
 from llama import Llama, Tokenizer
-from llama import generation as gen
+from llama import loading
 from llama import ranks
 from llama.checkpoint import save_checkpoint
 from llama.errors import CheckpointError, ConfigError, GenerationError, LlamaError, MissingFileError, RankError
@@ -40,8 +40,8 @@ def write_ckpt(tmp_path, full_state):
 
 # --- checkpoint directory and params.json -------------------------------------------------------
 
-def test_missing_ckpt_dir_names_the_path_and_the_flag(tmp_path, tokenizer_path):
-    with pytest.raises(MissingFileError, match=r"checkpoint directory '.*nowhere' not found; pass --ckpt_dir"):
+def test_missing_ckpt_dir_names_the_path_and_what_belongs_there(tmp_path, tokenizer_path):
+    with pytest.raises(MissingFileError, match=r"checkpoint directory '.*nowhere' not found; name a folder with params.json"):
         build_from(tmp_path / "nowhere", tokenizer_path)
 
 
@@ -230,7 +230,7 @@ def test_a_kv_cache_beyond_the_machine_is_refused_before_allocating(make_ckpt, t
 def test_out_of_memory_while_loading_names_the_sizes(make_ckpt, tokenizer_path, monkeypatch):
     def fail(*args):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
-    monkeypatch.setattr(gen, "_load_model", fail)
+    monkeypatch.setattr(loading, "load_model", fail)
     with pytest.raises(ConfigError, match=r"out of memory on cpu while loading the model \(its KV cache takes "
                                           r"[\d.]+ GiB for max_batch_size=4 x max_seq_len=64\); lower max_seq_len"):
         build_from(make_ckpt("mha"), tokenizer_path)

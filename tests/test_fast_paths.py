@@ -5,7 +5,7 @@ import torch
 from llama import Llama
 from llama.decode import StaticDecode
 from llama.model import apply_rotary_emb, attend, rope_tables
-from llama import parallel
+from llama import kernels
 from llama.parallel import ColumnParallelLinear, ParallelEmbedding, RowParallelLinear
 
 PROMPTS = ["The quick brown fox", "Python is a programming language that", "A"]
@@ -53,7 +53,7 @@ def test_compiled_decode_generates_the_same_tokens(build, config, n_shards):
 def test_checking_for_eos_only_every_few_greedy_steps_returns_the_same(build, config):
     llama = build(config)
     prompts = [llama.tokenizer.encode(p, bos=True, eos=False) for p in PROMPTS]
-    llama.tokenizer.eos_id = greedy(llama, 6)[0][0][3]  # a token row 0 generates: it will stop there
+    llama.tokenizer.stop_tokens = [greedy(llama, 6)[0][0][3]]  # a token row 0 generates: it will stop there
     every = llama.generate(prompts, 12, temperature=0, logprobs=True, echo=True)
     llama.eos_check_every = 5
     assert llama.generate(prompts, 12, temperature=0, logprobs=True, echo=True) == every
@@ -64,9 +64,9 @@ def test_sampling_checks_for_eos_every_step_so_random_draws_match_the_reference(
     llama.eos_check_every = 1000
     calls = []
     forward = llama.model.forward
-    llama.model.forward = lambda tokens, pos: calls.append(pos) or forward(tokens, pos)
+    llama.model.forward = lambda tokens, pos=None: calls.append(pos) or forward(tokens, pos)
     row = greedy(llama, 6)[0][0]
-    llama.tokenizer.eos_id = row[3]
+    llama.tokenizer.stop_tokens = [row[3]]
     calls.clear()
     llama.generate([llama.tokenizer.encode(PROMPTS[0], bos=True, eos=False)], 12, temperature=0.0001)
     assert len(calls) == row.index(row[3]) + 1  # stopped at the step that drew eos (near-greedy draws)
@@ -95,9 +95,9 @@ def test_grouped_attention_equals_attention_over_repeated_kv_heads():
 
 @pytest.mark.parametrize("config,n_shards", [("mha", 1), ("gqa", 2)])
 def test_onednn_one_row_linears_generate_the_same_tokens_as_f_linear(build, config, n_shards, monkeypatch):
-    assert parallel.ONEDNN  # the x86/ARM CPU builds of torch have oneDNN; this path is what CPU users run
+    assert kernels.ONEDNN  # the x86/ARM CPU builds of torch have oneDNN; this path is what CPU users run
     fast_tokens, fast_logprobs = greedy(build(config, n_shards), logprobs=True)
-    monkeypatch.setattr(parallel, "ONEDNN", False)
+    monkeypatch.setattr(kernels, "ONEDNN", False)
     tokens, logprobs = greedy(build(config, n_shards), logprobs=True)
     assert fast_tokens == tokens
     for ours, theirs in zip(fast_logprobs, logprobs):
@@ -108,5 +108,5 @@ def test_onednn_linear_operator_matches_f_linear_eagerly_and_under_compile():
     g = torch.Generator().manual_seed(0)
     x, w = torch.randn(1, 1, 96, generator=g), torch.randn(40, 96, generator=g)
     expected = torch.nn.functional.linear(x, w)
-    torch.testing.assert_close(parallel.linear(x, w), expected)
-    torch.testing.assert_close(torch.compile(parallel.linear, fullgraph=True)(x, w), expected)
+    torch.testing.assert_close(kernels.linear(x, w), expected)
+    torch.testing.assert_close(torch.compile(kernels.linear, fullgraph=True)(x, w), expected)

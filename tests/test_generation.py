@@ -128,6 +128,7 @@ class ScriptedModel(torch.nn.Module):
 
 class FakeTokenizer:
     pad_id, eos_id, bos_id, n_words = -1, 2, 1, 16
+    stop_tokens = [2]
 
     def decode(self, t):
         return " ".join(map(str, t))
@@ -205,8 +206,12 @@ def test_text_completion_returns_the_reference_dict_shapes(build):
     assert rich[0]["generation"] == plain[0]["generation"]
 
 
-def test_text_completion_defaults_max_gen_len_to_max_seq_len_minus_one(build):
-    llama = build("mha", max_seq_len=16)
-    out = llama.text_completion(["Hi"], temperature=0, logprobs=True)
-    prompt_len = len(llama.tokenizer.encode("Hi", bos=True, eos=False))
-    assert len(out[0]["tokens"]) <= 16 - prompt_len
+def test_text_completion_defaults_max_gen_len_to_max_seq_len_minus_one(build, monkeypatch):
+    llama = build("mha", max_seq_len=32)
+    asked = []
+    generate = llama.generate
+    monkeypatch.setattr(llama, "generate", lambda *a, **kw: asked.append(a[1]) or generate(*a, **kw))
+    llama.text_completion(["Hi"], temperature=0)
+    llama.chat_completion([[{"role": "user", "content": "Hi"}]], temperature=0)
+    assert asked == [31, 31]  # the reference's max_seq_len - 1, for both completions
+    assert llama.encode_prompts(["Hi"], None)[1] == 31 and llama.encode_prompts(["Hi"], 3)[1] == 3

@@ -10,6 +10,7 @@ import torch
 from llama import Llama, checkpoint
 from llama.checkpoint import IGNORED_KEYS, check_parallelism, load_rank_state, split_state
 from llama.errors import ConfigError
+from llama.parallel import LLAMA2_PLAN
 from llama.reshard import main as reshard_main
 from llama.reshard import reshard
 
@@ -25,9 +26,9 @@ LOAD_CASES = [("mha", k, n) for k in (1, 2, 4) for n in (1, 2, 4)] + [("gqa", k,
 @pytest.mark.parametrize("config, k, n", LOAD_CASES, ids=[f"{c}-{k}to{n}" for c, k, n in LOAD_CASES])
 def test_each_rank_loads_exactly_its_split_of_the_full_weights(make_ckpt, full_state, config, k, n):
     shards = checkpoint.find_shards(make_ckpt(config, k))
-    expected = split_state(full_state(config), n)
+    expected = split_state(full_state(config), n, LLAMA2_PLAN)
     for rank in range(n):
-        got = load_rank_state(shards, n, rank)
+        got = load_rank_state(shards, n, rank, LLAMA2_PLAN)
         want = {key: t for key, t in expected[rank].items() if key not in IGNORED_KEYS}
         assert list(got) == list(want)
         for key, tensor in want.items():
@@ -43,7 +44,7 @@ def test_a_rank_reads_only_the_shards_it_needs(make_ckpt, monkeypatch, k, n, ran
     opened = []
     real = checkpoint.load_shard
     monkeypatch.setattr(checkpoint, "load_shard", lambda path: opened.append(path.name) or real(path))
-    load_rank_state(checkpoint.find_shards(make_ckpt("mha", k)), n, rank)
+    load_rank_state(checkpoint.find_shards(make_ckpt("mha", k)), n, rank, LLAMA2_PLAN)
     assert opened == reads
 
 
@@ -87,7 +88,7 @@ def _check_written(dst: Path, src: Path, full: dict, n: int) -> None:
     assert sorted(p.name for p in dst.iterdir()) == [f"consolidated.{i:02d}.pth" for i in range(n)] + ["params.json"]
     assert (dst / "params.json").read_bytes() == (src / "params.json").read_bytes()
     source_keys = list(torch.load(src / "consolidated.00.pth", weights_only=True))
-    for i, want in enumerate(split_state(full, n)):
+    for i, want in enumerate(split_state(full, n, LLAMA2_PLAN)):
         shard = torch.load(dst / f"consolidated.{i:02d}.pth", weights_only=True)
         assert list(shard) == source_keys  # Meta's key names and order, rope.freqs included
         for key, tensor in want.items():

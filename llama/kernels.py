@@ -1,0 +1,36 @@
+"""The matmul every linear layer runs, with the CPU fast paths measured in BENCHMARKS.md."""
+import torch
+import torch.nn.functional as F
+
+# For 2..SMALL_BATCH_ROWS rows (a small decode batch) a linear layer runs as (W @ x.T).T, which
+# MKL computes ~1.45x faster than F.linear's small-matrix GEMM (measured on the 2-core AMD EPYC of
+# BENCHMARKS.md); from 8 rows on F.linear is as fast or faster.
+SMALL_BATCH_ROWS = 4
+
+ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _onednn(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight.T by oneDNN: at one row on the CPU it streams the weight ~1.5-2x faster than F.linear
+    (MKL's GEMV); see BENCHMARKS.md."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+
+
+# The same as an operator of our own, so that torch.compile graphs call it as an opaque kernel
+# (inductor would lower the mkldnn op only for frozen weights). A plain library operator costs
+# ~3 us of dispatch; torch.library.custom_op's wrapper costs ~30 us, a tenth of a small GEMV.
+_LIB = torch.library.Library("llama", "DEF")
+_LIB.define("onednn_linear(Tensor x, Tensor weight) -> Tensor")
+_LIB.impl("onednn_linear", _onednn, "CPU")
+_LIB.impl("onednn_linear", lambda x, weight: x.new_empty(*x.shape[:-1], weight.shape[0]), "Meta")
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight.T for x (..., in_features); the result may be a transposed (non-contiguous) view."""
+    rows = x.numel() // x.shape[-1]
+    if rows == 1 and x.device.type == "cpu" and x.dtype == torch.float32 and ONEDNN:
+        return torch.ops.llama.onednn_linear(x, weight) if torch.compiler.is_compiling() else _onednn(x, weight)
+    if rows == 1 or rows > SMALL_BATCH_ROWS:
+        return F.linear(x, weight)
+    out = weight @ x.reshape(rows, x.shape[-1]).t()
+    return out.t().reshape(*x.shape[:-1], weight.shape[0])

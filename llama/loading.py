@@ -1,0 +1,99 @@
+"""Loading a checkpoint directory into a model on this rank: open it, build the model on the meta
+device, apply the parallel plan, and assign this rank's weights (memory-mapped where possible)."""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+from . import checkpoint, memory
+from . import quantize as quant
+from .backend import Runtime
+from .errors import CheckpointError, ConfigError
+from .model import ModelArgs, Transformer
+from .parallel import PLANS, parallelize
+from .progress import slow_progress
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint directory as the loader sees it: its params.json values, files and family."""
+
+    path: Path
+    params: dict
+    shards: List[Path]
+    family: str  # "llama2" or "llama3": which parallel plan its shards follow
+
+    @property
+    def n_shards(self) -> int:
+        return len(self.shards)
+
+    def rank_state(self, world: int, rank: int) -> Dict[str, torch.Tensor]:
+        return checkpoint.load_rank_state(self.shards, world, rank, PLANS[self.family])
+
+
+def open_checkpoint(ckpt_dir) -> Checkpoint:
+    """Find the shards and read params.json, checking both before any weight is read."""
+    shards = checkpoint.find_shards(ckpt_dir)
+    params = checkpoint.read_params(ckpt_dir)
+    return Checkpoint(Path(ckpt_dir), params, shards, checkpoint.family(shards, params))
+
+
+def empty_model(args: ModelArgs, family: str, world: int, rank: int, quantize=None) -> Transformer:
+    """The model as rank `rank` of `world` holds it, on the meta device (no memory, no init)."""
+    with torch.device("meta"):
+        model = Transformer(args)
+        parallelize(model, PLANS[family], world, rank, quant.linear_classes(quantize))
+    return model
+
+
+def load_model(ckpt: Checkpoint, args: ModelArgs, world: int, rank: int, rt: Runtime, quantize=None) -> Transformer:
+    """The model with this rank's weights on rt.device in rt.dtype (int8 where quantized), caches set up.
+
+    Built on the meta device and given the checkpoint's own memory-mapped tensors where no
+    conversion is needed (CPU, same dtype): no weight is allocated or copied twice.
+    """
+    model = empty_model(args, ckpt.family, world, rank, quantize)
+    expected = {k: v.shape for k, v in empty_model(args, ckpt.family, world, rank).state_dict().items()}
+    state = ckpt.rank_state(world, rank)
+    source = f"checkpoint {str(ckpt.path)!r} (rank {rank} of {world})"
+    check_vocab(state, args, world if PLANS[ckpt.family]["tok_embeddings"].dim == 0 else 1, source)
+    checkpoint.check_state(state, expected, source)
+    int8_layers = quant.int8_layer_names(model)
+    placed = {}
+    keys = slow_progress(list(state), total=len(state), desc="Loading weights", unit="tensor", enabled=rt.is_main)
+    for key in keys:
+        # To the device in the stored dtype, then converted there: one tensor in flight at a time.
+        tensor = state.pop(key).to(device=rt.device).to(dtype=rt.dtype)
+        placed.update(quant.quantize_entry(key, tensor, int8_layers))
+    model.load_state_dict(placed, strict=True, assign=True)
+    model.requires_grad_(False)
+    model.setup_caches()
+    return model.eval()
+
+
+def load_model_or_explain(ckpt: Checkpoint, args: ModelArgs, world: int, rank: int, rt: Runtime,
+                          quantize=None) -> Transformer:
+    """load_model, with an allocation failure explained in terms of the sizes the user chose."""
+    try:
+        return load_model(ckpt, args, world, rank, rt, quantize)
+    except RuntimeError as exc:  # torch.OutOfMemoryError is one; CPU and MPS raise plain RuntimeError
+        text = str(exc).lower()
+        if not any(s in text for s in ("out of memory", "can't allocate memory", "not enough memory")):
+            raise
+        cache = memory.gib(memory.cache_bytes(args, world, rt.dtype))
+        raise ConfigError(
+            f"out of memory on {rt.device} while loading the model (its KV cache takes {cache} for "
+            f"max_batch_size={args.max_batch_size} x max_seq_len={args.max_seq_len}); lower max_seq_len "
+            "or max_batch_size, use a smaller --dtype, or spread the model over more processes"
+        ) from None
+
+
+def check_vocab(state, args: ModelArgs, vocab_parts: int, source: str) -> None:
+    """The embedding's vocabulary (its rows times `vocab_parts`, the ranks sharing them) is the tokenizer's."""
+    emb = state.get("tok_embeddings.weight")
+    if emb is not None and emb.shape[0] * vocab_parts != args.vocab_size:
+        raise CheckpointError(
+            f"{source}: the embedding has {emb.shape[0] * vocab_parts} rows but the tokenizer has "
+            f"{args.vocab_size} words; use the tokenizer.model that came with these weights"
+        )
