@@ -1,22 +1,70 @@
 #!/usr/bin/env bash
-# Download the Llama 2 tokenizer and model weights with the presigned URL that
-# Meta sends by e-mail, then verify every file against Meta's MD5 checklists.
+# Download Meta's Llama 2 or Llama 3 weights with the presigned URL that Meta
+# sends by e-mail, then verify every file against Meta's MD5 checklists.
+# Same files and folders as the `download.sh` of Meta's `meta-llama/llama`
+# (Llama 2) and `meta-llama/llama3` repositories, in one script.
 #
-# Interactive:      ./download.sh
-# Non-interactive:  PRESIGNED_URL='https://...*...' MODEL_SIZE=7B,13B-chat ./download.sh
-#
-# Environment (all optional; see docs/download.md):
-#   PRESIGNED_URL                 URL from the e-mail (asked for when unset)
-#   MODEL_SIZE                    comma-separated models; empty = all (asked for when unset)
-#   TARGET_FOLDER                 where to put the files (default ".")
-#   LLAMA_DOWNLOAD_RETRIES        retries per file after a transient failure (default 3)
-#   LLAMA_DOWNLOAD_RETRY_DELAY    seconds before retry n is n times this (default 2)
+# Run `./download.sh --help` for the models, the environment variables for
+# non-interactive use and examples; README.md ("Downloading the weights")
+# says the same at more length.
 #
 # Written for bash 3.2 (macOS) as well as current bash.
 
 set -euo pipefail
 
-ALL_MODELS="7B,13B,70B,7B-chat,13B-chat,70B-chat"
+LLAMA2_MODELS="7B,13B,70B,7B-chat,13B-chat,70B-chat"
+LLAMA3_MODELS="8B,8B-instruct,70B,70B-instruct"
+
+usage() {
+    cat <<USAGE
+Usage: ./download.sh [-h | --help]
+
+Downloads Meta's Llama 2 or Llama 3 weights with the presigned URL from Meta's
+e-mail (it contains a '*' and is valid for 24 hours), then checks every file
+against Meta's MD5 checklists. There are no other arguments: the script asks
+for the URL and the models, or takes them from the environment variables below.
+
+Models (comma-separated, any case; empty = every model of the family):
+  Llama 2: $LLAMA2_MODELS
+           -> tokenizer.model at the top, llama-2-7b/, llama-2-13b-chat/, ...
+  Llama 3: $LLAMA3_MODELS
+           -> Meta-Llama-3-8B/, ..., each with its own tokenizer.model
+  "Llama 3" is Meta Llama 3 (meta-llama/llama3); Llama 3.1 and later are not
+  served through this script.
+
+Family: a presigned URL serves one family only, and 70B exists in both.
+  - LLAMA_FAMILY=2 or LLAMA_FAMILY=3 decides it when set.
+  - Otherwise a name only one family has decides it (7B, 13B, *-chat: Llama 2;
+    8B, *-instruct: Llama 3), and the script says which it chose. A list with
+    names from both families is refused.
+  - A list that does not tell (only 70B, or empty = all) is asked about when
+    the model list was asked for or input is a terminal; otherwise the script
+    stops and asks you to set LLAMA_FAMILY.
+
+Environment (all optional):
+  PRESIGNED_URL               URL from the e-mail (asked for when unset)
+  MODEL_SIZE                  comma-separated models; set but empty = all
+                              (asked for when unset)
+  LLAMA_FAMILY                2 or 3: the family the URL is for (see Family)
+  TARGET_FOLDER               where to put the files (default ".")
+  LLAMA_DOWNLOAD_RETRIES      retries per file after a transient failure
+                              (default 3)
+  LLAMA_DOWNLOAD_RETRY_DELAY  seconds; retry n waits n times this (default 2)
+
+Examples ('https://...' stands for the whole URL from the e-mail):
+  ./download.sh     # asks for the URL, the models and, if needed, the family
+  # with a Llama 2 URL
+  PRESIGNED_URL='https://...' MODEL_SIZE=7B,7B-chat ./download.sh
+  PRESIGNED_URL='https://...' LLAMA_FAMILY=2 MODEL_SIZE= ./download.sh  # all
+  # with a Llama 3 URL
+  PRESIGNED_URL='https://...' MODEL_SIZE=8B,8B-instruct ./download.sh
+  PRESIGNED_URL='https://...' LLAMA_FAMILY=3 MODEL_SIZE=70B ./download.sh
+
+Quote the URL: it contains '*' and '&'. Run the same command again to resume an
+interrupted download; complete files are not fetched again. Needs wget or curl,
+and md5sum, md5 (macOS) or python3.
+USAGE
+}
 
 die() {
     printf 'error: %s\n' "$*" >&2
@@ -41,21 +89,45 @@ trim() {
     printf '%s' "$s"
 }
 
-# Sets MODEL_DIR and MODEL_SHARDS for a model name (case-insensitive);
-# returns 1 for an unknown name.
+lower() {
+    printf '%s' "$1" | tr '[:upper:]' '[:lower:]'
+}
+
+# lookup_model FAMILY NAME: sets REMOTE_DIR (folder in Meta's bucket),
+# LOCAL_DIR (folder on disk) and SHARDS for a model name (case-insensitive);
+# returns 1 when FAMILY has no such model.
 lookup_model() {
-    local name
-    name=$(printf '%s' "$1" | tr '[:upper:]' '[:lower:]')
-    case $name in
-        7b) MODEL_DIR=llama-2-7b MODEL_SHARDS=1 ;;
-        13b) MODEL_DIR=llama-2-13b MODEL_SHARDS=2 ;;
-        70b) MODEL_DIR=llama-2-70b MODEL_SHARDS=8 ;;
-        7b-chat) MODEL_DIR=llama-2-7b-chat MODEL_SHARDS=1 ;;
-        13b-chat) MODEL_DIR=llama-2-13b-chat MODEL_SHARDS=2 ;;
-        70b-chat) MODEL_DIR=llama-2-70b-chat MODEL_SHARDS=8 ;;
+    case $1:$(lower "$2") in
+        2:7b) LOCAL_DIR=llama-2-7b SHARDS=1 ;;
+        2:13b) LOCAL_DIR=llama-2-13b SHARDS=2 ;;
+        2:70b) LOCAL_DIR=llama-2-70b SHARDS=8 ;;
+        2:7b-chat) LOCAL_DIR=llama-2-7b-chat SHARDS=1 ;;
+        2:13b-chat) LOCAL_DIR=llama-2-13b-chat SHARDS=2 ;;
+        2:70b-chat) LOCAL_DIR=llama-2-70b-chat SHARDS=8 ;;
+        3:8b) REMOTE_DIR=8b_pre_trained LOCAL_DIR=Meta-Llama-3-8B SHARDS=1 ;;
+        3:8b-instruct) REMOTE_DIR=8b_instruction_tuned LOCAL_DIR=Meta-Llama-3-8B-Instruct SHARDS=1 ;;
+        3:70b) REMOTE_DIR=70b_pre_trained LOCAL_DIR=Meta-Llama-3-70B SHARDS=8 ;;
+        3:70b-instruct) REMOTE_DIR=70b_instruction_tuned LOCAL_DIR=Meta-Llama-3-70B-Instruct SHARDS=8 ;;
         *) return 1 ;;
     esac
+    # Llama 2's bucket uses the local folder names.
+    [ "$1" = 3 ] || REMOTE_DIR=$LOCAL_DIR
 }
+
+models_of() {
+    if [ "$1" = 2 ]; then printf '%s' "$LLAMA2_MODELS"; else printf '%s' "$LLAMA3_MODELS"; fi
+}
+
+# ------------------------------------------------------------------- usage --
+
+case ${1-} in
+    -h | --help)
+        usage
+        exit 0
+        ;;
+esac
+[ "$#" -eq 0 ] ||
+    die "unexpected argument '$1'; the only option is --help (answers come from prompts or environment variables)"
 
 # ---------------------------------------------------------------- settings --
 
@@ -66,6 +138,11 @@ is_uint "$RETRIES" ||
     die "LLAMA_DOWNLOAD_RETRIES must be a whole number, got '$RETRIES'"
 is_uint "$RETRY_DELAY" ||
     die "LLAMA_DOWNLOAD_RETRY_DELAY must be a whole number of seconds, got '$RETRY_DELAY'"
+FAMILY=$(trim "${LLAMA_FAMILY-}")
+case $FAMILY in
+    '' | 2 | 3) ;;
+    *) die "LLAMA_FAMILY must be 2 (Llama 2) or 3 (Llama 3), got '$FAMILY'; unset it to let the model names decide" ;;
+esac
 
 # ----------------------------------------------------------------- answers --
 # A variable that is set (even to "") counts as answered; otherwise ask.
@@ -76,11 +153,7 @@ if [ -z "${PRESIGNED_URL+set}" ]; then
 fi
 PRESIGNED_URL=$(trim "$PRESIGNED_URL")
 
-if [ -z "${MODEL_SIZE+set}" ]; then
-    MODEL_SIZE=
-    read -r -p "Enter the models to download, comma-separated ($ALL_MODELS), or press Enter for all: " MODEL_SIZE || true
-fi
-
+# Check the URL before asking anything else.
 [ -n "$PRESIGNED_URL" ] ||
     die "no presigned URL given: set PRESIGNED_URL or paste the URL from Meta's e-mail when asked"
 case $PRESIGNED_URL in
@@ -95,28 +168,88 @@ esac
 URL_HEAD=${PRESIGNED_URL%%\**}
 URL_TAIL=${PRESIGNED_URL#*\*}
 
-# Validate every model name before anything is downloaded.
-# SELECTED holds "folder:shards" words in the order given, without duplicates.
+MODELS_ASKED=no
+if [ -z "${MODEL_SIZE+set}" ]; then
+    MODEL_SIZE=
+    MODELS_ASKED=yes
+    if [ -n "$FAMILY" ]; then
+        choices=$(models_of "$FAMILY")
+    else
+        choices="Llama 2: $LLAMA2_MODELS; Llama 3: $LLAMA3_MODELS"
+    fi
+    read -r -p "Enter the models to download, comma-separated ($choices), or press Enter for all: " MODEL_SIZE || true
+fi
 MODEL_LIST=$(printf '%s' "$MODEL_SIZE" | tr -d '[:space:]')
-[ -n "$MODEL_LIST" ] || MODEL_LIST=$ALL_MODELS
-SELECTED=""
-UNKNOWN=""
+
+# ------------------------------------------------------------------ family --
+# Every name is checked against both families before anything is downloaded.
+
+ONLY2="" ONLY3="" UNKNOWN="" AMBIGUOUS=""
 rest=$MODEL_LIST,
 while [ -n "$rest" ]; do
     name=${rest%%,*}
     rest=${rest#*,}
     [ -n "$name" ] || continue
-    if lookup_model "$name"; then
-        case " $SELECTED " in
-            *" $MODEL_DIR:"*) ;;
-            *) SELECTED="$SELECTED $MODEL_DIR:$MODEL_SHARDS" ;;
-        esac
-    else
-        UNKNOWN="$UNKNOWN${UNKNOWN:+, }'$name'"
-    fi
+    in2=no in3=no
+    if lookup_model 2 "$name"; then in2=yes; fi
+    if lookup_model 3 "$name"; then in3=yes; fi
+    case $in2$in3 in
+        yesyes) AMBIGUOUS="$AMBIGUOUS${AMBIGUOUS:+, }'$name'" ;;
+        yesno) ONLY2="$ONLY2${ONLY2:+, }'$name'" ;;
+        noyes) ONLY3="$ONLY3${ONLY3:+, }'$name'" ;;
+        *) UNKNOWN="$UNKNOWN${UNKNOWN:+, }'$name'" ;;
+    esac
 done
 [ -z "$UNKNOWN" ] ||
-    die "unknown model name $UNKNOWN; choose from $ALL_MODELS (comma-separated, or empty for all)"
+    die "unknown model name $UNKNOWN; choose from Llama 2: $LLAMA2_MODELS or Llama 3: $LLAMA3_MODELS (comma-separated, or empty for all)"
+
+if [ "$FAMILY" = 2 ] && [ -n "$ONLY3" ]; then
+    die "$ONLY3 is a Llama 3 model but LLAMA_FAMILY=2; choose from $LLAMA2_MODELS, or set LLAMA_FAMILY=3 if the URL is for Llama 3"
+elif [ "$FAMILY" = 3 ] && [ -n "$ONLY2" ]; then
+    die "$ONLY2 is a Llama 2 model but LLAMA_FAMILY=3; choose from $LLAMA3_MODELS, or set LLAMA_FAMILY=2 if the URL is for Llama 2"
+elif [ -z "$FAMILY" ] && [ -n "$ONLY2" ] && [ -n "$ONLY3" ]; then
+    die "the list mixes Llama 2 ($ONLY2) and Llama 3 ($ONLY3) models, but a presigned URL serves one family; download each family in its own run with its own URL"
+elif [ -z "$FAMILY" ] && [ -n "$ONLY2" ]; then
+    FAMILY=2
+    echo "Llama family: 2 (from $ONLY2; set LLAMA_FAMILY to choose otherwise)"
+elif [ -z "$FAMILY" ] && [ -n "$ONLY3" ]; then
+    FAMILY=3
+    echo "Llama family: 3 (from $ONLY3; set LLAMA_FAMILY to choose otherwise)"
+elif [ -z "$FAMILY" ]; then
+    # Only names both families have (70B), or none (= all): never guess,
+    # since the other family's files are not behind this URL.
+    if [ -n "$AMBIGUOUS" ]; then
+        why="$AMBIGUOUS exists in both Llama 2 and Llama 3"
+    else
+        why="an empty list means all models of one family"
+    fi
+    if [ "$MODELS_ASKED" = yes ] || [ -t 0 ]; then
+        read -r -p "Which family is the URL for ($why)? Enter 2 or 3: " FAMILY || true
+        FAMILY=$(trim "$FAMILY")
+        case $FAMILY in
+            2 | 3) ;;
+            '') die "no Llama family given ($why): answer 2 or 3, or set LLAMA_FAMILY=2 or LLAMA_FAMILY=3" ;;
+            *) die "the Llama family must be 2 or 3, got '$FAMILY'" ;;
+        esac
+    else
+        die "cannot tell the Llama family: $why; set LLAMA_FAMILY=2 or LLAMA_FAMILY=3 to match the presigned URL"
+    fi
+fi
+
+# SELECTED holds "remote:local:shards" words in the order given, without duplicates.
+[ -n "$MODEL_LIST" ] || MODEL_LIST=$(models_of "$FAMILY")
+SELECTED=""
+rest=$MODEL_LIST,
+while [ -n "$rest" ]; do
+    name=${rest%%,*}
+    rest=${rest#*,}
+    [ -n "$name" ] || continue
+    lookup_model "$FAMILY" "$name" || die "internal error: '$name' is not a Llama $FAMILY model"
+    case " $SELECTED " in
+        *":$LOCAL_DIR:"*) ;;
+        *) SELECTED="$SELECTED $REMOTE_DIR:$LOCAL_DIR:$SHARDS" ;;
+    esac
+done
 
 # ------------------------------------------------------------------- tools --
 
@@ -204,14 +337,15 @@ last_log_line() {
     tr '\r' '\n' <"$WORK/log" | sed '/^[[:space:]]*$/d' | tail -n 1 | cut -c 1-200
 }
 
-# fetch REL: download TARGET_FOLDER/REL from the bucket, resuming a partial
-# file and retrying transient failures. Exits with an error otherwise.
+# fetch REL [LOCAL]: download REL from the bucket to TARGET_FOLDER/LOCAL
+# (default REL), resuming a partial file and retrying transient failures.
+# Exits with an error otherwise.
 fetch() {
-    local rel=$1 dest url attempt=0 existed=0 reason
-    dest=$TARGET_FOLDER/$rel
+    local rel=$1 local_rel=${2:-$1} dest url attempt=0 existed=0 reason
+    dest=$TARGET_FOLDER/$local_rel
     url=$URL_HEAD$rel$URL_TAIL
     [ ! -e "$dest" ] || existed=1
-    printf '  %s\n' "$rel"
+    printf '  %s\n' "$local_rel"
     while :; do
         attempt=$((attempt + 1))
         download_once "$url" "$dest"
@@ -229,7 +363,7 @@ fetch() {
                 die "HTTP 403 Forbidden for $rel: the presigned URL has probably expired (they are valid for 24 hours); request a new URL from Meta and run again"
                 ;;
             404)
-                die "HTTP 404 Not Found: $rel is not at the presigned URL (check the URL and the model names)"
+                die "HTTP 404 Not Found: $rel is not at the presigned URL (check the URL, the model names, and that the URL is for Llama $FAMILY)"
                 ;;
             408 | 429) ;;
             4??)
@@ -318,25 +452,34 @@ printf 'Using %s; verifying with %s; saving to %s\n' "$DOWNLOADER" "$MD5_TOOL" "
 
 echo "Downloading LICENSE and Acceptable Use Policy"
 fetch LICENSE
-fetch USE_POLICY.md
-
-echo "Downloading tokenizer"
-fetch tokenizer.model
-fetch tokenizer_checklist.chk
-verify "" tokenizer_checklist.chk
+if [ "$FAMILY" = 2 ]; then
+    fetch USE_POLICY.md
+    # Llama 2 has one tokenizer for all models, at the top.
+    echo "Downloading tokenizer"
+    fetch tokenizer.model
+    fetch tokenizer_checklist.chk
+    verify "" tokenizer_checklist.chk
+else
+    fetch USE_POLICY
+fi
 
 for entry in $SELECTED; do
+    remote=${entry%%:*}
+    entry=${entry#*:}
     dir=${entry%%:*}
     shards=${entry#*:}
     echo "Downloading $dir"
     mkdir -p "$TARGET_FOLDER/$dir" || die "cannot create folder $TARGET_FOLDER/$dir"
     s=0
     while [ "$s" -lt "$shards" ]; do
-        fetch "$dir/consolidated.$(printf '%02d' "$s").pth"
+        shard=consolidated.$(printf '%02d' "$s").pth
+        fetch "$remote/$shard" "$dir/$shard"
         s=$((s + 1))
     done
-    fetch "$dir/params.json"
-    fetch "$dir/checklist.chk"
+    fetch "$remote/params.json" "$dir/params.json"
+    # Llama 3 keeps the tokenizer in each model folder; checklist.chk covers it.
+    [ "$FAMILY" = 2 ] || fetch "$remote/tokenizer.model" "$dir/tokenizer.model"
+    fetch "$remote/checklist.chk" "$dir/checklist.chk"
     verify "$dir" checklist.chk
 done
 
