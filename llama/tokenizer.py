@@ -12,6 +12,9 @@ import os
 import re
 from typing import AbstractSet, Collection, Dict, Iterator, List, Literal, Sequence, Tuple, Union
 
+import tiktoken
+from sentencepiece import SentencePieceProcessor
+
 from .chat_format import ChatFormat  # noqa: F401  (Meta's Llama 3 code imports it from here)
 from .errors import CheckpointError, ConfigError, MissingFileError
 
@@ -44,6 +47,11 @@ SPECIAL_TOKEN_NAMES = _NAMED_SPECIALS + [
 MAX_ENCODE_CHARS = 400_000
 MAX_RUN_CHARS = 25_000
 _RUNS = re.compile(r"\s+|\S+")  # `\s` is exactly str.isspace(), which the reference's cut uses
+
+
+def special_token_ids(n_base: int) -> Dict[str, int]:
+    """Name -> id of the 256 special tokens, numbered right after the table's `n_base` ranks."""
+    return {name: n_base + i for i, name in enumerate(SPECIAL_TOKEN_NAMES)}
 
 
 def _checked_path(model_path) -> str:
@@ -91,8 +99,6 @@ class SentencePieceTokenizer(Tokenizer):
     kind = "sentencepiece"
 
     def __init__(self, model_path):
-        from sentencepiece import SentencePieceProcessor
-
         model_path = _checked_path(model_path)
         self.sp_model = SentencePieceProcessor()
         try:
@@ -136,17 +142,10 @@ class TiktokenTokenizer(Tokenizer):
     pat_str = PAT_STR
 
     def __init__(self, model_path):
-        import tiktoken
-
         model_path = _checked_path(model_path)
-        ranks = load_bpe_table(model_path)
-        n_base = len(ranks)
-        self.special_tokens: Dict[str, int] = {name: n_base + i for i, name in enumerate(SPECIAL_TOKEN_NAMES)}
-        self.model = tiktoken.Encoding(
-            name=os.path.basename(model_path), pat_str=PAT_STR, mergeable_ranks=ranks,
-            special_tokens=self.special_tokens,
-        )
-        self.n_words: int = n_base + len(self.special_tokens)
+        self.model = _encoding(model_path)
+        self.special_tokens: Dict[str, int] = special_token_ids(self.model.n_vocab - len(SPECIAL_TOKEN_NAMES))
+        self.n_words: int = self.model.n_vocab
         self.bos_id: int = self.special_tokens["<|begin_of_text|>"]
         self.eos_id: int = self.special_tokens["<|end_of_text|>"]
         self.eot_id: int = self.special_tokens["<|eot_id|>"]
@@ -205,8 +204,23 @@ def split_for_encoding(s: str) -> Iterator[str]:
         yield chunk[start:]
 
 
-# Parsed tables by (path, size, mtime): tests and tools load the same 2 MB file many times.
-_TABLES: Dict[Tuple[str, int, int], Dict[bytes, int]] = {}
+# Built encodings by (path, size, mtime): tests and tools load the same 2 MB table many times, and an
+# Encoding is immutable, so one per file can be shared.
+_ENCODINGS: Dict[Tuple[str, int, int], tiktoken.Encoding] = {}
+
+
+def _encoding(model_path: str) -> tiktoken.Encoding:
+    st = os.stat(model_path)
+    key = (os.path.realpath(model_path), st.st_size, st.st_mtime_ns)
+    if key not in _ENCODINGS:
+        ranks = load_bpe_table(model_path)
+        if len(_ENCODINGS) >= 4:  # a long-lived process must not collect every table it ever read
+            del _ENCODINGS[next(iter(_ENCODINGS))]
+        _ENCODINGS[key] = tiktoken.Encoding(
+            name=os.path.basename(model_path), pat_str=PAT_STR, mergeable_ranks=ranks,
+            special_tokens=special_token_ids(len(ranks)),
+        )
+    return _ENCODINGS[key]
 
 
 def load_bpe_table(model_path: str) -> Dict[bytes, int]:
@@ -214,13 +228,8 @@ def load_bpe_table(model_path: str) -> Dict[bytes, int]:
 
     Parsed here rather than by tiktoken.load, which copies every file it reads into a cache directory.
     """
-    st = os.stat(model_path)
-    key = (os.path.realpath(model_path), st.st_size, st.st_mtime_ns)
-    if key not in _TABLES:
-        with open(model_path, "rb") as f:
-            _TABLES.clear()  # one table is all a process uses; do not let a long-lived one grow
-            _TABLES[key] = _parse_bpe_lines(model_path, f.read())
-    return _TABLES[key]
+    with open(model_path, "rb") as f:
+        return _parse_bpe_lines(model_path, f.read())
 
 
 def _parse_bpe_lines(model_path: str, data: bytes) -> Dict[bytes, int]:
