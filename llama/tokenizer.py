@@ -87,7 +87,7 @@ class Tokenizer:
     pad_id: int
     stop_tokens: List[int]
 
-    def __new__(cls, model_path):
+    def __new__(cls, model_path=None):  # the default lets pickle and copy rebuild a subclass instance
         if cls is Tokenizer:
             cls = TiktokenTokenizer if is_bpe_table(_checked_path(model_path)) else SentencePieceTokenizer
         return super().__new__(cls)
