@@ -14,7 +14,7 @@ import torch
 from . import checkpoint, demo, loading, memory
 from . import quantize as quant
 from .backend import Runtime, compile_options, eos_check_interval, init_distributed, loaded, select
-from .chat_format import UNSAFE_ERROR, Dialog, Message, encode_dialog, has_special_tags
+from .chat_format import UNSAFE_ERROR, Dialog, Message, encode_dialog, is_unsafe
 from .decode import DecodeState, StaticDecode, collect, decode_steps, sample_top_p, start_decode
 from .errors import ConfigError
 from .model import ModelArgs, Transformer
@@ -182,8 +182,8 @@ class Llama:
         return tokens, self._gen_len(max_gen_len)
 
     def unsafe(self, dialog: Dialog) -> bool:
-        """Whether the answer to `dialog` is replaced by UNSAFE_ERROR (Llama 2's special-tag rule)."""
-        return has_special_tags(dialog)
+        """Whether the answer to `dialog` is replaced by UNSAFE_ERROR (Llama 2's special-tag rule; never for Llama 3)."""
+        return is_unsafe(self.tokenizer, dialog)
 
     def _gen_len(self, max_gen_len: Optional[int]) -> int:
         return self.model.params.max_seq_len - 1 if max_gen_len is None else max_gen_len

@@ -113,8 +113,6 @@ class SentencePieceTokenizer(Tokenizer):
         self.bos_id: int = self.sp_model.bos_id()
         self.eos_id: int = self.sp_model.eos_id()
         self.pad_id: int = self.sp_model.pad_id()
-        self.kind = "sentencepiece"
-        self.stop_tokens = [self.eos_id]
         if self.bos_id < 0 or self.eos_id < 0:
             raise CheckpointError(
                 f"{model_path!r} is a SentencePiece model without bos/eos pieces (bos={self.bos_id}, "
