@@ -51,8 +51,9 @@ def _check_options(layout: str, to: Optional[str], shards, dtype: Optional[str])
     if to not in ("meta", "hf"):
         raise ConfigError(f"--to must be 'meta' or 'hf', got {to!r}")
     if to == layout:
-        raise ConfigError(f"SRC is already a {'Hugging Face' if to == 'hf' else 'Meta'} checkpoint; nothing to "
-                          f"convert (--to {to}). To change a Meta shard count use python -m llama.reshard")
+        hint = "" if to == "hf" else "; to change its shard count use python -m llama.reshard"
+        raise ConfigError(f"SRC is already a {'Hugging Face' if to == 'hf' else 'Meta'} checkpoint (--to {to}): "
+                          f"nothing to convert{hint}")
     if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
         raise ConfigError(f"--shards must be a positive integer, got {shards!r}; e.g. --shards 2")
     if to == "hf" and shards != 1:

@@ -225,7 +225,7 @@ def meta_shapes(params: dict, vocab_size: int) -> Dict[str, Tuple[int, ...]]:
 
 
 def hf_name(meta_key: str) -> str:
-    """Meta state-dict key -> Hugging Face tensor name (layers.3.attention.wq.weight -> model.layers.3.self_attn.q_proj.weight)."""
+    """Meta key -> Hugging Face name: layers.3.attention.wq.weight -> model.layers.3.self_attn.q_proj.weight."""
     parts = meta_key.split(".")
     if parts[0] == "layers":
         return f"model.layers.{parts[1]}.{LAYER_NAMES['.'.join(parts[2:-1])]}.{parts[-1]}"

@@ -385,3 +385,11 @@ def test_a_failure_while_writing_leaves_no_half_written_dst(make_ckpt, tmp_path,
         convert(make_ckpt("mha"), tmp_path / "old", force=True)
     assert [p.name for p in (tmp_path / "old").iterdir()] == ["keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]
+
+
+def test_converting_to_the_layout_src_already_has_is_refused(make_ckpt, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        convert(make_ckpt("mha"), tmp_path / "dst", to="meta")
+    assert str(err.value) == ("SRC is already a Meta checkpoint (--to meta): nothing to convert; to change its shard "
+                              "count use python -m llama.reshard")
+    assert_nothing_written(tmp_path / "dst")
