@@ -1,0 +1,94 @@
+"""The safetensors files of a Hugging Face directory: which file holds which tensor, read lazily.
+
+Files are opened with the `safetensors` library, which memory-maps them: a tensor read here is a
+view of the file's pages (private to this process, never written back), and a slice reads only
+the pages it covers.
+"""
+import json
+from pathlib import Path
+from typing import Dict, Tuple
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from .errors import CheckpointError, ConfigError, MissingFileError
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+
+class TensorFiles:
+    """Tensor name -> the file holding it, for one directory; every file is opened (and so
+    checked to be complete) before anything is read. Use as a context manager."""
+
+    def __init__(self, ckpt_dir: Path):
+        self.ckpt_dir = Path(ckpt_dir)
+        self._handles = {}
+        single = self.ckpt_dir / SINGLE_FILE
+        if single.is_file():
+            self.where = {name: single for name in self._open(single).keys()}
+        else:
+            self.where = self._from_index(self.ckpt_dir / INDEX_FILE)
+
+    def _from_index(self, index: Path) -> Dict[str, Path]:
+        if not index.is_file():
+            raise MissingFileError(
+                f"neither {SINGLE_FILE} nor {INDEX_FILE} in {str(self.ckpt_dir)!r}; a Hugging Face directory "
+                "holds its weights in safetensors files (pytorch_model.bin is not supported: re-save the model "
+                "with save_pretrained(..., safe_serialization=True))"
+            )
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            where = {name: self.ckpt_dir / file for name, file in weight_map.items()}
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(
+                f"{str(index)!r} is not a safetensors index (a JSON object with a weight_map; {exc!r}); restore "
+                "the file that came with the model"
+            ) from None
+        for path in sorted(set(where.values())):
+            if not path.is_file():
+                raise MissingFileError(
+                    f"{str(path)!r}, named in {str(index)!r}, not found; the download is incomplete: fetch that file"
+                )
+        for name, path in where.items():
+            if name not in self._open(path).keys():
+                raise CheckpointError(
+                    f"{str(path)!r} has no tensor {name!r}, though {INDEX_FILE} says it does; the files do not "
+                    "belong together: download them again"
+                )
+        return where
+
+    def _open(self, path: Path):
+        if path not in self._handles:
+            try:
+                self._handles[path] = safe_open(str(path), framework="pt", device="cpu")
+            except (SafetensorError, OSError) as exc:
+                size = path.stat().st_size if path.exists() else 0
+                raise CheckpointError(
+                    f"cannot read {str(path)!r} ({size} bytes): truncated, corrupted or not a safetensors file "
+                    f"({exc}); download it again"
+                ) from None
+        return self._handles[path]
+
+    def shape(self, name: str) -> Tuple[int, ...]:
+        return tuple(self._open(self.where[name]).get_slice(name).get_shape())
+
+    def read(self, name: str, index: Tuple[slice, ...]) -> torch.Tensor:
+        """tensor[index], a view of the mapped file where the slice allows."""
+        return self._open(self.where[name]).get_slice(name)[index]
+
+    def __enter__(self) -> "TensorFiles":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # Tensors already read keep their mapping alive; closing only drops the handles.
+        for handle in self._handles.values():
+            handle.__exit__(None, None, None)
+        self._handles.clear()
+
+
+def check_rank(world, rank) -> None:
+    if isinstance(world, bool) or not isinstance(world, int) or world < 1:
+        raise ConfigError(f"world must be a positive integer, got {world!r}")
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world:
+        raise ConfigError(f"rank must be an integer in [0, {world - 1}] for world={world}, got {rank!r}")
