@@ -18,6 +18,7 @@ import logging
 import re
 import shutil
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -26,6 +27,7 @@ import torch
 from . import checkpoint, hf
 from .cli import run
 from .errors import ConfigError
+from .parallel import PLANS, split_dim
 from .progress import slow_progress
 
 logger = logging.getLogger(__name__)
@@ -115,7 +117,7 @@ def _hf_to_meta(src: Path, out: Path, shards: int, dtype: Optional[torch.dtype])
     if why is not None:
         valid = checkpoint.valid_world_sizes(1, n_heads, n_kv_heads)
         raise ConfigError(f"--shards {shards} is not possible: {why}; valid shard counts: {valid}")
-    state = _cast(hf.load_rank_state(src, params, checkpoint.split_dim, 1, 0), dtype, "reading")
+    state = _cast(hf.load_rank_state(src, params, partial(split_dim, PLANS[checkpoint.family([], params)]), 1, 0), dtype, "reading")
     checkpoint.save_checkpoint(state, params, out, shards)
     if original_text is not None:
         (out / "params.json").write_text(original_text)
@@ -152,7 +154,8 @@ def _signature(params: dict, vocab_size: int) -> tuple:
 
 def _meta_to_hf(src: Path, out: Path, dtype: Optional[torch.dtype], limit: int) -> None:
     params = checkpoint.read_params(src)
-    state = checkpoint.reshard_state(checkpoint.find_shards(src), 1, 0)
+    shards = checkpoint.find_shards(src)
+    state = checkpoint.reshard_state(shards, 1, 0, PLANS[checkpoint.family(shards, params)])
     state = {k: t for k, t in state.items() if k not in checkpoint.IGNORED_KEYS}
     tensors, config = hf.to_hf(_cast(state, dtype, "reading"), params)
     config.update(_special_ids(src / TOKENIZER))

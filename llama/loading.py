@@ -1,39 +1,49 @@
-"""Loading a checkpoint directory into a model on this rank: open it, build the model on the meta
-device, apply the parallel plan, and assign this rank's weights (memory-mapped where possible)."""
+"""Loading a checkpoint directory into a model on this rank: open it (Meta or Hugging Face layout),
+build the model on the meta device, apply the parallel plan, and assign this rank's weights
+(memory-mapped where possible)."""
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Dict, List
 
 import torch
 
-from . import checkpoint, memory
+from . import checkpoint, hf, memory
 from . import quantize as quant
 from .backend import Runtime
 from .errors import CheckpointError, ConfigError
 from .model import ModelArgs, Transformer
-from .parallel import PLANS, parallelize
+from .parallel import PLANS, parallelize, split_dim
 from .progress import slow_progress
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A checkpoint directory as the loader sees it: its params.json values, files and family."""
+    """A checkpoint directory as the loader sees it: its params.json values (Meta's names, also for a
+    Hugging Face directory), its files and its family."""
 
     path: Path
     params: dict
-    shards: List[Path]
+    shards: List[Path]  # Meta's consolidated.*.pth; empty for a Hugging Face directory
     family: str  # "llama2" or "llama3": which parallel plan its shards follow
 
     @property
     def n_shards(self) -> int:
-        return len(self.shards)
+        """Meta shards; a Hugging Face directory is one whole model, sliced for any process count."""
+        return max(len(self.shards), 1)
 
     def rank_state(self, world: int, rank: int) -> Dict[str, torch.Tensor]:
-        return checkpoint.load_rank_state(self.shards, world, rank, PLANS[self.family])
+        plan = PLANS[self.family]
+        if not self.shards:
+            return hf.load_rank_state(self.path, self.params, partial(split_dim, plan), world, rank)
+        return checkpoint.load_rank_state(self.shards, world, rank, plan)
 
 
 def open_checkpoint(ckpt_dir) -> Checkpoint:
-    """Find the shards and read params.json, checking both before any weight is read."""
+    """Find the weights and read params.json (or config.json), checking both before any weight is read."""
+    if isinstance(ckpt_dir, (str, Path)) and hf.is_hf_dir(ckpt_dir):
+        params = hf.read_params(ckpt_dir)
+        return Checkpoint(Path(ckpt_dir), params, [], checkpoint.family([], params))
     shards = checkpoint.find_shards(ckpt_dir)
     params = checkpoint.read_params(ckpt_dir)
     return Checkpoint(Path(ckpt_dir), params, shards, checkpoint.family(shards, params))

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import torch
 
 from conftest import VOCAB_SIZE
 from llama import checkpoint, hf
+from llama.parallel import LLAMA2_PLAN, split_dim
 from llama.convert import convert
 from llama.errors import CheckpointError, ConfigError, MissingFileError
 
@@ -156,10 +158,10 @@ def test_unsupported_rope_scaling_is_refused_naming_the_key(rope, message):
 def test_two_ranks_slices_concatenate_to_the_full_load(hf_dir, name):
     ckpt, model = hf_dir(name)
     params = hf.read_params(ckpt)
-    full = hf.load_rank_state(ckpt, params, checkpoint.split_dim, 1, 0)
-    parts = [hf.load_rank_state(ckpt, params, checkpoint.split_dim, 2, rank) for rank in range(2)]
+    full = hf.load_rank_state(ckpt, params, SPLIT, 1, 0)
+    parts = [hf.load_rank_state(ckpt, params, SPLIT, 2, rank) for rank in range(2)]
     for key, tensor in full.items():
-        dim = checkpoint.split_dim(key)
+        dim = SPLIT(key)
         joined = parts[0][key] if dim is None else torch.cat([parts[0][key], parts[1][key]], dim)
         assert torch.equal(joined, tensor), key
     assert torch.equal(full["output.weight"], model.lm_head.weight)  # tied: the embedding itself
@@ -168,22 +170,27 @@ def test_two_ranks_slices_concatenate_to_the_full_load(hf_dir, name):
 def test_loading_never_writes_to_the_checkpoint_files(hf_dir):
     ckpt, _ = hf_dir("llama2")
     before = {p.name: p.read_bytes() for p in ckpt.glob("*.safetensors")}
-    state = hf.load_rank_state(ckpt, hf.read_params(ckpt), checkpoint.split_dim, 1, 0)
+    state = hf.load_rank_state(ckpt, hf.read_params(ckpt), SPLIT, 1, 0)
     assert state["layers.0.attention.wq.weight"].abs().sum() > 0  # q/k rows were reordered in memory
     assert {p.name: p.read_bytes() for p in ckpt.glob("*.safetensors")} == before
 
 
+SPLIT = partial(split_dim, LLAMA2_PLAN)
+
 PEAK_RSS = r"""
 import sys
+from functools import partial
 from pathlib import Path
-from llama import checkpoint, hf
+from llama import hf
+from llama.parallel import LLAMA2_PLAN, split_dim
+SPLIT = partial(split_dim, LLAMA2_PLAN)
 
 def rss_and_peak():
     f = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
     return int(f["VmRSS"].split()[0]) * 1024, int(f["VmHWM"].split()[0]) * 1024
 
 def load(ckpt):
-    state = hf.load_rank_state(ckpt, hf.read_params(ckpt), checkpoint.split_dim, 1, 0)
+    state = hf.load_rank_state(ckpt, hf.read_params(ckpt), SPLIT, 1, 0)
     return sum(float(t.sum()) for t in state.values())  # touches every weight
 
 load(sys.argv[2])  # a tiny model first: imports and allocator warm-up are not the checkpoint's cost
@@ -393,3 +400,42 @@ def test_converting_to_the_layout_src_already_has_is_refused(make_ckpt, tmp_path
     assert str(err.value) == ("SRC is already a Meta checkpoint (--to meta): nothing to convert; to change its shard "
                               "count use python -m llama.reshard")
     assert_nothing_written(tmp_path / "dst")
+
+
+# -- Llama.build straight from a Hugging Face directory ---------------------------------------------
+
+def _direct_parity(ckpt_dir, model, tokenizer_path, n_new=10):
+    llama = llama_build(ckpt_dir, tokenizer_path)
+    prompt = llama.tokenizer.encode(PROMPT, bos=True, eos=False)
+    llama.tokenizer.stop_tokens = []  # compare full-length generations (transformers' loop has no eos here)
+    tokens, logprobs = llama.generate([prompt], max_gen_len=n_new, temperature=0, logprobs=True)
+    hf_tokens, hf_logprobs = hf_greedy(model, prompt, n_new)
+    assert tokens[0] == hf_tokens
+    torch.testing.assert_close(torch.tensor(logprobs[0]), torch.tensor(hf_logprobs), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["llama2", "gqa_tied"])
+def test_build_runs_a_hugging_face_directory_with_transformers_tokens_and_logprobs(hf_dir, tokenizer_path, name):
+    ckpt, model = hf_dir(name)  # llama2: sharded over several files; gqa_tied: no lm_head.weight stored
+    _direct_parity(ckpt, model, tokenizer_path)
+
+
+def test_build_runs_a_llama3_rope_scaled_hugging_face_directory(tmp_path, tokenizer_path):
+    model = hf_model("gqa_tied", rope_scaling=LLAMA3_ROPE, max_position_embeddings=131072)
+    model.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    _direct_parity(tmp_path / "hf", model, tokenizer_path)
+    unscaled = hf_model("gqa_tied")  # the same weights without scaling give other numbers: scaling is applied
+    with pytest.raises(AssertionError):
+        _direct_parity(tmp_path / "hf", unscaled, tokenizer_path)
+
+
+def test_build_finds_the_tokenizer_next_to_the_weights_or_under_original(hf_dir, tokenizer_path, tmp_path):
+    from llama import Llama
+
+    ckpt = copy_of(hf_dir("gqa_tied")[0], tmp_path)
+    with pytest.raises(MissingFileError, match=r"no tokenizer given and none found with the weights \(looked for "
+                                               rf"{ckpt}/tokenizer.model, {ckpt}/original/tokenizer.model\)"):
+        Llama.build(str(ckpt), None, 64, 2, device="cpu", dtype="float32")
+    (ckpt / "original").mkdir()
+    shutil.copy(tokenizer_path, ckpt / "original" / "tokenizer.model")
+    assert Llama.build(str(ckpt), None, 64, 2, device="cpu").tokenizer.n_words == VOCAB_SIZE
