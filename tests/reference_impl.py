@@ -83,7 +83,11 @@ def ref_top_p(probs, p):
 
 def ref_generate(model, prompts, max_gen_len, max_seq_len, pad_id, eos_id, temperature=0.0, top_p=0.9,
                  logprobs=False, echo=False):
-    """The reference decode loop, restated (including its prompt-fills-everything logprob bug: NOT fixed here)."""
+    """The reference decode loop, restated (including its prompt-fills-everything logprob bug: NOT fixed here).
+
+    eos_id: Llama 2's eos id, or a list of Llama 3's stop tokens (a row stops at any; output cut at the first).
+    """
+    stops = torch.tensor(eos_id if isinstance(eos_id, list) else [eos_id])
     bsz = len(prompts)
     lens = [len(t) for t in prompts]
     total = min(max_seq_len, max_gen_len + max(lens))
@@ -105,7 +109,7 @@ def ref_generate(model, prompts, max_gen_len, max_seq_len, pad_id, eos_id, tempe
         lp[:, prev + 1 : cur + 1] = -F.cross_entropy(
             logits.transpose(1, 2), tokens[:, prev + 1 : cur + 1], reduction="none", ignore_index=pad_id
         )
-        done |= (~is_prompt[:, cur]) & (nxt == eos_id)
+        done |= (~is_prompt[:, cur]) & torch.isin(nxt, stops)
         prev = cur
         if done.all():
             break
@@ -114,8 +118,8 @@ def ref_generate(model, prompts, max_gen_len, max_seq_len, pad_id, eos_id, tempe
         start = 0 if echo else lens[i]
         row = row[start : lens[i] + max_gen_len]
         rlp = lp[i].tolist()[start : lens[i] + max_gen_len]
-        if eos_id in row:
-            row, rlp = row[: row.index(eos_id)], rlp[: row.index(eos_id)]
+        cut = next((j for j, t in enumerate(row) if t in stops.tolist()), len(row))
+        row, rlp = row[:cut], rlp[:cut]
         out.append(row)
         out_lp.append(rlp)
     return out, (out_lp if logprobs else None)

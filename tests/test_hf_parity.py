@@ -13,13 +13,21 @@ def permute_for_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
+def rope_parameters(args) -> dict:
+    rope = {"rope_type": "default", "rope_theta": args.rope_theta}
+    if args.use_scaled_rope:  # Meta's Llama 3.1 scaling, in transformers' words
+        rope.update(rope_type="llama3", factor=args.rope_scaling, low_freq_factor=1.0, high_freq_factor=4.0,
+                    original_max_position_embeddings=8192)
+    return rope
+
+
 def to_hf(state, args, max_seq_len):
     kv = args.kv_heads
     config = transformers.LlamaConfig(
         vocab_size=args.vocab_size, hidden_size=args.dim, intermediate_size=args.ffn_hidden_dim,
         num_hidden_layers=args.n_layers, num_attention_heads=args.n_heads, num_key_value_heads=kv,
         rms_norm_eps=args.norm_eps, max_position_embeddings=2 * max_seq_len, tie_word_embeddings=False,
-        rope_theta=args.rope_theta, rope_parameters={"rope_type": "default", "rope_theta": args.rope_theta},
+        rope_theta=args.rope_theta, rope_parameters=rope_parameters(args),
         attention_bias=False, mlp_bias=False, torch_dtype="float32",
     )
     hf = {"model.embed_tokens.weight": state["tok_embeddings.weight"], "model.norm.weight": state["norm.weight"],
