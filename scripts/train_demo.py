@@ -6,7 +6,6 @@ Seeded: the same Python (its docs are the data), torch, thread count and flags g
 The run that produced the committed files is recorded in llama/demo/TRAINING.md.
 """
 import argparse
-import io
 import json
 import logging
 import math
@@ -19,18 +18,17 @@ from pathlib import Path
 import sentencepiece as spm
 import torch
 import torch.nn.functional as F
-from fairscale.nn.model_parallel import initialize as fs_init
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import demo_corpus  # noqa: E402
-from llama.backend import init_distributed, select  # noqa: E402
 from llama.chat_format import B_INST, E_INST, fold_system  # noqa: E402
 from llama.checkpoint import save_checkpoint  # noqa: E402
 from llama.generation import Llama  # noqa: E402
 from llama.likelihood import nats_per_char  # noqa: E402
-from llama.model import ModelArgs, Transformer, causal_mask  # noqa: E402
+from llama.model import ModelArgs, Transformer  # noqa: E402
+from llama.synthetic import train_sentencepiece  # noqa: E402
 
 logger = logging.getLogger("train_demo")
 REPO = Path(__file__).resolve().parents[1]
@@ -59,17 +57,13 @@ def parse_args(argv=None):
 
 
 def train_tokenizer(docs, vocab_size: int) -> bytes:
-    """A Llama-style SentencePiece BPE model: unk 0, bos 1, eos 2, no pad, byte fallback, digits split."""
+    """A Llama-style SentencePiece BPE model (llama.synthetic's trainer) that keeps text as written:
+    digits split, whitespace-only pieces, no normalisation, every sentence."""
     lines = (line for doc in docs for line in doc.splitlines() if line.strip())
-    out = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=lines, model_writer=out, vocab_size=vocab_size, model_type="bpe",
-        byte_fallback=True, split_digits=True, allow_whitespace_only_pieces=True,
-        remove_extra_whitespaces=False, normalization_rule_name="identity", character_coverage=0.9995,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, max_sentence_length=16384,
-        input_sentence_size=0, shuffle_input_sentence=False, num_threads=1, minloglevel=2,
+    return train_sentencepiece(
+        lines, vocab_size, split_digits=True, allow_whitespace_only_pieces=True, remove_extra_whitespaces=False,
+        normalization_rule_name="identity", max_sentence_length=16384, input_sentence_size=0, num_threads=1,
     )
-    return out.getvalue()
 
 
 def encode_dialog_with_answer(sp, dialog) -> list:
@@ -93,18 +87,8 @@ def token_streams(sp, seed: int):
     return flat([train[i] for i in order]), flat(valid)
 
 
-class PassThroughCache(torch.nn.Module):
-    """Stands in for KVCache while training: the whole sequence is in one forward, nothing to keep."""
-
-    def update(self, start_pos: int, k: torch.Tensor, v: torch.Tensor):
-        return k, v
-
-
 def build_model(vocab_size: int, seq_len: int, seed: int) -> Transformer:
-    """The inference Transformer with trainable weights (GPT-2-style init) and no KV cache."""
-    init_distributed(select(device="cpu", dtype="float32"))
-    if not fs_init.model_parallel_is_initialized():
-        fs_init.initialize_model_parallel(1)
+    """llama.model.Transformer itself, with GPT-2-style init: no process group, no cache."""
     torch.manual_seed(seed)
     args = ModelArgs(vocab_size=vocab_size, max_seq_len=seq_len, max_batch_size=1, **MODEL)
     model = Transformer(args)
@@ -115,23 +99,7 @@ def build_model(vocab_size: int, seq_len: int, seed: int) -> Transformer:
             else:  # residual-branch outputs get smaller weights so the stream starts near identity
                 std = 0.02 / math.sqrt(2 * args.n_layers) if name.endswith(("wo.weight", "w2.weight")) else 0.02
                 p.normal_(0.0, std)
-            p.requires_grad_(True)  # llama/parallel.py makes inference-only weights
-    model.setup_caches()  # for the rotary tables
-    for layer in model.layers:
-        layer.attention.cache = PassThroughCache()
     return model
-
-
-def training_logits(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
-    """Transformer.forward at start_pos 0 without inference_mode (so autograd records it); same math."""
-    seqlen = tokens.shape[1]
-    h = model.tok_embeddings(tokens)
-    cos = model.rope_cos[None, :seqlen, None, :]  # full-width tables, (1, seqlen, 1, head_dim)
-    sin = model.rope_sin[None, :seqlen, None, :]
-    mask = causal_mask(seqlen, 0, h.dtype, tokens.device)
-    for layer in model.layers:
-        h = layer(h, 0, cos, sin, mask)
-    return model.output(model.norm(h)).float()
 
 
 def batch(ids: torch.Tensor, batch_size: int, seq_len: int, g: torch.Generator):
@@ -153,7 +121,7 @@ def mean_loss(model, ids: torch.Tensor, seq_len: int, max_windows: int = 16) -> 
     n = min(max_windows, (len(ids) - 1) // seq_len)
     x = ids[: n * seq_len + 1]
     inputs, targets = x[:-1].view(n, seq_len), x[1:].view(n, seq_len)
-    logits = training_logits(model, inputs)
+    logits = model(inputs)
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten()).item()
 
 
@@ -163,7 +131,7 @@ def training_nats_per_char(model, sp, paragraphs) -> float:
     total = 0.0
     for text in paragraphs:
         ids = torch.tensor([[sp.bos_id()] + sp.encode(text)])
-        logits = training_logits(model, ids[:, :-1])
+        logits = model(ids[:, :-1])
         total -= F.cross_entropy(logits[0], ids[0, 1:], reduction="sum").item()
     return total / sum(len(t) for t in paragraphs)
 
@@ -190,7 +158,7 @@ def train(model, sp, train_ids, valid_ids, heldout, args) -> dict:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args)
         x, y = batch(train_ids, args.batch_size, args.seq_len, g)
-        loss = F.cross_entropy(training_logits(model, x).flatten(0, 1), y.flatten())
+        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

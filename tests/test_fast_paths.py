@@ -39,8 +39,15 @@ def test_static_shape_decode_step_generates_the_same_tokens(build, config, n_sha
 
 
 def test_build_accepts_compile_and_compiles_lazily(build):
-    llama = build("mha", compile=True)  # nothing is compiled until the first one-token step
-    assert isinstance(llama.decode_step, StaticDecode)
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    llama = build("mha", compile=True)
+    assert llama.decode_step.compiled and counters["stats"]["unique_graphs"] == 0  # build compiled nothing
+    prompt = llama.tokenizer.encode(PROMPTS[0], bos=True, eos=False)
+    llama.generate([prompt], 2, temperature=0)
+    assert counters["stats"]["unique_graphs"] == 1  # the first one-token step did, once
 
 
 # torch.compile on CPU (inductor, C++) takes ~10 s per shape here: worth it, compile is a user-facing path.

@@ -1,16 +1,31 @@
 """Loading Meta checkpoint directories: shard discovery, rope.freqs, strictness, placement."""
+import shutil
+
+import pytest
 import torch
 
+from llama import Llama
+
 from llama.checkpoint import find_shards, load_shard
+from llama.errors import CheckpointError
 
 
-def test_shards_are_found_sorted_and_rope_freqs_is_ignored(make_ckpt, build):
+def test_shards_are_found_sorted_and_rope_freqs_is_the_one_extra_entry_ignored(make_ckpt, build, tokenizer_path, tmp_path):
     ckpt = make_ckpt("mha", 2)
     shards = find_shards(ckpt)
     assert [p.name for p in shards] == ["consolidated.00.pth", "consolidated.01.pth"]
     assert "rope.freqs" in load_shard(shards[0])  # real checkpoints carry it...
-    llama = build("mha", 2)
-    assert "rope.freqs" not in llama.model.state_dict()  # ...and it is not loaded
+    llama = build("mha", 2)  # ...and loading, strict about every other entry, ignores it
+    assert "rope.freqs" not in llama.model.state_dict()
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(ckpt / "params.json", other)
+    for path in shards:  # the same checkpoint with another extra entry is refused
+        state = dict(load_shard(path))
+        state["rope.freqz"] = state.pop("rope.freqs")
+        torch.save(state, other / path.name)
+    with pytest.raises(CheckpointError, match=r"unexpected weight 'rope.freqz' in checkpoint"):
+        Llama.build(str(other), str(tokenizer_path), 64, 4, device="cpu")
 
 
 def test_weights_land_on_the_requested_device_and_dtype_with_caches_beside_them(build):

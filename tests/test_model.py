@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-from llama.model import KVCache, ModelArgs, RMSNorm, apply_rotary_emb, causal_mask, rope_tables
+from llama.model import (
+    KVCache, ModelArgs, RMSNorm, Transformer, apply_rope_scaling, apply_rotary_emb, causal_mask, rope_tables,
+)
 from reference_impl import freqs_cis, rotate
 
 
@@ -88,3 +90,32 @@ def test_incremental_decoding_with_the_cache_equals_one_full_pass(build, config)
     steps += [llama.model.forward(tokens[:, i : i + 1], i) for i in range(6, 10)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
     assert full.dtype == torch.float32
+
+
+def test_the_plain_model_trains_and_its_training_forward_equals_cached_decoding():
+    # No process group, no device, no file: nn.Linear / nn.Embedding, gradients flow.
+    args = ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50, multiple_of=16,
+                     max_seq_len=16, max_batch_size=1)
+    torch.manual_seed(0)
+    model = Transformer(args)
+    assert isinstance(model.layers[0].attention.wq, torch.nn.Linear)
+    tokens = torch.randint(0, 50, (1, 12), generator=torch.Generator().manual_seed(0))
+    logits = model(tokens)  # training: no cache, full causal attention
+    logits[0, -1, 3].backward()
+    assert all(p.grad is not None for p in model.parameters())
+    with torch.no_grad():
+        model.setup_caches()
+        cached = torch.cat([model(tokens[:, :7], 0), model(tokens[:, 7:8], 7), model(tokens[:, 8:], 8)], dim=1)
+    torch.testing.assert_close(cached, logits.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_llama31_rope_scaling_keeps_high_frequencies_divides_low_ones_and_blends_between():
+    inv_freq = torch.tensor([1.0, 2 * torch.pi / 4096, 2 * torch.pi / 1000.0, 2 * torch.pi / 20000.0])
+    scaled = apply_rope_scaling(inv_freq, 8.0)
+    assert scaled[0] == inv_freq[0] and scaled[2] == inv_freq[2]  # wavelength < 8192 / 4: unchanged
+    assert scaled[3] == inv_freq[3] / 8  # wavelength > 8192: divided by the factor
+    s = (8192 / 4096 - 1) / (4 - 1)  # in between: (1 - s) f / 8 + s f
+    torch.testing.assert_close(scaled[1], (1 - s) * inv_freq[1] / 8 + s * inv_freq[1])
+    assert ModelArgs(use_scaled_rope=True).rope_scaling == 8.0
+    assert ModelArgs(use_scaled_rope=True, rope_scaling_factor=32.0).rope_scaling == 32.0
+    assert ModelArgs(rope_scaling_factor=32.0).rope_scaling is None
