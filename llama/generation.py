@@ -15,7 +15,9 @@ from fairscale.nn.model_parallel import initialize as fs_init
 
 from . import checkpoint, demo, memory
 from . import quantize as quant
-from .backend import Runtime, compile_options, eos_check_interval, init_distributed, loaded, select
+from .backend import Runtime, select
+from .distributed import barrier_then_tighten_timeouts as loaded
+from .distributed import init_distributed
 from .chat_format import UNSAFE_ERROR, Dialog, Message, encode_dialog, has_special_tags  # noqa: F401
 from .decode import StaticDecode
 from .errors import ConfigError, GenerationError
@@ -23,6 +25,7 @@ from .model import ModelArgs, Transformer
 from .progress import slow_progress
 from .ranks import on_all_ranks
 from .tokenizer import Tokenizer
+from .tuning import compile_options, eos_check_interval
 
 logger = logging.getLogger(__name__)
 

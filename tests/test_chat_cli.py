@@ -1,25 +1,21 @@
 """`python -m llama.chat`: user turns from a pipe, streamed answers, bounded history, commands."""
 import logging
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from helpers import REPO, subprocess_env
 from llama.chat import Conversation
 from llama.chat_format import encode_dialog
 from llama.errors import ConfigError
 from llama.tokenizer import Tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def run_chat(stdin: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "-m", "llama.chat", *args], input=stdin, capture_output=True, text=True,
-        env=env, cwd=REPO, timeout=timeout,
+        env=subprocess_env(), cwd=REPO, timeout=timeout,
     )
 
 

@@ -1,18 +1,14 @@
 """Both example CLIs end to end, as a user runs them: plain `python`, no launcher, CPU."""
-import os
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SEPARATOR = "\n==================================\n"
+from helpers import REPO, subprocess_env
+from llama.frontend import SEPARATOR
 
 
 def run_example(script, *args):
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
-    env["PYTHONPATH"] = str(ROOT)
-    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=120, cwd=ROOT)
+    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], capture_output=True,
+                          text=True, env=subprocess_env(), timeout=120, cwd=REPO)
 
 
 def test_text_completion_example_prints_four_prompts_and_answers(make_ckpt, tokenizer_path):

@@ -1,5 +1,4 @@
 """Resharding: a k-shard checkpoint loaded by n ranks, and the offline `python -m llama.reshard` tool."""
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -7,14 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import PROMPTS, subprocess_env
 from llama import Llama, checkpoint
 from llama.checkpoint import IGNORED_KEYS, check_parallelism, load_rank_state, split_state
 from llama.errors import ConfigError
 from llama.reshard import main as reshard_main
 from llama.reshard import reshard
-
-REPO = Path(__file__).resolve().parents[1]
-PROMPTS = ["I believe the meaning of life is", "Translate English to French: cheese =>"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -98,9 +95,8 @@ def _check_written(dst: Path, src: Path, full: dict, n: int) -> None:
 
 def test_reshard_cli_splits_one_shard_into_two(make_ckpt, full_state, tokenizer_path, tmp_path):
     src, dst = make_ckpt("mha", 1), tmp_path / "two"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "llama.reshard", str(src), str(dst), "--shards", "2"],
-                          env=env, capture_output=True, text=True, timeout=120)
+                          env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"wrote 2 shards and params.json to {dst}\n"
     _check_written(dst, src, full_state("mha"), 2)
