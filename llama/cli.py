@@ -75,7 +75,7 @@ def run(main: Callable, flags: Optional[Mapping[str, Flag]] = None, prog: Option
     prog = prog or f"python {os.path.basename(sys.argv[0])}"
     argv = sys.argv[1:]
     if wants_help(argv):
-        print(render_help(main, flags, prog, sys.modules[main.__module__].__doc__ or ""))
+        print(render_help(main, flags, prog, main.__globals__.get("__doc__") or ""))
         return
     try:
         fire.Fire(main, command=check_args(main, argv, flags, prog), name=prog)

@@ -1,6 +1,10 @@
 """Both example CLIs end to end, as a user runs them: plain `python`, no launcher, CPU."""
+import re
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 from helpers import REPO, subprocess_env
 from llama.frontend import SEPARATOR
@@ -21,6 +25,9 @@ def test_text_completion_example_prints_four_prompts_and_answers(make_ckpt, toke
     assert "I believe the meaning of life is\n> " in out
     assert "cheese =>\n> " in out
     assert "Traceback" not in proc.stderr
+    # One load figure (the reference's stdout line); stderr's summary times the generation only.
+    assert re.search(r"^generated \d+ tokens in \d+\.\d\d s \(\d+\.\d tokens/s\)$", proc.stderr, re.M), proc.stderr
+    assert "loaded in" not in proc.stderr.lower()
 
 
 def test_chat_completion_example_prints_dialogs_and_the_unsafe_error(make_ckpt, tokenizer_path):
@@ -41,3 +48,15 @@ def test_examples_accept_device_and_dtype_overrides(make_ckpt, tokenizer_path):
                        "--device", "cpu", "--dtype", "bfloat16")
     assert proc.returncode == 0, proc.stderr
     assert "dtype=bfloat16" in proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_make_demo_installs_the_package_without_the_test_extras(tmp_path):
+    def planned(target):  # what `make` would run on a fresh machine (-n: print, run nothing)
+        done = subprocess.run(["make", "-n", target, f"VENV={tmp_path / 'venv'}"], cwd=REPO, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return [line for line in done.stdout.splitlines() if "pip install" in line]
+
+    assert planned("demo") == [f"{tmp_path / 'venv'}/bin/python -m pip install -q -e ."]
+    assert planned("test") == [f"{tmp_path / 'venv'}/bin/python -m pip install -q -c constraints-test.txt -e '.[test]'"]
