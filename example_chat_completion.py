@@ -6,7 +6,7 @@ from typing import List, Optional
 
 from llama import Dialog
 from llama.cli import run
-from llama.frontend import FLAGS, build_generator, complete_dialogs
+from llama.frontend import FLAGS, build_generator, complete
 
 # The reference's default: as long as the context allows.
 CHAT_FLAGS = {**FLAGS, "max_gen_len": replace(FLAGS["max_gen_len"], default="max_seq_len - 1")}
@@ -20,12 +20,10 @@ def main(
     max_seq_len: int = 512,
     max_batch_size: int = 8,
     max_gen_len: Optional[int] = None,
-    device: Optional[str] = None,
-    dtype: Optional[str] = None,
-    *,  # flags only (--stream, ...), so that positional arguments keep the reference's meaning
-    stream: bool = False,
-    compile: bool = False,
-    quantize: Optional[str] = None,
+    # This project's additions (described in llama.frontend.FLAGS); after the `*`, flags only, so
+    # that positional arguments keep the reference's meaning.
+    device: Optional[str] = None, dtype: Optional[str] = None,
+    *, stream: bool = False, compile: bool = False, quantize: Optional[str] = None,
 ):
     generator = build_generator(ckpt_dir, tokenizer_path, temperature, top_p, max_gen_len, max_seq_len=max_seq_len,
                                 max_batch_size=max_batch_size, device=device, dtype=dtype, compile=compile,
@@ -73,7 +71,7 @@ If a question does not make any sense, or is not factually coherent, explain why
             }
         ],
     ]
-    complete_dialogs(generator, dialogs, temperature, top_p, max_gen_len, stream, compiled=compile)
+    complete(generator, dialogs, temperature, top_p, max_gen_len, chat=True, stream=stream, compiled=compile)
 
 
 if __name__ == "__main__":

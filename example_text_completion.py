@@ -4,7 +4,7 @@ Without --ckpt_dir/--tokenizer_path it runs the bundled demo model; --stream pri
 from typing import List, Optional
 
 from llama.cli import run
-from llama.frontend import FLAGS, build_generator, complete_texts
+from llama.frontend import FLAGS, build_generator, complete
 
 
 def main(
@@ -15,12 +15,10 @@ def main(
     max_seq_len: int = 128,
     max_gen_len: int = 64,
     max_batch_size: int = 4,
-    device: Optional[str] = None,
-    dtype: Optional[str] = None,
-    *,  # flags only (--stream, ...), so that positional arguments keep the reference's meaning
-    stream: bool = False,
-    compile: bool = False,
-    quantize: Optional[str] = None,
+    # This project's additions (described in llama.frontend.FLAGS); after the `*`, flags only, so
+    # that positional arguments keep the reference's meaning.
+    device: Optional[str] = None, dtype: Optional[str] = None,
+    *, stream: bool = False, compile: bool = False, quantize: Optional[str] = None,
 ):
     generator = build_generator(ckpt_dir, tokenizer_path, temperature, top_p, max_gen_len, max_seq_len=max_seq_len,
                                 max_batch_size=max_batch_size, device=device, dtype=dtype, compile=compile,
@@ -43,7 +41,7 @@ def main(
         plush girafe => girafe peluche
         cheese =>""",
     ]
-    complete_texts(generator, prompts, temperature, top_p, max_gen_len, stream, compiled=compile)
+    complete(generator, prompts, temperature, top_p, max_gen_len, chat=False, stream=stream, compiled=compile)
 
 
 if __name__ == "__main__":

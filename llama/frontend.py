@@ -4,7 +4,7 @@ and the closing summary line."""
 import logging
 import os
 import time
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional, Union
 
 import torch
 
@@ -87,10 +87,8 @@ def print_dialog(dialog: Dialog) -> None:
         print(f"{msg['role'].capitalize()}: {msg['content']}\n")
 
 
-def print_streamed(generator: Llama, events: Iterator[StreamEvent], print_prompt: Callable[[int], None],
-                   answer_prefix: str) -> int:
-    """Print each answer as it is generated, one prompt after another, in the reference's layout;
-    -> tokens generated."""
+def print_streamed(events: Iterator[StreamEvent], print_prompt: Callable[[int], None], answer_prefix: str) -> int:
+    """Print each answer as it is generated, one prompt after another; -> tokens generated."""
     n_tokens, started = 0, set()
     for event in in_prompt_order(events):
         n_tokens += event.token is not None
@@ -107,38 +105,30 @@ def print_streamed(generator: Llama, events: Iterator[StreamEvent], print_prompt
     return n_tokens
 
 
-def complete_texts(generator: Llama, prompts: List[str], temperature: float, top_p: float, max_gen_len: int,
-                   stream: bool = False, compiled: bool = False) -> None:
-    """What example_text_completion.py prints for `prompts` (rank 0), then the summary line."""
-    started = time.perf_counter()
-    if stream:
-        events = stream_text_completion(generator, prompts, temperature, top_p, max_gen_len)
-        n_tokens = print_streamed(generator, events, lambda i: print(prompts[i]), "> ")
-    else:
-        results = generator.text_completion(prompts, max_gen_len=max_gen_len, temperature=temperature, top_p=top_p)
-        n_tokens = sum(len(generator.tokenizer.encode(r["generation"], bos=False, eos=False)) for r in results)
-        if is_main_process():
-            for prompt, result in zip(prompts, results):
-                print(prompt)
-                print(f"> {result['generation']}")
-                print(SEPARATOR)
-    log_summary(n_tokens, time.perf_counter() - started, compiled)
+def print_answers(generator: Llama, answers: List[str], print_prompt: Callable[[int], None], answer_prefix: str) -> int:
+    """Print every answer after its prompt; -> tokens generated."""
+    if is_main_process():
+        for i, answer in enumerate(answers):
+            print_prompt(i)
+            print(f"{answer_prefix}{answer}")
+            print(SEPARATOR)
+    return sum(len(generator.tokenizer.encode(answer, bos=False, eos=False)) for answer in answers)
 
 
-def complete_dialogs(generator: Llama, dialogs: List[Dialog], temperature: float, top_p: float,
-                     max_gen_len: Optional[int], stream: bool = False, compiled: bool = False) -> None:
-    """What example_chat_completion.py prints for `dialogs` (rank 0), then the summary line."""
+def complete(generator: Llama, inputs: Union[List[str], List[Dialog]], temperature: float, top_p: float,
+             max_gen_len: Optional[int], *, chat: bool, stream: bool = False, compiled: bool = False) -> None:
+    """What Meta's example scripts print (on rank 0) for `inputs`, prompts or (chat=True) dialogs,
+    in their layout, streamed or at the end; then the summary line."""
     started = time.perf_counter()
+    show = (lambda i: print_dialog(inputs[i])) if chat else (lambda i: print(inputs[i]))
+    prefix = "> Assistant: " if chat else "> "
     if stream:
-        events = stream_chat_completion(generator, dialogs, temperature, top_p, max_gen_len)
-        n_tokens = print_streamed(generator, events, lambda i: print_dialog(dialogs[i]), "> Assistant: ")
+        streamer = stream_chat_completion if chat else stream_text_completion
+        n_tokens = print_streamed(streamer(generator, inputs, temperature, top_p, max_gen_len), show, prefix)
+    elif chat:
+        results = generator.chat_completion(inputs, max_gen_len=max_gen_len, temperature=temperature, top_p=top_p)
+        n_tokens = print_answers(generator, [r["generation"]["content"] for r in results], show, prefix)
     else:
-        results = generator.chat_completion(dialogs, max_gen_len=max_gen_len, temperature=temperature, top_p=top_p)
-        n_tokens = sum(len(generator.tokenizer.encode(r["generation"]["content"], bos=False, eos=False))
-                       for r in results)
-        if is_main_process():
-            for dialog, result in zip(dialogs, results):
-                print_dialog(dialog)
-                print(f"> {result['generation']['role'].capitalize()}: {result['generation']['content']}")
-                print(SEPARATOR)
+        results = generator.text_completion(inputs, max_gen_len=max_gen_len, temperature=temperature, top_p=top_p)
+        n_tokens = print_answers(generator, [r["generation"] for r in results], show, prefix)
     log_summary(n_tokens, time.perf_counter() - started, compiled)

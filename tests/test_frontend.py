@@ -12,27 +12,27 @@ from llama.frontend import build_generator, log_summary, use_one_thread_for_the_
 
 
 @pytest.fixture
-def threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(3)
-    yield
-    torch.set_num_threads(before)
+def thread_counts_set(monkeypatch):
+    """Every torch.set_num_threads(n) call, recorded instead of made."""
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    return calls
 
 
-def test_resolving_the_demo_leaves_the_thread_count_alone(threads, monkeypatch):
+def test_resolving_the_demo_leaves_the_thread_count_alone(thread_counts_set, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert demo.resolve(None, None) == (str(demo.CKPT_DIR), str(demo.TOKENIZER_PATH))
-    assert torch.get_num_threads() == 3
+    assert thread_counts_set == []
 
 
-def test_the_front_end_runs_the_demo_on_one_thread_and_says_so(threads, monkeypatch, caplog):
+def test_the_front_end_runs_the_demo_on_one_thread_and_says_so(thread_counts_set, monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger="llama.frontend")
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     use_one_thread_for_the_demo()  # the user's choice wins
-    assert (torch.get_num_threads(), caplog.messages) == (3, [])
+    assert (thread_counts_set, caplog.messages) == ([], [])
     monkeypatch.delenv("OMP_NUM_THREADS")
     use_one_thread_for_the_demo()
-    assert torch.get_num_threads() == 1
+    assert thread_counts_set == [1]
     assert caplog.messages == ["the demo model runs on 1 CPU thread (set OMP_NUM_THREADS to choose another count)"]
 
 

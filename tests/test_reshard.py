@@ -104,7 +104,7 @@ def test_reshard_cli_splits_one_shard_into_two(make_ckpt, full_state, tokenizer_
     assert done.stdout == f"wrote 2 shards and params.json to {dst}\n"
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
     assert "llama.checkpoint" in imported  # the listing works ...
-    generator = {"llama.generation", "llama.streaming", "llama.frontend"}  # ... and the offline tool needs none of these
+    generator = {"llama.generation", "llama.streaming", "llama.frontend"}  # ... and the offline tool needs none
     assert not imported & generator, sorted(m for m in imported if m.startswith("llama"))
     _check_written(dst, src, full_state("mha"), 2)
     assert _greedy_and_sampled(dst, tokenizer_path) == _greedy_and_sampled(src, tokenizer_path)
