@@ -1,15 +1,25 @@
-# Two commands on a fresh machine: `make demo` and `make test`.
+# Two commands on a fresh machine: `make demo` (the package and what it needs to run) and
+# `make test` (that, plus the test extras and the tools download.sh's tests use).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test install clean test-tools
 
-$(STAMP): setup.py constraints-test.txt
+$(PY):
 	$(PYTHON) -m venv $(VENV)
+
+# The package alone, as a user installs it (torch unpinned).
+$(STAMP): setup.py | $(PY)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# With the test extras (pytest, transformers, llama-models), pinned for CI by constraints-test.txt.
+$(TEST_STAMP): setup.py constraints-test.txt | $(PY)
 	$(PY) -m pip install -q -c constraints-test.txt -e '.[test]'
-	touch $(STAMP)
+	touch $@ $(STAMP)
 
 install: $(STAMP)
 
@@ -22,7 +32,7 @@ test-tools:
 		|| echo "note: could not install$$missing; tests that need them will skip"; \
 	fi
 
-test: $(STAMP) test-tools
+test: $(TEST_STAMP) test-tools
 	$(PY) -m pytest -q tests
 
 # The bundled demo model (llama/demo/): both reference examples, streamed; then how to chat with it.

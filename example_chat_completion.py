@@ -1,12 +1,15 @@
 """Chat completion with a Llama 2 chat checkpoint: `torchrun --nproc_per_node MP example_chat_completion.py ...`
 (or plain `python example_chat_completion.py ...` on one process: CPU, CUDA or Apple MPS).
 Without --ckpt_dir/--tokenizer_path it runs the bundled demo model; --stream prints answers as they come."""
-import time
+from dataclasses import replace
 from typing import List, Optional
 
-from llama import Dialog, Llama
-from llama.cli import build_generator, log_summary, run
-from llama.streaming import in_prompt_order, stream_chat_completion
+from llama import Dialog
+from llama.cli import run
+from llama.frontend import FLAGS, build_generator, complete
+
+# The reference's default: as long as the context allows.
+CHAT_FLAGS = {**FLAGS, "max_gen_len": replace(FLAGS["max_gen_len"], default="max_seq_len - 1")}
 
 
 def main(
@@ -17,26 +20,14 @@ def main(
     max_seq_len: int = 512,
     max_batch_size: int = 8,
     max_gen_len: Optional[int] = None,
-    device: Optional[str] = None,
-    dtype: Optional[str] = None,
-    *,  # flags only (--stream, ...), so that positional arguments keep the reference's meaning
-    stream: bool = False,
-    compile: bool = False,
-    quantize: Optional[str] = None,
+    # This project's additions (described in llama.frontend.FLAGS); after the `*`, flags only, so
+    # that positional arguments keep the reference's meaning.
+    device: Optional[str] = None, dtype: Optional[str] = None,
+    *, stream: bool = False, compile: bool = False, quantize: Optional[str] = None,
 ):
-    generator, load_s = build_generator(
-        ckpt_dir,
-        tokenizer_path,
-        temperature,
-        top_p,
-        max_gen_len,
-        max_seq_len=max_seq_len,
-        max_batch_size=max_batch_size,
-        device=device,
-        dtype=dtype,
-        compile=compile,
-        quantize=quantize,
-    )
+    generator = build_generator(ckpt_dir, tokenizer_path, temperature, top_p, max_gen_len, max_seq_len=max_seq_len,
+                                max_batch_size=max_batch_size, device=device, dtype=dtype, compile=compile,
+                                quantize=quantize)
 
     dialogs: List[Dialog] = [
         [{"role": "user", "content": "what is the recipe of mayonnaise?"}],
@@ -80,48 +71,8 @@ If a question does not make any sense, or is not factually coherent, explain why
             }
         ],
     ]
-    started = time.perf_counter()
-    if stream:
-        n_tokens = print_streamed(generator, dialogs, temperature, top_p, max_gen_len)
-    else:
-        results = generator.chat_completion(
-            dialogs,  # type: ignore
-            max_gen_len=max_gen_len,
-            temperature=temperature,
-            top_p=top_p,
-        )
-        n_tokens = sum(len(generator.tokenizer.encode(r["generation"]["content"], bos=False, eos=False)) for r in results)
-        if generator.is_main:
-            for dialog, result in zip(dialogs, results):
-                print_dialog(dialog)
-                print(f"> {result['generation']['role'].capitalize()}: {result['generation']['content']}")
-                print("\n==================================\n")
-    log_summary(load_s, n_tokens, time.perf_counter() - started)
-
-
-def print_dialog(dialog: Dialog) -> None:
-    for msg in dialog:
-        print(f"{msg['role'].capitalize()}: {msg['content']}\n")
-
-
-def print_streamed(generator: Llama, dialogs: List[Dialog], temperature: float, top_p: float, max_gen_len) -> int:
-    """Print each answer as it is generated, one dialog after another; -> tokens generated."""
-    n_tokens, started = 0, set()
-    events = stream_chat_completion(generator, dialogs, temperature=temperature, top_p=top_p, max_gen_len=max_gen_len)
-    for event in in_prompt_order(events):
-        n_tokens += event.token is not None
-        if not generator.is_main:
-            continue
-        if event.index not in started:
-            started.add(event.index)
-            print_dialog(dialogs[event.index])
-            print("> Assistant: ", end="")
-        print(event.text, end="", flush=True)
-        if event.done:
-            print()
-            print("\n==================================\n")
-    return n_tokens
+    complete(generator, dialogs, temperature, top_p, max_gen_len, chat=True, stream=stream, compiled=compile)
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, CHAT_FLAGS)

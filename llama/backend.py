@@ -2,7 +2,8 @@
 
 `select()` is a pure decision from the launcher environment, the caller's overrides and what this
 torch build and machine can do (a `Probe`), so every rule is testable without the hardware.
-`init_distributed` then carries it out once per process.
+`llama.distributed.init_distributed` then carries it out once per process. This module also
+answers questions about the device itself (`device_memory`).
 
 Rules (first match wins):
 - a process group the caller already created is used as it is.
@@ -12,13 +13,8 @@ Rules (first match wins):
   port, no TCP store), on CUDA, else Apple MPS, else CPU.
 - dtype: bf16 on CUDA where supported, else fp16; fp16 on MPS; fp32 on CPU.
 Overrides: arguments, else env LLAMA_DEVICE / LLAMA_BACKEND / LLAMA_DTYPE.
-
-Timeouts: joining and loading may take long and unevenly (LOAD_TIMEOUT); once every rank has
-loaded, a model-parallel collective that waits longer than COLLECTIVE_TIMEOUT means a peer died
-or hung, and the rank gives up instead of waiting forever.
+Timeouts (see llama.distributed): env LLAMA_COLLECTIVE_TIMEOUT / LLAMA_LOAD_TIMEOUT, in seconds.
 """
-import atexit
-import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -26,11 +22,10 @@ from typing import Mapping, Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
-from fairscale.nn.model_parallel import initialize as fs_init
 
+from .distributed import caller_group
+from .envvars import env_int, env_seconds
 from .errors import BackendError, ConfigError
-
-logger = logging.getLogger(__name__)
 
 BACKENDS = ("nccl", "gloo")
 DTYPES = {
@@ -41,7 +36,6 @@ DTYPES = {
 # Defaults; env LLAMA_COLLECTIVE_TIMEOUT / LLAMA_LOAD_TIMEOUT (seconds) override them per run.
 COLLECTIVE_TIMEOUT = timedelta(seconds=30)
 LOAD_TIMEOUT = timedelta(minutes=30)
-_made_here = False  # whether init_distributed created this process's group (then it is ours, not the caller's)
 
 
 @dataclass(frozen=True)
@@ -62,15 +56,12 @@ class Probe:
     def detect(cls) -> "Probe":
         cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         mps_backend = getattr(torch.backends, "mps", None)
-        group = None
-        if dist.is_available() and dist.is_initialized() and not _made_here:
-            group = (str(dist.get_backend()), dist.get_rank(), dist.get_world_size())
         return cls(
             cuda_count=cuda_count,
             nccl=dist.is_available() and dist.is_nccl_available(),
             mps=bool(mps_backend and mps_backend.is_available()),
             cuda_bf16=cuda_count > 0 and torch.cuda.is_bf16_supported(),
-            group=group,
+            group=caller_group(),
         )
 
 
@@ -89,39 +80,12 @@ class Runtime:
     timeout: timedelta = COLLECTIVE_TIMEOUT
     load_timeout: timedelta = LOAD_TIMEOUT
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
     def describe(self) -> str:
         dtype = str(self.dtype).replace("torch.", "")
         return (
             f"backend={self.backend} device={self.device} dtype={dtype} world_size={self.world_size} "
             f"rank={self.rank} ({self.reason})"
         )
-
-
-def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
-    value = env.get(name, "")
-    if value == "":
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigError(f"environment variable {name}={value!r} is not an integer") from None
-
-
-def _seconds_env(env: Mapping[str, str], name: str, default: timedelta) -> timedelta:
-    value = env.get(name, "")
-    if value == "":
-        return default
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = float("nan")
-    if not 0 < seconds < 10**7:  # also rejects nan and inf
-        raise ConfigError(f"environment variable {name}={value!r} must be a number of seconds > 0, e.g. {name}=60")
-    return timedelta(seconds=seconds)
 
 
 def parse_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
@@ -137,13 +101,13 @@ def parse_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
 
 def _launch(env: Mapping[str, str], probe: Probe) -> Tuple[bool, int, int, int]:
     """-> (launched, world_size, rank, local_rank) from the launcher env or an existing group."""
-    local_rank = _int_env(env, "LOCAL_RANK", 0)
+    local_rank = env_int("LOCAL_RANK", 0, env)
     if probe.group is not None:
         _, rank, world = probe.group
         return True, world, rank, local_rank
     if "RANK" not in env or "WORLD_SIZE" not in env:
         return False, 1, 0, 0
-    world, rank = _int_env(env, "WORLD_SIZE", 1), _int_env(env, "RANK", 0)
+    world, rank = env_int("WORLD_SIZE", 1, env), env_int("RANK", 0, env)
     if world < 1 or not 0 <= rank < world or not 0 <= local_rank <= rank:
         raise ConfigError(
             f"inconsistent launcher environment: RANK={rank} LOCAL_RANK={local_rank} WORLD_SIZE={world}; "
@@ -278,108 +242,9 @@ def select(
         name, backend_why = _requested_backend(backend, backend_src, dev, probe), backend_label
     return Runtime(
         name, dev, chosen_dtype, world, rank, local_rank, launched, f"{device_why}; {backend_why}",
-        timeout=_seconds_env(env, "LLAMA_COLLECTIVE_TIMEOUT", COLLECTIVE_TIMEOUT),
-        load_timeout=_seconds_env(env, "LLAMA_LOAD_TIMEOUT", LOAD_TIMEOUT),
+        timeout=env_seconds("LLAMA_COLLECTIVE_TIMEOUT", COLLECTIVE_TIMEOUT, env),
+        load_timeout=env_seconds("LLAMA_LOAD_TIMEOUT", LOAD_TIMEOUT, env),
     )
-
-
-def init_distributed(rt: Runtime) -> None:
-    """Create the default process group for `rt` unless one exists. Idempotent."""
-    global _made_here
-    if dist.is_initialized():
-        return
-    if rt.device.type == "cuda":
-        torch.cuda.set_device(rt.device)
-    if not rt.launched:
-        # An in-process store: no MASTER_ADDR, no free port, and no TCP store, which Windows
-        # builds without libuv cannot open.
-        dist.init_process_group(rt.backend, store=dist.HashStore(), rank=0, world_size=1, timeout=rt.load_timeout)
-    else:
-        if os.name == "nt":
-            # torch 2.4-2.6 default the TCP store to libuv, which Windows builds lack.
-            os.environ.setdefault("USE_LIBUV", "0")
-        # Loading can take long and unevenly, so joining uses the generous load timeout;
-        # `loaded` tightens the model-parallel collectives afterwards.
-        dist.init_process_group(rt.backend, rank=rt.rank, world_size=rt.world_size, timeout=rt.load_timeout)
-    _made_here = True
-    atexit.register(_shutdown)
-
-
-def _shutdown() -> None:
-    # Tearing the group down before the interpreter exits stops gloo's threads from being
-    # destroyed mid-flight (which aborts the process with "terminate called ...").
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def loaded(rt: Runtime) -> None:
-    """Call on every rank once its weights are loaded.
-
-    Waits (up to the load timeout) for the slowest rank, then bounds each model-parallel
-    collective by the collective timeout: every rank runs the same steps in lockstep from here,
-    so a longer wait means a peer died or hung, and this rank should fail rather than hang.
-    The default group keeps the long timeout for the caller's own coordination.
-    """
-    if rt.world_size == 1 or not dist.is_initialized():
-        return
-    dist.barrier()
-    set_timeout = getattr(dist.distributed_c10d, "_set_pg_timeout", None)  # torch >= 2.3
-    if set_timeout is None or not fs_init.model_parallel_is_initialized():
-        logger.debug("model-parallel collectives keep torch's default timeout")
-        return
-    set_timeout(rt.timeout, fs_init.get_model_parallel_group())
-
-
-# How gloo and NCCL word a collective that failed because a peer process exited ...
-_PEER_EXITED = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote process exited",
-                "NCCL communicator was aborted")
-# ... or stopped answering (hung, or its machine vanished) for longer than the timeout.
-_PEER_SILENT = ("Timed out waiting", "timed out", "Socket Timeout")
-
-
-def peer_exited(exc: BaseException) -> bool:
-    """True if `exc` is a collective failing because another rank's process went away."""
-    return isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in _PEER_EXITED)
-
-
-def peer_failure(exc: BaseException) -> Optional[str]:
-    """If `exc` is a collective failing because another rank died or hung, say so in one line."""
-    text = str(exc).strip()
-    if not isinstance(exc, RuntimeError) or not any(m in text for m in _PEER_EXITED + _PEER_SILENT):
-        return None
-    detail = text.splitlines()[0]
-    if detail.startswith("[") and "] " in detail:  # drop gloo's "[/path/to/pair.cc:553] " prefix
-        detail = detail.split("] ", 1)[1]
-    detail = detail.split(". ")[0].rstrip(".")
-    if peer_exited(exc):
-        return (
-            f"lost contact with another rank ({detail}); the rank that failed prints its own error, "
-            "and torchrun's failure report names it (Root Cause)"
-        )
-    return (
-        f"another rank stopped answering ({detail}): it hung, or its machine or network went away; "
-        "if it is only slow, raise LLAMA_COLLECTIVE_TIMEOUT or LLAMA_LOAD_TIMEOUT (seconds)"
-    )
-
-
-def compile_options(device: torch.device) -> dict:
-    """torch.compile arguments for the one-token decode step on `device`.
-
-    On CUDA the step is also captured as a CUDA graph ("reduce-overhead"): at batch 1 a decode
-    step is a few hundred small kernels, and launching them one by one from Python, not the
-    GPU's memory bandwidth, is what limits the reference.
-    """
-    mode = "reduce-overhead" if device.type == "cuda" else None
-    return dict(mode=mode, fullgraph=True, dynamic=False)
-
-
-def eos_check_interval(device: torch.device) -> int:
-    """Decode steps between host-side checks of "has every row finished?" (greedy decoding only).
-
-    Reading a flag back from an accelerator waits for all queued work, so the host cannot queue
-    the next step while the device runs this one; on the CPU the check costs nothing.
-    """
-    return 1 if device.type == "cpu" else 16
 
 
 def device_memory(device: torch.device) -> Optional[int]:

@@ -3,18 +3,23 @@
 Reads one user turn per line from stdin (a terminal or a pipe) and streams each answer. The
 dialog is kept within max_seq_len by dropping the oldest exchanges, with a notice. Commands:
 /reset forgets the conversation, /exit quits; so do end of input (Ctrl-D) and Ctrl-C.
+On a terminal, arrow keys edit the line and recall earlier turns (where Python has readline).
 Without --ckpt_dir/--tokenizer_path it talks with the bundled demo model.
 """
 import logging
 import sys
+from dataclasses import replace
 from typing import List, Optional
 
 import torch.distributed as dist
 
 from . import demo
-from .chat_format import Dialog, Message, encode_dialog
+from .chat_format import SPECIAL_TAGS, Dialog, Message, encode_dialog
 from .cli import run
+from .distributed import is_main_process
 from .errors import ConfigError
+from .flags import Flag
+from .frontend import FLAGS, build_generator
 from .generation import Llama
 from .streaming import stream_chat_completion
 
@@ -35,7 +40,12 @@ class Conversation:
         self.messages = []
 
     def ask(self, text: str) -> Dialog:
-        """Add a user turn; -> the dialog to answer. Raises ConfigError if the turn alone cannot fit."""
+        """Add a user turn; -> the dialog to answer. Raises ConfigError (and forgets the turn) if it
+        holds a Llama 2 tag, which the library refuses, or if it alone cannot fit."""
+        tags = [tag for tag in SPECIAL_TAGS if tag in text]
+        if tags:
+            raise ConfigError(f"this message contains {', '.join(tags)}, which Llama 2 chat models reserve for "
+                              "their prompt format; rephrase it without them")
         self.messages.append({"role": "user", "content": text})
         dropped = 0
         while self._n_tokens() > self.prompt_budget and len(self.messages) > 1:
@@ -53,7 +63,14 @@ class Conversation:
         return self.dialog()
 
     def answer(self, text: str) -> None:
-        self.messages.append({"role": "assistant", "content": text})
+        """Keep the model's answer, without Llama 2's tags.
+
+        Models do write "[/INST]" and the like into answers. Meta's reference refuses any dialog
+        that contains a tag ("special tags are not allowed as part of the prompt"), and so does
+        this library, so one such answer kept verbatim would make every later turn fail. The
+        user saw the answer as written; the history keeps it with the tags removed.
+        """
+        self.messages.append({"role": "assistant", "content": strip_special_tags(text)})
 
     def dialog(self) -> Dialog:
         system = [{"role": "system", "content": self.system}] if self.system else []
@@ -63,10 +80,31 @@ class Conversation:
         return len(encode_dialog(self.tokenizer, self.dialog()))
 
 
+def strip_special_tags(text: str) -> str:
+    """`text` without [INST], [/INST], <<SYS>>, <</SYS>> (removing one may join the text around it into another)."""
+    while any(tag in text for tag in SPECIAL_TAGS):
+        for tag in SPECIAL_TAGS:
+            text = text.replace(tag, "")
+    return text
+
+
+def enable_line_editing() -> bool:
+    """Let input() edit the line with the arrow keys and recall earlier turns with up/down.
+
+    Importing the standard library's readline is all it takes; it is missing on Windows (and
+    some minimal builds), where input() stays plain. -> whether line editing is on.
+    """
+    try:
+        import readline  # noqa: F401 - imported for its effect on input()
+    except ImportError:
+        return False
+    return True
+
+
 def read_turn(prompt: str) -> Optional[str]:
     """The next line from rank 0's stdin, shared with every rank; None at end of input."""
     line = None
-    if not dist.is_initialized() or dist.get_rank() == 0:
+    if is_main_process():
         try:
             line = input(prompt)
         except EOFError:
@@ -81,19 +119,23 @@ def read_turn(prompt: str) -> Optional[str]:
 def respond(generator: Llama, dialog: Dialog, temperature: float, top_p: float, max_gen_len: int) -> str:
     """Stream the answer to stdout (rank 0) as it is generated; -> the whole answer."""
     pieces = []
-    if generator.is_main:
+    speak = is_main_process()
+    if speak:
         print("Assistant: ", end="", flush=True)
     for event in stream_chat_completion(generator, [dialog], temperature, top_p, max_gen_len):
         pieces.append(event.text)
-        if generator.is_main:
+        if speak:
             print(event.text, end="", flush=True)
-    if generator.is_main:
+    if speak:
         print(flush=True)
     return "".join(pieces)
 
 
 def chat_loop(generator: Llama, conversation: Conversation, temperature: float, top_p: float, max_gen_len: int):
-    prompt = "User: " if sys.stdin.isatty() else ""
+    prompt = ""
+    if sys.stdin.isatty() and is_main_process():
+        prompt = "User: "
+        enable_line_editing()
     while True:
         line = read_turn(prompt)
         if line is None or line.strip() == "/exit":
@@ -116,6 +158,16 @@ def chat_loop(generator: Llama, conversation: Conversation, temperature: float, 
         conversation.answer(respond(generator, dialog, temperature, top_p, max_gen_len))
 
 
+CHAT_FLAGS = {
+    **FLAGS,
+    "system": Flag("a system prompt that opens the conversation; it stays when old turns are dropped", "TEXT"),
+    "max_seq_len": replace(FLAGS["max_seq_len"], default=f"{demo.MAX_SEQ_LEN} for the demo model, else 2048"),
+    "max_gen_len": replace(FLAGS["max_gen_len"], help="most tokens for each answer: the room kept free in max_seq_len",
+                           default="half of max_seq_len"),
+    "seed": Flag("random seed for sampling: the same seed and turns give the same answers", "N"),
+}
+
+
 def main(
     ckpt_dir: Optional[str] = None,
     tokenizer_path: Optional[str] = None,
@@ -131,22 +183,22 @@ def main(
     """max_seq_len defaults to 256 for the demo model (its training context), else 2048;
     max_gen_len (the room kept for each answer) to half of it."""
     using_demo = ckpt_dir is None and tokenizer_path is None
-    ckpt_dir, tokenizer_path = demo.resolve(ckpt_dir, tokenizer_path)
     if max_seq_len is None:
         max_seq_len = demo.MAX_SEQ_LEN if using_demo else 2048
     if max_gen_len is None:
         max_gen_len = max_seq_len // 2
     if isinstance(max_gen_len, bool) or not isinstance(max_gen_len, int) or not 0 < max_gen_len < max_seq_len:
         raise ConfigError(f"max_gen_len must be an integer in [1, max_seq_len={max_seq_len}), got {max_gen_len!r}")
-    generator = Llama.build(ckpt_dir, tokenizer_path, max_seq_len, 1, device=device, dtype=dtype, seed=seed)
+    generator = build_generator(ckpt_dir, tokenizer_path, temperature, top_p, max_gen_len, max_seq_len=max_seq_len,
+                                max_batch_size=1, device=device, dtype=dtype, seed=seed)
     conversation = Conversation(generator.tokenizer, max_seq_len, max_gen_len, None if system is None else str(system))
     logger.info("chat ready (%s); %s", "demo model" if using_demo else ckpt_dir, COMMANDS)
     try:
         chat_loop(generator, conversation, temperature, top_p, max_gen_len)
     except KeyboardInterrupt:
-        if generator.is_main:
+        if is_main_process():
             print(flush=True)
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, CHAT_FLAGS, prog="python -m llama.chat")

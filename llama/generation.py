@@ -13,15 +13,17 @@ import torch
 
 from . import checkpoint, demo, loading, memory
 from . import quantize as quant
-from .backend import Runtime, compile_options, eos_check_interval, init_distributed, loaded, select
+from .backend import Runtime, select
 from .chat_format import UNSAFE_ERROR, Dialog, Message, encode_dialog, is_unsafe
 from .decode import DecodeState, StaticDecode, collect, decode_steps, sample_top_p, start_decode
+from .distributed import barrier_then_tighten_timeouts, init_distributed, is_main_process
 from .errors import ConfigError
 from .model import ModelArgs, Transformer
 from .parallel import init_model_parallel, model_parallel_rank
 from .ranks import on_all_ranks
 from .tokenizer import Tokenizer
-from .validation import check_request, check_sampling, whole_number  # noqa: F401 - check_sampling: TEMPORARY re-export for cli
+from .tuning import compile_options, eos_check_interval
+from .validation import check_request, whole_number
 
 __all__ = ["Llama", "Dialog", "Message", "CompletionPrediction", "ChatPrediction", "sample_top_p"]
 
@@ -83,12 +85,12 @@ class Llama:
         memory.check_fits(args, mp_size, rt.device, rt.dtype)
         init_distributed(rt)
         init_model_parallel(mp_size)
-        if rt.is_main:
+        if is_main_process():
             logger.info("runtime: %s", _describe(rt, quantize))
         torch.manual_seed(seed)
         model = on_all_ranks(loading.load_model_or_explain, ckpt, args, mp_size, model_parallel_rank(), rt, quantize)
-        loaded(rt)
-        if rt.is_main:
+        barrier_then_tighten_timeouts(rt)
+        if is_main_process():
             print(f"Loaded in {time.time() - start_time:.2f} seconds")
         decode_step = StaticDecode(model, compile_options(rt.device)) if compile else None
         return Llama(model, tokenizer, decode_step, eos_check_interval(rt.device))
@@ -268,8 +270,3 @@ def _trained_context(args: ModelArgs, tokenizer: Tokenizer) -> int:
 
 def _describe(rt: Runtime, quantize: Optional[str]) -> str:
     return rt.describe() + (f" quantize={quantize}" if quantize else "")
-
-
-def is_main_process() -> bool:  # TEMPORARY until llama.distributed lands
-    import torch.distributed as dist
-    return not dist.is_initialized() or dist.get_rank() == 0

@@ -11,6 +11,7 @@ import torch
 from . import checkpoint, hf, memory
 from . import quantize as quant
 from .backend import Runtime
+from .distributed import is_main_process
 from .errors import CheckpointError, ConfigError
 from .model import ModelArgs, Transformer
 from .parallel import PLANS, parallelize, split_dim
@@ -71,7 +72,7 @@ def load_model(ckpt: Checkpoint, args: ModelArgs, world: int, rank: int, rt: Run
     checkpoint.check_state(state, expected, source)
     int8_layers = quant.int8_layer_names(model)
     placed = {}
-    keys = slow_progress(list(state), total=len(state), desc="Loading weights", unit="tensor", enabled=rt.is_main)
+    keys = slow_progress(list(state), total=len(state), desc="Loading weights", unit="tensor", enabled=is_main_process())
     for key in keys:
         # To the device in the stored dtype, then converted there: one tensor in flight at a time.
         tensor = state.pop(key).to(device=rt.device).to(dtype=rt.dtype)

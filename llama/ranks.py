@@ -1,9 +1,10 @@
-"""One rank's failure becomes every rank's, so that none waits forever and rank 0 can report it.
+"""One rank's failure becomes every rank's, so that none waits forever and it is reported once.
 
 Each model-parallel rank reads its own shards, so a truncated `consolidated.01.pth` fails on
 rank 1 only. Rank 1 prints nothing (rank 0 speaks for all), and rank 0 would go on to wait in a
 collective: the run would die with no message. `on_all_ranks` runs a step everywhere, then
-gathers every rank's outcome before anyone goes on.
+gathers every rank's outcome before anyone goes on. `peer_failure` recognises the other half:
+a collective that failed because a peer went away, which is only the echo of that peer's error.
 """
 from typing import Callable, List, Optional, TypeVar
 
@@ -58,3 +59,35 @@ def on_all_ranks(step: Callable[..., T], *args) -> T:
         others = f" (and {len(failed) - 1} more ranks failed)" if len(failed) > 1 else ""
         raise RankError(f"rank {rank}: {message}{others}")
     return result
+
+
+# How gloo and NCCL word a collective that failed because a peer process exited ...
+_PEER_EXITED = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote process exited",
+                "NCCL communicator was aborted")
+# ... or stopped answering (hung, or its machine vanished) for longer than the timeout.
+_PEER_SILENT = ("Timed out waiting", "timed out", "Socket Timeout")
+
+
+def peer_exited(exc: BaseException) -> bool:
+    """True if `exc` is a collective failing because another rank's process went away."""
+    return isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in _PEER_EXITED)
+
+
+def peer_failure(exc: BaseException) -> Optional[str]:
+    """If `exc` is a collective failing because another rank died or hung, say so in one line."""
+    text = str(exc).strip()
+    if not isinstance(exc, RuntimeError) or not any(m in text for m in _PEER_EXITED + _PEER_SILENT):
+        return None
+    detail = text.splitlines()[0]
+    if detail.startswith("[") and "] " in detail:  # drop gloo's "[/path/to/pair.cc:553] " prefix
+        detail = detail.split("] ", 1)[1]
+    detail = detail.split(". ")[0].rstrip(".")
+    if peer_exited(exc):
+        return (
+            f"lost contact with another rank ({detail}); the rank that failed prints its own error, "
+            "and torchrun's failure report names it (Root Cause)"
+        )
+    return (
+        f"another rank stopped answering ({detail}): it hung, or its machine or network went away; "
+        "if it is only slow, raise LLAMA_COLLECTIVE_TIMEOUT or LLAMA_LOAD_TIMEOUT (seconds)"
+    )

@@ -15,8 +15,9 @@ import torch
 
 from . import checkpoint
 from .cli import run
+from .errors import ConfigError, MissingFileError
+from .flags import Flag
 from .parallel import PLANS
-from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,12 @@ def reshard(src_dir, dst_dir, shards: int) -> List[Path]:
     if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
         raise ConfigError(f"--shards must be a positive integer, got {shards!r}; e.g. --shards 2")
     src_dir, dst_dir = Path(src_dir), Path(dst_dir)
+    if not src_dir.is_dir():
+        what = "is a file, not a directory" if src_dir.exists() else "not found"
+        raise MissingFileError(
+            f"SRC_DIR {str(src_dir)!r} {what}; name the checkpoint folder to reshard (params.json and "
+            "consolidated.*.pth, e.g. llama-2-13b/)"
+        )
     sources = checkpoint.find_shards(src_dir)
     params = checkpoint.read_params(src_dir)
     n_heads = params.get("n_heads", 32)
@@ -73,11 +80,18 @@ def reshard(src_dir, dst_dir, shards: int) -> List[Path]:
     return written
 
 
-def main(src_dir: str, dst_dir: str, shards: int):
-    """Reshard the checkpoint in SRC_DIR into DST_DIR with --shards N shards."""
+FLAGS = {
+    "src_dir": Flag("the checkpoint folder to read: params.json and consolidated.*.pth", "DIR"),
+    "dst_dir": Flag("an empty (or new) folder for the resharded checkpoint", "DIR"),
+    "shards": Flag("how many shards to write: the model-parallel size (torchrun --nproc_per_node) it is for", "N",
+                   example="2"),
+}
+
+
+def main(src_dir: str, dst_dir: str, *, shards: int):
     written = reshard(src_dir, dst_dir, shards)
     print(f"wrote {len(written)} shards and params.json to {dst_dir}")
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, FLAGS, prog="python -m llama.reshard")

@@ -11,10 +11,9 @@ import signal
 import sys
 import time
 
+from helpers import PROMPTS
 from llama import Llama
 from llama.cli import run
-
-PROMPTS = ["I believe the meaning of life is", "Simply put, the theory of relativity states that"]
 
 
 def generations(generator: Llama, max_gen_len: int = 6) -> dict:

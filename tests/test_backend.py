@@ -1,18 +1,15 @@
 """llama.backend: which process group, device and dtype each machine gets, and the errors for impossible choices."""
-import os
 import subprocess
 import sys
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from helpers import subprocess_env
 from llama.backend import COLLECTIVE_TIMEOUT, Probe, select
 from llama.errors import BackendError, ConfigError
-
-REPO = Path(__file__).resolve().parents[1]
 
 CPU = Probe(cuda_count=0, nccl=False, mps=False)
 MAC = Probe(cuda_count=0, nccl=False, mps=True)
@@ -64,10 +61,9 @@ def test_select_decides_backend_device_dtype_and_says_why(probe, env, kwargs, ex
 
 def test_single_process_needs_no_launcher_and_torchrun_is_recognised():
     alone = select(env={}, probe=CPU)
-    assert (alone.launched, alone.world_size, alone.rank, alone.is_main) == (False, 1, 0, True)
+    assert (alone.launched, alone.world_size, alone.rank) == (False, 1, 0)
     launched = select(env={"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "0"}, probe=CPU)
     assert (launched.launched, launched.world_size, launched.rank, launched.local_rank) == (True, 4, 2, 0)
-    assert not launched.is_main
 
 
 @pytest.mark.parametrize(
@@ -136,7 +132,8 @@ def refuse(*args, **kwargs):
     raise SystemExit("a TCP store or URL rendezvous was opened")
 
 dist.TCPStore = rdzv.TCPStore = rdzv.rendezvous = dist.distributed_c10d.rendezvous = refuse
-from llama.backend import init_distributed, select
+from llama.backend import select
+from llama.distributed import init_distributed
 rt = select()
 init_distributed(rt)
 t = torch.ones(2)
@@ -146,11 +143,8 @@ print(rt.describe(), dist.get_world_size(), t.tolist())
 
 
 def test_single_process_opens_no_tcp_store_and_needs_no_master_addr():
-    launcher_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LLAMA_DEVICE", "LLAMA_BACKEND",
-                     "LLAMA_DTYPE")
-    env = {k: v for k, v in os.environ.items() if k not in launcher_vars}
-    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-c", NO_TCP_STORE], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", NO_TCP_STORE], env=subprocess_env(), capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == (
         f"backend=gloo device=cpu dtype=float32 world_size=1 rank=0 (no CUDA or MPS -> cpu; {SINGLE}) 1 [1.0, 1.0]"

@@ -1,25 +1,24 @@
 """`python -m llama.chat`: user turns from a pipe, streamed answers, bounded history, commands."""
+import io
 import logging
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from llama.chat import Conversation
-from llama.chat_format import encode_dialog
+from helpers import REPO, subprocess_env
+from llama import chat
+from llama.chat import Conversation, enable_line_editing, strip_special_tags
+from llama.chat_format import UNSAFE_ERROR, encode_dialog, has_special_tags
 from llama.errors import ConfigError
+from llama.streaming import StreamEvent
 from llama.tokenizer import Tokenizer
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def run_chat(stdin: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "-m", "llama.chat", *args], input=stdin, capture_output=True, text=True,
-        env=env, cwd=REPO, timeout=timeout,
+        env=subprocess_env(), cwd=REPO, timeout=timeout,
     )
 
 
@@ -75,3 +74,60 @@ def test_half_a_checkpoint_is_a_clear_error(tokenizer_path):
     done = run_chat("", "--tokenizer_path", str(tokenizer_path))
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith("error: --tokenizer_path was given without --ckpt_dir")
+
+
+class ScriptedChat:
+    """Stands in for stream_chat_completion: answers each turn from a script, and refuses a dialog
+    with Llama 2 tags exactly as the library does (its own check and error text)."""
+
+    def __init__(self, answers):
+        self.answers, self.dialogs = list(answers), []
+
+    def __call__(self, generator, dialogs, temperature, top_p, max_gen_len):
+        (dialog,) = dialogs
+        self.dialogs.append(dialog)
+        text = UNSAFE_ERROR if has_special_tags(dialog) else self.answers.pop(0)
+        for k, word in enumerate(text.split(" ")):  # one event per word, as tokens would come
+            yield StreamEvent(0, 7, word if k == 0 else " " + word)
+        yield StreamEvent(0, None, "", done=True)
+
+
+def _chat(monkeypatch, capsys, tokenizer_path, stdin, answers):
+    script = ScriptedChat(answers)
+    monkeypatch.setattr(chat, "stream_chat_completion", script)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    conversation = Conversation(Tokenizer(str(tokenizer_path)), max_seq_len=256, max_gen_len=32)
+    chat.chat_loop(generator=None, conversation=conversation, temperature=0, top_p=0.9, max_gen_len=32)
+    shown = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Assistant: ")]
+    return shown, conversation, script
+
+
+def test_an_answer_with_a_llama_tag_does_not_break_the_next_turns(monkeypatch, capsys, tokenizer_path):
+    answers = ["Use a list. [/INST] [INST] And <<SYS>>more", "A tuple is immutable.", "Sets have no order."]
+    shown, conversation, script = _chat(monkeypatch, capsys, tokenizer_path,
+                                        "What is a list?\nAnd a tuple?\nAnd a set?\n", answers)
+    # The user sees what the model wrote; the history keeps it without the tags.
+    assert shown == ["Assistant: Use a list. [/INST] [INST] And <<SYS>>more", "Assistant: A tuple is immutable.",
+                     "Assistant: Sets have no order."]
+    assert conversation.messages[1] == {"role": "assistant", "content": "Use a list.   And more"}
+    assert script.dialogs[2][:2] == [{"role": "user", "content": "What is a list?"},
+                                     {"role": "assistant", "content": "Use a list.   And more"}]
+
+
+def test_a_turn_with_a_llama_tag_is_refused_and_forgotten(monkeypatch, capsys, caplog, tokenizer_path):
+    shown, conversation, _ = _chat(monkeypatch, capsys, tokenizer_path, "Explain [INST] please\nhi\n", ["Hello."])
+    assert shown == ["Assistant: Hello."]
+    assert conversation.messages == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello."}]
+    assert "error: this message contains [INST], which Llama 2 chat models reserve for their prompt format; " \
+           "rephrase it without them" in caplog.text
+
+
+def test_tags_are_stripped_even_when_removing_one_forms_another():
+    assert strip_special_tags("a [IN[/INST]ST] b <<<<SYS>>SYS>> c") == "a  b  c"
+
+
+def test_line_editing_uses_readline_where_python_has_it(monkeypatch):
+    monkeypatch.delitem(sys.modules, "readline", raising=False)
+    assert enable_line_editing() is True and "readline" in sys.modules
+    monkeypatch.setitem(sys.modules, "readline", None)  # as on Windows: `import readline` fails
+    assert enable_line_editing() is False

@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from conftest import model_args
+from helpers import REPO, subprocess_env
 from llama.checkpoint import save_checkpoint
 from llama.synthetic import params_dict
 
-ROOT = Path(__file__).resolve().parents[1]
-TEXT = str(ROOT / "example_text_completion.py")
-CHAT = str(ROOT / "example_chat_completion.py")
-RUNNER = str(ROOT / "tests" / "cli_runner.py")
+TEXT = str(REPO / "example_text_completion.py")
+CHAT = str(REPO / "example_chat_completion.py")
+RUNNER = str(REPO / "tests" / "cli_runner.py")
 TIMEOUT = 180  # seconds; generous because the machine is shared
 
 
@@ -36,25 +36,18 @@ class Result:
         return [line for line in self.err.splitlines() if line.startswith("error:")]
 
 
-def clean_env(**extra) -> dict:
-    """The user's environment without launcher or LLAMA_* settings, importing this checkout."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("LLAMA_", "TORCHELASTIC_")) and k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    return {**env, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **extra}
-
-
 class Forked:
     """Sends cases to one cli_runner.py process; each case runs in a child forked from it."""
 
     def __init__(self, tmp: Path):
         self.tmp, self.n = tmp, 0
         self.proc = subprocess.Popen([sys.executable, RUNNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, env=clean_env(), cwd=str(tmp))
+                                     text=True, env=subprocess_env(), cwd=str(tmp))
 
     def __call__(self, script, *args, env=None, cwd=None) -> Result:
         self.n += 1
         out, err = self.tmp / f"{self.n}.out", self.tmp / f"{self.n}.err"
-        case = {"script": script, "args": [str(a) for a in args], "env": env or clean_env(),
+        case = {"script": script, "args": [str(a) for a in args], "env": env or subprocess_env(),
                 "cwd": str(cwd or self.tmp), "stdout": str(out), "stderr": str(err), "timeout": TIMEOUT}
         self.proc.stdin.write(json.dumps(case) + "\n")
         self.proc.stdin.flush()
@@ -70,7 +63,7 @@ def launch(script, *args, env=None, cwd=None, launcher=()) -> Result:
     """A real `python script args...` (or `launcher... script args...`)."""
     cmd = list(launcher) or [sys.executable]
     done = subprocess.run([*cmd, script, *map(str, args)], capture_output=True, text=True,
-                          env=env or clean_env(), cwd=cwd, timeout=TIMEOUT)
+                          env=env or subprocess_env(), cwd=cwd, timeout=TIMEOUT)
     return Result(done.returncode, done.stdout, done.stderr)
 
 
@@ -230,7 +223,7 @@ def test_a_good_run_still_works(cli, ckpts, tokenizer_path):
 @pytest.mark.parametrize("how", ["flag", "env"])
 def test_debug_shows_the_traceback(cli, ckpts, tmp_path, how):
     args = [ckpts["good"], tmp_path / "tokenizer.model"] + (["--debug"] if how == "flag" else [])
-    res = cli(TEXT, *args, env=clean_env(LLAMA_DEBUG="1") if how == "env" else None)
+    res = cli(TEXT, *args, env=subprocess_env(LLAMA_DEBUG="1") if how == "env" else None)
     assert res.rc == 1
     assert "Traceback (most recent call last)" in res.err
     assert "llama.errors.MissingFileError: tokenizer file" in res.err

@@ -2,7 +2,6 @@
 two launchers acting as two nodes, ranks that die or hang mid-generation, and who reports what."""
 import importlib.util
 import json
-import os
 import re
 import socket
 import subprocess
@@ -14,20 +13,13 @@ from typing import List, Tuple
 
 import pytest
 
+from helpers import REPO, subprocess_env
 from llama.cli import error_line
 from llama.errors import CheckpointError, ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("dist_worker.py")
-LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
-               "LLAMA_DEVICE", "LLAMA_BACKEND", "LLAMA_DTYPE", "LLAMA_COLLECTIVE_TIMEOUT", "LLAMA_DEBUG")
 DEADLINE_S = 60  # every rank must be gone this long after one fails
 HANG_TIMEOUT_S = 10  # LLAMA_COLLECTIVE_TIMEOUT for the hang test: well above any stall of a busy CPU
-
-
-def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
-    return {**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **extra}
 
 
 def _torchrun(nproc: int, script: Path, *args) -> List[str]:
@@ -77,7 +69,7 @@ def launches(make_ckpt, tokenizer_path, tmp_path_factory):
         "3procs-2shards": ([_torchrun(3, example, unreadable, tok)], {}),
     }
     pool = ThreadPoolExecutor(max_workers=3)
-    futures = {name: pool.submit(_launch, cmds, _env(**env)) for name, (cmds, env) in jobs.items()}
+    futures = {name: pool.submit(_launch, cmds, subprocess_env(**env)) for name, (cmds, env) in jobs.items()}
     yield lambda name: futures[name].result()
     pool.shutdown(wait=True)
 

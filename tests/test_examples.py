@@ -1,18 +1,18 @@
 """Both example CLIs end to end, as a user runs them: plain `python`, no launcher, CPU."""
-import os
+import re
+import shutil
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SEPARATOR = "\n==================================\n"
+import pytest
+
+from helpers import REPO, subprocess_env
+from llama.frontend import SEPARATOR
 
 
 def run_example(script, *args):
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
-    env["PYTHONPATH"] = str(ROOT)
-    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=120, cwd=ROOT)
+    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], capture_output=True,
+                          text=True, env=subprocess_env(), timeout=120, cwd=REPO)
 
 
 def test_text_completion_example_prints_four_prompts_and_answers(make_ckpt, tokenizer_path):
@@ -25,6 +25,9 @@ def test_text_completion_example_prints_four_prompts_and_answers(make_ckpt, toke
     assert "I believe the meaning of life is\n> " in out
     assert "cheese =>\n> " in out
     assert "Traceback" not in proc.stderr
+    # One load figure (the reference's stdout line); stderr's summary times the generation only.
+    assert re.search(r"^generated \d+ tokens in \d+\.\d\d s \(\d+\.\d tokens/s\)$", proc.stderr, re.M), proc.stderr
+    assert "loaded in" not in proc.stderr.lower()
 
 
 def test_chat_completion_example_prints_dialogs_and_the_unsafe_error(make_ckpt, tokenizer_path):
@@ -45,3 +48,15 @@ def test_examples_accept_device_and_dtype_overrides(make_ckpt, tokenizer_path):
                        "--device", "cpu", "--dtype", "bfloat16")
     assert proc.returncode == 0, proc.stderr
     assert "dtype=bfloat16" in proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_make_demo_installs_the_package_without_the_test_extras(tmp_path):
+    def planned(target):  # what `make` would run on a fresh machine (-n: print, run nothing)
+        done = subprocess.run(["make", "-n", target, f"VENV={tmp_path / 'venv'}"], cwd=REPO, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return [line for line in done.stdout.splitlines() if "pip install" in line]
+
+    assert planned("demo") == [f"{tmp_path / 'venv'}/bin/python -m pip install -q -e ."]
+    assert planned("test") == [f"{tmp_path / 'venv'}/bin/python -m pip install -q -c constraints-test.txt -e '.[test]'"]

@@ -1,5 +1,4 @@
 """Resharding: a k-shard checkpoint loaded by n ranks, and the offline `python -m llama.reshard` tool."""
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -7,15 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import PROMPTS, subprocess_env
 from llama import Llama, checkpoint
 from llama.checkpoint import IGNORED_KEYS, check_parallelism, load_rank_state, split_state
 from llama.errors import ConfigError
+from llama.cli import run
 from llama.parallel import LLAMA2_PLAN
+from llama.reshard import FLAGS
 from llama.reshard import main as reshard_main
 from llama.reshard import reshard
-
-REPO = Path(__file__).resolve().parents[1]
-PROMPTS = ["I believe the meaning of life is", "Translate English to French: cheese =>"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -99,11 +98,15 @@ def _check_written(dst: Path, src: Path, full: dict, n: int) -> None:
 
 def test_reshard_cli_splits_one_shard_into_two(make_ckpt, full_state, tokenizer_path, tmp_path):
     src, dst = make_ckpt("mha", 1), tmp_path / "two"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "llama.reshard", str(src), str(dst), "--shards", "2"],
-                          env=env, capture_output=True, text=True, timeout=120)
+    # -X importtime lists every module the run imported, on stderr.
+    command = [sys.executable, "-X", "importtime", "-m", "llama.reshard", str(src), str(dst), "--shards", "2"]
+    done = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"wrote 2 shards and params.json to {dst}\n"
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "llama.checkpoint" in imported  # the listing works ...
+    generator = {"llama.generation", "llama.streaming", "llama.frontend"}  # ... and the offline tool needs none
+    assert not imported & generator, sorted(m for m in imported if m.startswith("llama"))
     _check_written(dst, src, full_state("mha"), 2)
     assert _greedy_and_sampled(dst, tokenizer_path) == _greedy_and_sampled(src, tokenizer_path)
 
@@ -120,11 +123,17 @@ def test_reshard_writes_the_split_rules_and_generates_the_same_tokens(
 
 def _cli(monkeypatch, capsys, *argv):
     monkeypatch.setattr(sys, "argv", ["reshard", *map(str, argv)])
-    from llama.cli import run
-
     with pytest.raises(SystemExit) as info:
-        run(reshard_main)
+        run(reshard_main, FLAGS)
     return info.value.code, capsys.readouterr()
+
+
+def test_a_missing_source_directory_is_named_as_the_tool_calls_it(tmp_path, monkeypatch, capsys):
+    code, out = _cli(monkeypatch, capsys, tmp_path / "llama-2-13b", tmp_path / "out", "--shards", 2)
+    assert (code, out.out) == (1, "")
+    assert out.err == (
+        f"error: SRC_DIR '{tmp_path / 'llama-2-13b'}' not found; name the checkpoint folder to reshard (params.json "
+        "and consolidated.*.pth, e.g. llama-2-13b/)\n")
 
 
 def test_reshard_refuses_impossible_counts_before_writing(make_ckpt, tmp_path, monkeypatch, capsys):

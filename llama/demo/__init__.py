@@ -5,11 +5,8 @@ made by scripts/train_demo.py; TRAINING.md records the run. `Llama.build_demo()`
 the example scripts and `python -m llama.chat` fall back to it when no checkpoint is named.
 """
 import logging
-import os
 from pathlib import Path
 from typing import Optional, Tuple
-
-import torch
 
 from ..errors import ConfigError
 
@@ -24,15 +21,11 @@ MAX_BATCH_SIZE = 4
 def resolve(ckpt_dir: Optional[str], tokenizer_path: Optional[str]) -> Tuple[str, str]:
     """The checkpoint the user named, or the demo when both are omitted (said in one log line).
 
-    For the demo, a command-line run also uses one CPU thread unless OMP_NUM_THREADS says
-    otherwise: its matrices are too small to gain from a second thread, and where the cores are
-    busy with other work a second OpenMP thread makes every matmul wait for a descheduled peer
-    (decode steps measured 5.7 ms with one thread, 420 ms with two, on a shared 2-core machine).
+    No side effects beyond that line: the command-line front ends choose the demo's thread
+    count (llama.frontend.use_one_thread_for_the_demo).
     """
     if ckpt_dir is None and tokenizer_path is None:
         logger.info("no --ckpt_dir/--tokenizer_path given: using the bundled demo model in %s", CKPT_DIR)
-        if "OMP_NUM_THREADS" not in os.environ:
-            torch.set_num_threads(1)
         return str(CKPT_DIR), str(TOKENIZER_PATH)
     if ckpt_dir is None or tokenizer_path is None:
         given, missing = ("--ckpt_dir", "--tokenizer_path") if tokenizer_path is None else ("--tokenizer_path", "--ckpt_dir")

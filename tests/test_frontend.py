@@ -1,0 +1,82 @@
+"""llama.frontend: what the example scripts and the chat do around generation (threads, the
+--compile notice, the summary line), and llama.distributed's rule for who speaks."""
+import logging
+
+import pytest
+import torch
+
+from llama import demo, distributed
+from llama.envvars import env_int
+from llama.errors import ConfigError
+from llama.frontend import build_generator, log_summary, use_one_thread_for_the_demo
+
+
+@pytest.fixture
+def thread_counts_set(monkeypatch):
+    """Every torch.set_num_threads(n) call, recorded instead of made."""
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    return calls
+
+
+def test_resolving_the_demo_leaves_the_thread_count_alone(thread_counts_set, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert demo.resolve(None, None) == (str(demo.CKPT_DIR), str(demo.TOKENIZER_PATH))
+    assert thread_counts_set == []
+
+
+def test_the_front_end_runs_the_demo_on_one_thread_and_says_so(thread_counts_set, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="llama.frontend")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    use_one_thread_for_the_demo()  # the user's choice wins
+    assert (thread_counts_set, caplog.messages) == ([], [])
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    use_one_thread_for_the_demo()
+    assert thread_counts_set == [1]
+    assert caplog.messages == ["the demo model runs on 1 CPU thread (set OMP_NUM_THREADS to choose another count)"]
+
+
+def test_compile_on_the_cpu_is_said_once_and_the_summary_says_what_it_timed(make_ckpt, tokenizer_path, caplog):
+    caplog.set_level(logging.INFO, logger="llama.frontend")
+    build_generator(str(make_ckpt("mha")), str(tokenizer_path), 0.6, 0.9, 4, max_seq_len=32, max_batch_size=1,
+                    device="cpu", compile=True)
+    assert caplog.messages == [
+        "--compile on the CPU: the first generation compiles the decode step, which makes it slower, and the "
+        "compiled step is no faster on CPUs than the eager one (see BENCHMARKS.md); it pays off on CUDA"]
+    caplog.clear()
+    log_summary(12, 1.5, compiled=True)
+    log_summary(12, 1.5)
+    assert caplog.messages == [
+        "generated 12 tokens in 1.50 s (8.0 tokens/s, including the decode step's compilation)",
+        "generated 12 tokens in 1.50 s (8.0 tokens/s)"]
+
+
+def test_sampling_flags_are_checked_before_anything_loads(tmp_path):
+    with pytest.raises(ConfigError, match=r"^top_p must be a number in \(0, 1\], got 2"):
+        build_generator(str(tmp_path / "missing"), str(tmp_path / "missing.model"), 0.6, 2, 4, max_seq_len=32,
+                        max_batch_size=1)
+
+
+@pytest.mark.parametrize("env, expected", [({}, True), ({"RANK": "0"}, True), ({"RANK": "1"}, False),
+                                           ({"RANK": "x"}, True)])
+def test_before_a_process_group_exists_rank_comes_from_the_launcher(monkeypatch, env, expected):
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.delenv("RANK", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert distributed.is_main_process() is expected
+
+
+def test_once_a_group_exists_its_global_rank_decides(monkeypatch):
+    monkeypatch.setenv("RANK", "0")  # a stale launcher variable must not win over the group
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: 2)
+    assert distributed.is_main_process() is False
+
+
+def test_integer_environment_variables_strict_or_lenient():
+    assert env_int("WORLD_SIZE", 1, {"WORLD_SIZE": "4"}) == 4
+    assert env_int("WORLD_SIZE", 1, {"WORLD_SIZE": ""}) == 1
+    assert env_int("WORLD_SIZE", 1, {"WORLD_SIZE": "four"}, strict=False) == 1
+    with pytest.raises(ConfigError, match=r"^environment variable WORLD_SIZE='four' is not an integer$"):
+        env_int("WORLD_SIZE", 1, {"WORLD_SIZE": "four"})
