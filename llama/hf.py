@@ -354,10 +354,9 @@ def _read_slice(files: TensorFiles, name: str, key: str, shape, params: dict, di
             heads //= world
         part = shape[dim] // world
         index[dim] = slice(rank * part, (rank + 1) * part)
-    tensor = files.read(name, tuple(index))
-    if heads:
-        # Reorder in place: the view lies in a private (copy-on-write) mapping, so the file is
-        # never touched and the rows cost their own size once, not a mapped copy plus a new one
-        # (which would put a Llama 2 load ~16% over the checkpoint size).
-        tensor.copy_(rows_to_meta(tensor, heads))
+    if heads:  # q/k: rearranged into Meta's row order, in memory of their own
+        rows = index[0] if isinstance(index[0], slice) and index[0] != slice(None) else slice(0, shape[0])
+        tensor = rows_to_meta(files.read_rows(name, rows.start, rows.stop), heads)
+    else:
+        tensor = files.read(name, tuple(index))
     return tensor.contiguous()

@@ -2,7 +2,7 @@
 build the model on the meta device, apply the parallel plan, and assign this rank's weights
 (memory-mapped where possible)."""
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Dict, List
 
@@ -18,7 +18,7 @@ from .parallel import PLANS, parallelize, split_dim
 from .progress import slow_progress
 
 
-@dataclass(frozen=True)
+@dataclass
 class Checkpoint:
     """A checkpoint directory as the loader sees it: its params.json values (Meta's names, also for a
     Hugging Face directory), its files and its family."""
@@ -26,7 +26,11 @@ class Checkpoint:
     path: Path
     params: dict
     shards: List[Path]  # Meta's consolidated.*.pth; empty for a Hugging Face directory
-    family: str  # "llama2" or "llama3": which parallel plan its shards follow
+
+    @cached_property
+    def family(self) -> str:
+        """"llama2" or "llama3": which parallel plan its shards follow (may peek into the first shard)."""
+        return checkpoint.family(self.shards, self.params)
 
     @property
     def n_shards(self) -> int:
@@ -44,10 +48,10 @@ def open_checkpoint(ckpt_dir) -> Checkpoint:
     """Find the weights and read params.json (or config.json), checking both before any weight is read."""
     if isinstance(ckpt_dir, (str, Path)) and hf.is_hf_dir(ckpt_dir):
         params = hf.read_params(ckpt_dir)
-        return Checkpoint(Path(ckpt_dir), params, [], checkpoint.family([], params))
+        return Checkpoint(Path(ckpt_dir), params, [])
     shards = checkpoint.find_shards(ckpt_dir)
     params = checkpoint.read_params(ckpt_dir)
-    return Checkpoint(Path(ckpt_dir), params, shards, checkpoint.family(shards, params))
+    return Checkpoint(Path(ckpt_dir), params, shards)
 
 
 def empty_model(args: ModelArgs, family: str, world: int, rank: int, quantize=None) -> Transformer:

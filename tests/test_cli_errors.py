@@ -120,7 +120,7 @@ def ckpts(tmp_path_factory, full_state):
 
 def test_missing_ckpt_dir(cli, tokenizer_path, tmp_path):
     assert_one_error(cli(TEXT, tmp_path / "llama-2-7b", tokenizer_path),
-                     f"checkpoint directory '{tmp_path / 'llama-2-7b'}' not found", "--ckpt_dir")
+                     f"checkpoint directory '{tmp_path / 'llama-2-7b'}' not found", "name a folder with params.json and consolidated.*.pth")
 
 
 def test_ckpt_dir_without_pth(cli, ckpts, tokenizer_path):

@@ -221,6 +221,7 @@ def test_peak_memory_while_loading_stays_within_115_percent_of_the_checkpoint(tm
         text=True, check=True, cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "", "OMP_NUM_THREADS": "1"},
     ).stdout
     growth = int(next(line for line in out.splitlines() if line.startswith("GROWTH")).split()[1])
+    print(f"peak load growth {growth / size:.3f}x the checkpoint")
     assert growth <= 1.15 * size, f"{growth / size:.3f}x the checkpoint"
 
 
