@@ -20,16 +20,17 @@ from .streaming import StreamEvent, in_prompt_order, stream_chat_completion, str
 logger = logging.getLogger(__name__)
 
 SEPARATOR = "\n==================================\n"
-BOTH_OR_NEITHER = ("pass both (a Meta checkpoint folder and its tokenizer.model), or neither to run the bundled "
-                   "demo model")
+NEEDS_CKPT = ("pass the checkpoint folder too (Meta's or a Hugging Face one), or neither to run the bundled "
+              "demo model")
 
 # --help's line for each flag the generator commands take (llama.chat adds its own).
 FLAGS = {
-    "ckpt_dir": Flag("Meta checkpoint folder: params.json and consolidated.*.pth", "DIR", example="llama-2-7b/",
-                     default="the bundled demo model", needs=("tokenizer_path", BOTH_OR_NEITHER)),
-    "tokenizer_path": Flag("the checkpoint's tokenizer.model", "FILE", example="tokenizer.model",
-                           default="the bundled demo model's",
-                           needs=("ckpt_dir", BOTH_OR_NEITHER)),
+    "ckpt_dir": Flag("checkpoint folder: Meta's (params.json, consolidated.*.pth) or Hugging Face's (config.json, "
+                     "*.safetensors)", "DIR", example="llama-2-7b/", default="the bundled demo model"),
+    "tokenizer_path": Flag("the checkpoint's tokenizer.model (SentencePiece or Llama 3 tiktoken)", "FILE",
+                           example="tokenizer.model",
+                           default="tokenizer.model in DIR, else DIR/original/tokenizer.model",
+                           needs=("ckpt_dir", NEEDS_CKPT)),
     "temperature": Flag("sampling temperature; 0 always picks the most likely token (greedy)", "T"),
     "top_p": Flag("sample only from the most likely tokens whose probabilities add up to P, in (0, 1]", "P"),
     "max_seq_len": Flag("longest prompt plus answer, in tokens; sets the size of the KV cache", "N"),

@@ -194,9 +194,11 @@ def test_unknown_flag_is_refused_before_anything_runs(cli, ckpts, tokenizer_path
     assert res.out == ""
 
 
-def test_a_checkpoint_without_its_tokenizer(cli, ckpts):
-    # Neither runs the bundled demo; one without the other is a mistake.
-    assert_one_error(cli(CHAT, "--ckpt_dir", ckpts["good"]), "--ckpt_dir was given without --tokenizer_path")
+def test_a_checkpoint_without_its_tokenizer_names_the_places_looked(cli, ckpts):
+    # Without --tokenizer_path the tokenizer.model beside the weights is used; here there is none.
+    good = ckpts["good"]
+    assert_one_error(cli(CHAT, "--ckpt_dir", good), "no tokenizer given and none found with the weights (looked for "
+                     f"{good}/tokenizer.model, {good}/original/tokenizer.model)", "--tokenizer_path")
 
 
 def test_surplus_positional_arguments(cli, ckpts, tokenizer_path):

@@ -3,6 +3,7 @@ two launchers acting as two nodes, ranks that die or hang mid-generation, and wh
 import importlib.util
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from typing import List, Tuple
 import pytest
 
 from helpers import REPO, subprocess_env
+from llama3_tokenizer import llama3_tokenizer_path
 from llama.cli import error_line
 from llama.errors import CheckpointError, ConfigError
 
@@ -61,6 +63,8 @@ def launches(make_ckpt, tokenizer_path, tmp_path_factory):
         "1proc-4shards-sampled": ([_torchrun(1, example, make_ckpt("mha", 4), tok, "--max_gen_len", 4)], {}),
         "2procs-gqa-greedy": (
             [_torchrun(2, example, make_ckpt("gqa", 2), tok, "--max_gen_len", 4, "--temperature", 0)], {}),
+        "2procs-llama3-vocab-split-sampled": (  # the tokenizer.model is found in the checkpoint folder
+            [_torchrun(2, example, llama3_ckpt(make_ckpt("llama3.1", 2)), "--max_gen_len", 4)], {}),
         "4procs-2shards-sampled": ([_torchrun(4, example, make_ckpt("mha", 2), tok, "--max_gen_len", 4)], {}),
         "kill": ([_torchrun(2, WORKER, make_ckpt("mha", 4), tok, "--fail_rank", 1, "--fail_how", "kill")], {}),
         "hang": ([_torchrun(2, WORKER, make_ckpt("mha", 1), tok, "--fail_rank", 1, "--fail_how", "hang")],
@@ -97,17 +101,25 @@ def _without_timing(stdout: str) -> str:
     return "\n".join(line for line in stdout.splitlines() if not line.startswith("Loaded in "))
 
 
+def llama3_ckpt(ckpt: Path) -> Path:
+    """A Llama 3 checkpoint folder as Meta ships it: its tokenizer.model inside."""
+    if not (ckpt / "tokenizer.model").exists():
+        shutil.copy(llama3_tokenizer_path(), ckpt / "tokenizer.model")
+    return ckpt
+
+
 @pytest.mark.parametrize(
     "name, nproc, config, temperature",
     [("1proc-4shards-sampled", 1, "mha", 0.6), ("2procs-gqa-greedy", 2, "gqa", 0),
-     ("4procs-2shards-sampled", 4, "mha", 0.6)],
+     ("4procs-2shards-sampled", 4, "mha", 0.6), ("2procs-llama3-vocab-split-sampled", 2, "llama3.1", 0.6)],
 )
 def test_torchrun_example_prints_the_single_process_text(
     launches, example, make_ckpt, tokenizer_path, capsys, name, nproc, config, temperature
 ):
     (run,), _ = launches(name)
     assert run.returncode == 0, run.stderr
-    example.main(str(make_ckpt(config, 1)), str(tokenizer_path), temperature=temperature, max_gen_len=4)
+    tok = llama3_tokenizer_path() if config.startswith("llama3") else tokenizer_path
+    example.main(str(make_ckpt(config, 1)), str(tok), temperature=temperature, max_gen_len=4)
     single = capsys.readouterr().out
     assert "> " in single
     assert _without_timing(run.stdout) == _without_timing(single)  # rank 0 alone prints, the same text

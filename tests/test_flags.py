@@ -66,13 +66,11 @@ def test_a_switch_with_any_other_value_is_refused_naming_flag_and_value():
     assert "got 'llama-2-7b/'" in refused("--stream", "llama-2-7b/", "tokenizer.model")
 
 
-def test_a_lone_positional_argument_is_named_as_typed():
-    assert refused("llama-2-7b/") == (
-        "'llama-2-7b/' was read as CKPT_DIR (the first positional argument), but no TOKENIZER_PATH was given; "
-        "pass both (a Meta checkpoint folder and its tokenizer.model), or neither to run the bundled demo model")
+def test_a_tokenizer_without_a_checkpoint_is_named_as_typed():
+    # A checkpoint alone is fine (its tokenizer.model is looked for beside it); a tokenizer alone is not.
     assert refused("--tokenizer_path", "tok.model") == (
-        "--tokenizer_path was given without --ckpt_dir; pass both (a Meta checkpoint folder and its "
-        "tokenizer.model), or neither to run the bundled demo model")
+        "--tokenizer_path was given without --ckpt_dir; pass the checkpoint folder too (Meta's or a Hugging "
+        "Face one), or neither to run the bundled demo model")
 
 
 def test_one_letter_flags_are_refused_with_the_flags_they_could_mean():

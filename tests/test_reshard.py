@@ -11,7 +11,8 @@ from llama import Llama, checkpoint
 from llama.checkpoint import IGNORED_KEYS, check_parallelism, load_rank_state, split_state
 from llama.errors import ConfigError
 from llama.cli import run
-from llama.parallel import LLAMA2_PLAN
+from llama.parallel import LLAMA2_PLAN, LLAMA3_PLAN
+from llama3_tokenizer import llama3_tokenizer_path
 from llama.reshard import FLAGS
 from llama.reshard import main as reshard_main
 from llama.reshard import reshard
@@ -83,11 +84,11 @@ def _generate(ckpt_dir, tokenizer_path):
     return llama.generate(prompts, 6, temperature=0)[0], llama.generate(prompts, 6)[0]
 
 
-def _check_written(dst: Path, src: Path, full: dict, n: int) -> None:
+def _check_written(dst: Path, src: Path, full: dict, n: int, plan=LLAMA2_PLAN) -> None:
     assert sorted(p.name for p in dst.iterdir()) == [f"consolidated.{i:02d}.pth" for i in range(n)] + ["params.json"]
     assert (dst / "params.json").read_bytes() == (src / "params.json").read_bytes()
     source_keys = list(torch.load(src / "consolidated.00.pth", weights_only=True))
-    for i, want in enumerate(split_state(full, n, LLAMA2_PLAN)):
+    for i, want in enumerate(split_state(full, n, plan)):
         shard = torch.load(dst / f"consolidated.{i:02d}.pth", weights_only=True)
         assert list(shard) == source_keys  # Meta's key names and order, rope.freqs included
         for key, tensor in want.items():
@@ -119,6 +120,17 @@ def test_reshard_writes_the_split_rules_and_generates_the_same_tokens(
     assert reshard(src, dst, n) == [dst / f"consolidated.{i:02d}.pth" for i in range(n)]
     _check_written(dst, src, full_state(config), n)
     assert _greedy_and_sampled(dst, tokenizer_path) == _greedy_and_sampled(make_ckpt(config, 1), tokenizer_path)
+
+
+@pytest.mark.parametrize("k, n", [(1, 2), (2, 1)])
+def test_reshard_keeps_llama3s_vocabulary_split(make_ckpt, full_state, tmp_path, k, n):
+    src, dst = make_ckpt("llama3.1", k), tmp_path / f"{n}-shards"
+    reshard(src, dst, n)
+    _check_written(dst, src, full_state("llama3.1"), n, LLAMA3_PLAN)
+    emb = torch.load(dst / "consolidated.00.pth", weights_only=True)["tok_embeddings.weight"]
+    assert tuple(emb.shape) == (128256 // n, 64)  # rows split, as Meta's Llama 3 shards are
+    tok = llama3_tokenizer_path()
+    assert _greedy_and_sampled(dst, tok) == _greedy_and_sampled(make_ckpt("llama3.1", 1), tok)
 
 
 def _cli(monkeypatch, capsys, *argv):

@@ -18,8 +18,11 @@ MAX_SEQ_LEN = 256  # the context it was trained on; longer contexts work but deg
 MAX_BATCH_SIZE = 4
 
 
-def resolve(ckpt_dir: Optional[str], tokenizer_path: Optional[str]) -> Tuple[str, str]:
+def resolve(ckpt_dir: Optional[str], tokenizer_path: Optional[str]) -> Tuple[str, Optional[str]]:
     """The checkpoint the user named, or the demo when both are omitted (said in one log line).
+
+    A checkpoint without tokenizer_path is fine: Llama.build looks for the tokenizer.model that
+    sits with the weights. A tokenizer without a checkpoint is not.
 
     No side effects beyond that line: the command-line front ends choose the demo's thread
     count (llama.frontend.use_one_thread_for_the_demo).
@@ -27,10 +30,9 @@ def resolve(ckpt_dir: Optional[str], tokenizer_path: Optional[str]) -> Tuple[str
     if ckpt_dir is None and tokenizer_path is None:
         logger.info("no --ckpt_dir/--tokenizer_path given: using the bundled demo model in %s", CKPT_DIR)
         return str(CKPT_DIR), str(TOKENIZER_PATH)
-    if ckpt_dir is None or tokenizer_path is None:
-        given, missing = ("--ckpt_dir", "--tokenizer_path") if tokenizer_path is None else ("--tokenizer_path", "--ckpt_dir")
+    if ckpt_dir is None:
         raise ConfigError(
-            f"{given} was given without {missing}; pass both (a Meta checkpoint folder and its tokenizer.model), "
-            "or neither to run the bundled demo model"
+            "--tokenizer_path was given without --ckpt_dir; pass the checkpoint folder too (Meta's or a Hugging "
+            "Face one), or neither to run the bundled demo model"
         )
     return ckpt_dir, tokenizer_path
