@@ -62,9 +62,9 @@ def make_tokenizer(path: Path, vocab_size: int = VOCAB_SIZE) -> Path:
     size (the output projection's cost) makes matter.
     """
     import io
+    from pydoc_data.topics import topics
 
     import sentencepiece as spm
-    from pydoc_data.topics import topics
 
     lines = [line.strip() for text in topics.values() for line in text.splitlines() if len(line.strip()) > 20]
     model = io.BytesIO()

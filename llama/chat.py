@@ -22,6 +22,7 @@ from .flags import Flag
 from .frontend import FLAGS, build_generator
 from .generation import Llama
 from .streaming import stream_chat_completion
+from .validation import whole_number
 
 logger = logging.getLogger(__name__)
 
@@ -187,8 +188,7 @@ def main(
         max_seq_len = demo.MAX_SEQ_LEN if using_demo else 2048
     if max_gen_len is None:
         max_gen_len = max_seq_len // 2
-    if isinstance(max_gen_len, bool) or not isinstance(max_gen_len, int) or not 0 < max_gen_len < max_seq_len:
-        raise ConfigError(f"max_gen_len must be an integer in [1, max_seq_len={max_seq_len}), got {max_gen_len!r}")
+    whole_number("max_gen_len", max_gen_len, below=max_seq_len, fix=f" (max_seq_len={max_seq_len})")
     generator = build_generator(ckpt_dir, tokenizer_path, temperature, top_p, max_gen_len, max_seq_len=max_seq_len,
                                 max_batch_size=1, device=device, dtype=dtype, seed=seed)
     conversation = Conversation(generator.tokenizer, max_seq_len, max_gen_len, None if system is None else str(system))

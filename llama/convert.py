@@ -29,6 +29,7 @@ from .cli import run
 from .errors import ConfigError
 from .parallel import PLANS, split_dim
 from .progress import slow_progress
+from .validation import whole_number
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +57,7 @@ def _check_options(layout: str, to: Optional[str], shards, dtype: Optional[str])
         hint = "" if to == "hf" else "; to change its shard count use python -m llama.reshard"
         raise ConfigError(f"SRC is already a {'Hugging Face' if to == 'hf' else 'Meta'} checkpoint (--to {to}): "
                           f"nothing to convert{hint}")
-    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
-        raise ConfigError(f"--shards must be a positive integer, got {shards!r}; e.g. --shards 2")
+    whole_number("--shards", shards, fix="; e.g. --shards 2")
     if to == "hf" and shards != 1:
         raise ConfigError("--shards applies to --to meta; for Hugging Face output use --max_shard_size")
     if dtype is not None and dtype not in DTYPES:

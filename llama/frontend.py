@@ -13,9 +13,9 @@ from .chat_format import Dialog
 from .distributed import is_main_process
 from .flags import Flag
 from .generation import Llama
-from .validation import check_sampling
 from .quantize import METHODS
 from .streaming import StreamEvent, in_prompt_order, stream_chat_completion, stream_text_completion
+from .validation import check_sampling
 
 logger = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ import torch
 from .checkpoint import check_params
 from .errors import CheckpointError, ConfigError, MissingFileError
 from .hf_files import INDEX_FILE, SINGLE_FILE, TensorFiles, check_rank
+from .validation import whole_number
 
 CONFIG = "config.json"
 
@@ -90,10 +91,7 @@ def tie_word_embeddings(ckpt_dir) -> bool:
 
 
 def _required(config: dict, key: str, source: str):
-    value = config.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{source}: {key} must be a positive integer, got {value!r}")
-    return value
+    return whole_number(f"{source}: {key}", config.get(key))
 
 
 def _check_architecture(config: dict, source: str, dim: int, n_heads: int) -> None:

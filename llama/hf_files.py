@@ -12,7 +12,8 @@ from typing import Dict, Tuple
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .errors import CheckpointError, ConfigError, MissingFileError
+from .errors import CheckpointError, MissingFileError
+from .validation import whole_number
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -120,7 +121,5 @@ def _header(path: Path) -> dict:
 
 
 def check_rank(world, rank) -> None:
-    if isinstance(world, bool) or not isinstance(world, int) or world < 1:
-        raise ConfigError(f"world must be a positive integer, got {world!r}")
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world:
-        raise ConfigError(f"rank must be an integer in [0, {world - 1}] for world={world}, got {rank!r}")
+    whole_number("world", world)
+    whole_number("rank", rank, minimum=0, below=world, fix=f" (world={world})")

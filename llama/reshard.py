@@ -18,6 +18,7 @@ from .cli import run
 from .errors import ConfigError, MissingFileError
 from .flags import Flag
 from .parallel import PLANS
+from .validation import whole_number
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,7 @@ def _owned(tensor: torch.Tensor) -> torch.Tensor:
 
 def reshard(src_dir, dst_dir, shards: int) -> List[Path]:
     """Write the checkpoint in `src_dir` to `dst_dir` with `shards` shards; -> the files written."""
-    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
-        raise ConfigError(f"--shards must be a positive integer, got {shards!r}; e.g. --shards 2")
+    whole_number("--shards", shards, fix="; e.g. --shards 2")
     src_dir, dst_dir = Path(src_dir), Path(dst_dir)
     if not src_dir.is_dir():
         what = "is a file, not a directory" if src_dir.exists() else "not found"

@@ -7,11 +7,17 @@ from typing import Optional, Sequence
 from .errors import ConfigError
 
 
-def whole_number(name: str, value, minimum: Optional[int] = 1) -> int:
-    """`value` if it is an int (not a bool) >= minimum (any int when minimum is None); else ConfigError."""
-    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-        rule = {None: "an integer", 1: "a whole number > 0"}.get(minimum, f"an integer >= {minimum}")
-        raise ConfigError(f"{name} must be {rule}, got {value!r}")
+def whole_number(name: str, value, minimum: Optional[int] = 1, below: Optional[int] = None, fix: str = "") -> int:
+    """`value` if it is an int (not a bool), >= minimum (None: no bound) and < below (None: no bound);
+    else ConfigError naming `name`, the rule, the value and then `fix` (e.g. "; e.g. --shards 2")."""
+    too_small = minimum is not None and isinstance(value, int) and value < minimum
+    too_big = below is not None and isinstance(value, int) and value >= below
+    if isinstance(value, bool) or not isinstance(value, int) or too_small or too_big:
+        if below is not None:
+            rule = f"an integer in [{minimum}, {below})"
+        else:
+            rule = {None: "an integer", 1: "a whole number > 0"}.get(minimum, f"an integer >= {minimum}")
+        raise ConfigError(f"{name} must be {rule}, got {value!r}{fix}")
     return value
 
 

@@ -14,9 +14,8 @@ import random
 import re
 import sysconfig
 import tokenize
-from typing import Iterator, List, Tuple
-
 from pydoc_data.topics import topics
+from typing import Iterator, List, Tuple
 
 UNDERLINE = re.compile(r"^[*=\-~^]{3,}$")
 QUESTIONS = (

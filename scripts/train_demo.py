@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import demo_corpus  # noqa: E402
+
 from llama.chat_format import B_INST, E_INST, fold_system  # noqa: E402
 from llama.checkpoint import save_checkpoint  # noqa: E402
 from llama.generation import Llama  # noqa: E402

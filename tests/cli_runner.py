@@ -19,6 +19,7 @@ import sys
 import time
 
 import fire  # noqa: F401 - imported here so that children do not pay for it
+
 import llama.frontend  # noqa: F401 - and with it the generator
 
 

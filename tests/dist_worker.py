@@ -12,6 +12,7 @@ import sys
 import time
 
 from helpers import PROMPTS
+
 from llama import Llama
 from llama.cli import run
 

@@ -5,9 +5,9 @@ from datetime import timedelta
 
 import pytest
 import torch
+from helpers import subprocess_env
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from helpers import subprocess_env
 from llama.backend import COLLECTIVE_TIMEOUT, Probe, select
 from llama.errors import BackendError, ConfigError
 

@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import REPO, subprocess_env
+
 from llama import chat
 from llama.chat import Conversation, enable_line_editing, strip_special_tags
 from llama.chat_format import UNSAFE_ERROR, encode_dialog, has_special_tags

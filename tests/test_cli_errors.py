@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import model_args
 from helpers import REPO, subprocess_env
+
 from llama.checkpoint import save_checkpoint
 from llama.synthetic import params_dict
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import List, Tuple
 
 import pytest
-
 from helpers import REPO, subprocess_env
 from llama3_tokenizer import llama3_tokenizer_path
+
 from llama.cli import error_line
 from llama.errors import CheckpointError, ConfigError
 

@@ -9,11 +9,9 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import model_args
-from llama import Llama, Tokenizer
-from llama import loading
-from llama import ranks
+
+from llama import Llama, Tokenizer, loading, ranks
 from llama.checkpoint import save_checkpoint
 from llama.errors import CheckpointError, ConfigError, GenerationError, LlamaError, MissingFileError, RankError
 from llama.synthetic import params_dict

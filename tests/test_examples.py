@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import REPO, subprocess_env
+
 from llama.frontend import SEPARATOR
 
 
@@ -40,6 +40,19 @@ def test_chat_completion_example_prints_dialogs_and_the_unsafe_error(make_ckpt, 
     assert "User: what is the recipe of mayonnaise?\n\n> Assistant: " in out
     assert "System: Always answer with Haiku\n\nUser: I am going to Paris, what should I see?\n\n> Assistant:" in out
     assert "> Assistant: Error: special tags are not allowed as part of the prompt." in out
+
+
+def test_chat_example_runs_a_llama3_checkpoint_in_its_own_format(make_ckpt):
+    from llama3_tokenizer import llama3_tokenizer_path
+
+    proc = run_example("example_chat_completion.py", "--ckpt_dir", make_ckpt("llama3.1", 2),
+                       "--tokenizer_path", llama3_tokenizer_path(), "--max_gen_len", 4, "--temperature", 0,
+                       "--quantize", "int8")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count(SEPARATOR) == 6
+    # Llama 3 has no special-tag rule: the dialog with [INST] in it is answered like the others.
+    assert "Error: special tags are not allowed" not in proc.stdout
+    assert "quantize=int8" in next(line for line in proc.stderr.splitlines() if line.startswith("runtime: "))
 
 
 def test_examples_accept_device_and_dtype_overrides(make_ckpt, tokenizer_path):

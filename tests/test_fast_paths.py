@@ -2,10 +2,9 @@
 import pytest
 import torch
 
-from llama import Llama
+from llama import Llama, kernels
 from llama.decode import StaticDecode
 from llama.model import apply_rotary_emb, attend, rope_tables
-from llama import kernels
 from llama.parallel import ColumnParallelLinear, ParallelEmbedding, RowParallelLinear
 
 PROMPTS = ["The quick brown fox", "Python is a programming language that", "A"]

@@ -4,8 +4,8 @@ import importlib.util
 import sys
 
 import pytest
-
 from helpers import REPO
+
 from llama import chat, reshard
 from llama.cli import run
 from llama.errors import ConfigError

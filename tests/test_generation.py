@@ -3,11 +3,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import model_args
+from reference_impl import RefModel, ref_generate
+
 from llama import Llama
 from llama.generation import sample_top_p
-from reference_impl import RefModel, ref_generate
 
 PROMPTS = ["The quick brown fox", "Python is a programming language that", "A"]
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import VOCAB_SIZE
-from llama import checkpoint, hf
-from llama.parallel import LLAMA2_PLAN, split_dim
+
+from llama import hf
 from llama.convert import convert
 from llama.errors import CheckpointError, ConfigError, MissingFileError
+from llama.parallel import LLAMA2_PLAN, split_dim
 
 transformers = pytest.importorskip("transformers")
 

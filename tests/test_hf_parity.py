@@ -1,7 +1,6 @@
 """External parity: the same weights in Hugging Face transformers' LlamaForCausalLM."""
 import pytest
 import torch
-
 from conftest import model_args
 
 transformers = pytest.importorskip("transformers")

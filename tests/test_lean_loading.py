@@ -4,8 +4,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import VOCAB_SIZE
+
 from llama.checkpoint import save_checkpoint
 from llama.model import ModelArgs
 from llama.synthetic import params_dict, random_state

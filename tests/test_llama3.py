@@ -7,11 +7,11 @@ type llama3) for external parity.
 """
 import pytest
 import torch
-
 from conftest import model_args
-from llama.streaming import stream_text_completion
 from reference_impl import ref_generate, ref_top_p  # noqa: F401 - ref_top_p documents the sampler used
 from test_hf_parity import to_hf
+
+from llama.streaming import stream_text_completion
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Ünïcödé and 🙂 emoji"]
 CONFIGS = ["llama3", "llama3.1"]
@@ -124,9 +124,10 @@ def test_streamed_byte_level_deltas_add_up_to_the_text(build):
 
 
 def test_a_llama2_checkpoint_with_a_llama3_tokenizer_is_refused(make_ckpt):
+    from llama3_tokenizer import llama3_tokenizer_path
+
     from llama import Llama
     from llama.errors import CheckpointError
-    from llama3_tokenizer import llama3_tokenizer_path
 
     with pytest.raises(CheckpointError, match=r"the embedding has 512 rows but the tokenizer has 128256 words; use "
                                               r"the tokenizer.model that came with these weights"):

@@ -1,11 +1,18 @@
 """The transformer math against REFERENCE.md: norms, rotary embedding, mask, widths, cache."""
 import pytest
 import torch
+from reference_impl import freqs_cis, rotate
 
 from llama.model import (
-    KVCache, ModelArgs, RMSNorm, Transformer, apply_rope_scaling, apply_rotary_emb, causal_mask, rope_tables,
+    KVCache,
+    ModelArgs,
+    RMSNorm,
+    Transformer,
+    apply_rope_scaling,
+    apply_rotary_emb,
+    causal_mask,
+    rope_tables,
 )
-from reference_impl import freqs_cis, rotate
 
 
 def test_model_args_defaults_match_the_reference():

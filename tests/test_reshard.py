@@ -5,17 +5,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import PROMPTS, subprocess_env
+from llama3_tokenizer import llama3_tokenizer_path
+
 from llama import Llama, checkpoint
 from llama.checkpoint import IGNORED_KEYS, check_parallelism, load_rank_state, split_state
-from llama.errors import ConfigError
 from llama.cli import run
+from llama.errors import ConfigError
 from llama.parallel import LLAMA2_PLAN, LLAMA3_PLAN
-from llama3_tokenizer import llama3_tokenizer_path
-from llama.reshard import FLAGS
+from llama.reshard import FLAGS, reshard
 from llama.reshard import main as reshard_main
-from llama.reshard import reshard
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -168,7 +167,7 @@ def test_reshard_refuses_impossible_counts_before_writing(make_ckpt, tmp_path, m
 def test_reshard_rejects_a_bad_shard_count(make_ckpt, tmp_path, shards):
     with pytest.raises(ConfigError) as info:
         reshard(make_ckpt("mha", 1), tmp_path / "out", shards)
-    assert str(info.value) == f"--shards must be a positive integer, got {shards!r}; e.g. --shards 2"
+    assert str(info.value) == f"--shards must be a whole number > 0, got {shards!r}; e.g. --shards 2"
 
 
 def test_reshard_never_mixes_old_and_new_shards(make_ckpt, tmp_path):
