@@ -58,22 +58,13 @@ def parse_args(argv=None):
 def make_tokenizer(path: Path, vocab_size: int = VOCAB_SIZE) -> Path:
     """A SentencePiece model with exactly vocab_size pieces (unk 0, bos 1, eos 2), no download needed.
 
-    Trained on Python's own help text; most pieces are filler symbols, which only the vocabulary
-    size (the output projection's cost) makes matter.
+    llama.synthetic's trainer on Python's own help text; most pieces are filler symbols, which
+    only the vocabulary size (the output projection's cost) makes matter.
     """
-    import io
-    from pydoc_data.topics import topics
+    from llama.synthetic import train_sentencepiece
 
-    import sentencepiece as spm
-
-    lines = [line.strip() for text in topics.values() for line in text.splitlines() if len(line.strip()) > 20]
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size, model_type="bpe",
-        byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, input_sentence_size=20000,
-        user_defined_symbols=[f"<filler{i}>" for i in range(vocab_size - 2000)], minloglevel=2,
-    )
-    path.write_bytes(model.getvalue())
+    fillers = [f"<filler{i}>" for i in range(vocab_size - 2000)]
+    path.write_bytes(train_sentencepiece(vocab_size=vocab_size, user_defined_symbols=fillers))
     return path
 
 
@@ -211,7 +202,7 @@ def worker(args) -> dict:
     )
     load_s = time.perf_counter() - start
     _, hwm_build = memory_kb()
-    generator.tokenizer.eos_id = -1  # never stop early: every run decodes exactly gen_len tokens
+    generator.tokenizer.stop_tokens = []  # never stop early: every run decodes exactly gen_len tokens
     start = time.perf_counter()
     time_generate(generator, max(batch_sizes), args.prompt_len, args.gen_len)  # warm-up (and compilation)
     warmup_s = time.perf_counter() - start

@@ -1,6 +1,6 @@
 """How far int8 weight-only quantization moves the model: mean |delta log p| and greedy agreement.
 
-    python benchmarks/quality_int8.py              # the test checkpoints (tests/conftest.py configs) and the demo
+    python benchmarks/quality_int8.py              # the test checkpoints (llama.synthetic's tiny configs) and the demo
     python benchmarks/quality_int8.py --cpu-330M   # also the benchmark's 12-layer, dim-768 random model
 
 For each prompt the float model generates greedily (prompt + gen_len tokens); both models then
@@ -24,7 +24,7 @@ def compare(ckpt: Path, tokenizer: Path, gen_len: int):
     plain = Llama.build(str(ckpt), str(tokenizer), 128, len(PROMPTS), device="cpu", dtype="float32")
     int8 = Llama.build(str(ckpt), str(tokenizer), 128, len(PROMPTS), device="cpu", dtype="float32", quantize="int8")
     prompts = [plain.tokenizer.encode(p, bos=True, eos=False) for p in PROMPTS]
-    plain.tokenizer.eos_id = int8.tokenizer.eos_id = -1  # compare full-length generations
+    plain.tokenizer.stop_tokens = int8.tokenizer.stop_tokens = []  # compare full-length generations
     tokens, _ = plain.generate(prompts, gen_len, temperature=0, echo=True)
     q_tokens, _ = int8.generate(prompts, gen_len, temperature=0, echo=True)
     diffs = []
@@ -44,19 +44,19 @@ def main() -> None:
     p.add_argument("--cpu-330M", dest="cpu330", action="store_true")
     args = p.parse_args()
     sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
-    from conftest import CONFIGS, model_args, train_tokenizer
 
     from llama.checkpoint import save_checkpoint
-    from llama.synthetic import params_dict, random_state
+    from llama.synthetic import params_dict, random_state, tiny_args, train_sentencepiece
 
     print("| model | shards | mean abs dlogp | max abs dlogp | greedy tokens equal |")
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        tok = train_tokenizer(tmp / "tokenizer.model")
-        for name in CONFIGS:
+        tok = tmp / "tokenizer.model"
+        tok.write_bytes(train_sentencepiece())
+        for name in ("mha", "gqa"):  # the tiny Llama 2 configs of llama.synthetic (the SentencePiece ones)
             for shards in (1, 2):
-                ckpt = save_checkpoint(random_state(model_args(name)), params_dict(model_args(name)), tmp / f"{name}{shards}", shards)
+                ckpt = save_checkpoint(random_state(tiny_args(name)), params_dict(tiny_args(name)), tmp / f"{name}{shards}", shards)
                 mean, worst, same, total = compare(ckpt, tok, args.gen_len)
                 print(f"| test {name} | {shards} | {mean:.4f} | {worst:.4f} | {same}/{total} |")
         from llama import demo

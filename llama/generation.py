@@ -77,9 +77,7 @@ class Llama:
         args = _model_args(ckpt, tokenizer, max_seq_len, max_batch_size)
 
         rt = select(device=device, dtype=dtype, backend=backend)
-        mp_size = rt.world_size if model_parallel_size is None else whole_number("model_parallel_size", model_parallel_size)
-        if rt.world_size % mp_size:
-            raise ConfigError(f"model_parallel_size={mp_size} must divide the number of processes ({rt.world_size})")
+        mp_size = _model_parallel_size(rt, model_parallel_size)
         # Before any process joins the group: every rank fails alike, and none leaves mid-rendezvous.
         checkpoint.check_parallelism(ckpt.n_shards, mp_size, args.n_heads, args.kv_heads)
         memory.check_fits(args, mp_size, rt.device, rt.dtype)
@@ -241,6 +239,14 @@ class Llama:
             tokens += t
             probs += p or []
         return tokens, (probs if logprobs else None)
+
+
+def _model_parallel_size(rt: Runtime, requested: Optional[int]) -> int:
+    """The reference's default (every process) or the requested size, which must divide the processes."""
+    size = rt.world_size if requested is None else whole_number("model_parallel_size", requested)
+    if rt.world_size % size:
+        raise ConfigError(f"model_parallel_size={size} must divide the number of processes ({rt.world_size})")
+    return size
 
 
 def _model_args(ckpt: "loading.Checkpoint", tokenizer: Tokenizer, max_seq_len: int, max_batch_size: int) -> ModelArgs:

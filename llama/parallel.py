@@ -96,20 +96,28 @@ def _local(size: int, world: int, what: str) -> int:
     return size // world
 
 
-class ColumnParallelLinear(layers.ColumnParallelLinear):
-    """y = x W^T with W split along its output dim; gathers the full output if `gather_output`."""
+class _EmptyLinear:
+    """Mixin: fairscale's linear-layer attributes with an empty (rows, cols) weight, no bias."""
 
-    def __init__(self, in_features: int, out_features: int, world: int = 1, gather_output: bool = True):
+    def _empty_weight(self, in_features: int, out_features: int, rows: int, cols: int, world: int) -> None:
         nn.Module.__init__(self)
-        self.in_features, self.out_features, self.gather_output = in_features, out_features, gather_output
-        self.output_size_per_partition = _local(out_features, world, "out_features")
-        self.weight = nn.Parameter(torch.empty(self.output_size_per_partition, in_features), requires_grad=False)
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(rows, cols), requires_grad=False)
         self.register_parameter("bias", None)
         self.master_weight = None
         self.single_rank = world == 1
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight)
+
+
+class ColumnParallelLinear(_EmptyLinear, layers.ColumnParallelLinear):
+    """y = x W^T with W split along its output dim; gathers the full output if `gather_output`."""
+
+    def __init__(self, in_features: int, out_features: int, world: int = 1, gather_output: bool = True):
+        self.output_size_per_partition = _local(out_features, world, "out_features")
+        self._empty_weight(in_features, out_features, self.output_size_per_partition, in_features, world)
+        self.gather_output = gather_output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.single_rank:
@@ -118,20 +126,13 @@ class ColumnParallelLinear(layers.ColumnParallelLinear):
         return gather_from_model_parallel_region(y) if self.gather_output else y
 
 
-class RowParallelLinear(layers.RowParallelLinear):
+class RowParallelLinear(_EmptyLinear, layers.RowParallelLinear):
     """y = x W^T with W split along its input dim; the partial products are all-reduced."""
 
     def __init__(self, in_features: int, out_features: int, world: int = 1):
-        nn.Module.__init__(self)
-        self.in_features, self.out_features, self.input_is_parallel = in_features, out_features, True
         self.input_size_per_partition = _local(in_features, world, "in_features")
-        self.weight = nn.Parameter(torch.empty(out_features, self.input_size_per_partition), requires_grad=False)
-        self.register_parameter("bias", None)
-        self.master_weight = None
-        self.single_rank = world == 1
-
-    def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight)
+        self._empty_weight(in_features, out_features, out_features, self.input_size_per_partition, world)
+        self.input_is_parallel = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.matmul(x)  # x is already this rank's slice (input_is_parallel)
