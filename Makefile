@@ -11,14 +11,16 @@ TEST_STAMP := $(VENV)/.installed-test
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# The package alone, as a user installs it (torch unpinned).
-$(STAMP): setup.py | $(PY)
-	$(PY) -m pip install -q -e .
+# The package alone, without the test extras. constraints.txt pins the torch this project is
+# tested with (a CPU build where one is at hand) so that a fresh machine does not pull several GB
+# of CUDA packages for the demo; setup.py itself leaves torch unpinned for users.
+$(STAMP): setup.py constraints.txt | $(PY)
+	$(PY) -m pip install -q -c constraints.txt -e .
 	touch $@
 
-# With the test extras (pytest, transformers, llama-models), pinned for CI by constraints-test.txt.
-$(TEST_STAMP): setup.py constraints-test.txt | $(PY)
-	$(PY) -m pip install -q -c constraints-test.txt -e '.[test]'
+# With the test extras (pytest, transformers, llama-models), pinned for CI by constraints.txt.
+$(TEST_STAMP): setup.py constraints.txt | $(PY)
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $@ $(STAMP)
 
 install: $(STAMP)

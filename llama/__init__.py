@@ -1,4 +1,5 @@
-"""A faithful, portable Llama 2 generator: Meta's API, checkpoints and numbers, on any device.
+"""Meta's Llama generators (Llama 2, 3, 3.1, 3.2 text), faithful and portable: Meta's API, checkpoints
+and numbers, also from Hugging Face directories, on any device.
 
 The public names are imported on first use, so that tools which need none of them
 (`python -m llama.reshard`) do not load the generator.
@@ -6,11 +7,12 @@ The public names are imported on first use, so that tools which need none of the
 import importlib
 from typing import TYPE_CHECKING
 
-__all__ = ["Llama", "Dialog", "ModelArgs", "Transformer", "Tokenizer"]
+__all__ = ["Llama", "Dialog", "ModelArgs", "Transformer", "Tokenizer", "ChatFormat"]
 _HOMES = {"Llama": "generation", "Dialog": "generation", "ModelArgs": "model", "Transformer": "model",
-          "Tokenizer": "tokenizer"}
+          "Tokenizer": "tokenizer", "ChatFormat": "chat_format"}
 
 if TYPE_CHECKING:
+    from .chat_format import ChatFormat
     from .generation import Dialog, Llama
     from .model import ModelArgs, Transformer
     from .tokenizer import Tokenizer

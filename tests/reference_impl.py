@@ -1,4 +1,5 @@
-"""An independent, test-only restatement of the reference's math and decode loop (REFERENCE.md).
+"""An independent, test-only restatement of the reference's math and decode loop (Meta's `meta-llama/llama`,
+`llama/model.py` and `llama/generation.py`).
 
 Written from the spec with plain tensors and the reference's COMPLEX rotary embedding, so that
 llama.model's real-valued form and llama.generation's loop are checked against something that

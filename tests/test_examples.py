@@ -71,5 +71,5 @@ def test_make_demo_installs_the_package_without_the_test_extras(tmp_path):
         assert done.returncode == 0, done.stderr
         return [line for line in done.stdout.splitlines() if "pip install" in line]
 
-    assert planned("demo") == [f"{tmp_path / 'venv'}/bin/python -m pip install -q -e ."]
-    assert planned("test") == [f"{tmp_path / 'venv'}/bin/python -m pip install -q -c constraints-test.txt -e '.[test]'"]
+    assert planned("demo") == [f"{tmp_path / 'venv'}/bin/python -m pip install -q -c constraints.txt -e ."]
+    assert planned("test") == [f"{tmp_path / 'venv'}/bin/python -m pip install -q -c constraints.txt -e '.[test]'"]

@@ -1,4 +1,4 @@
-"""generate / text_completion against the reference's semantics (REFERENCE.md, generate section)."""
+"""generate / text_completion against the semantics of Meta's `meta-llama/llama` `llama/generation.py` (generate)."""
 from types import SimpleNamespace
 
 import pytest

@@ -1,4 +1,4 @@
-"""The transformer math against REFERENCE.md: norms, rotary embedding, mask, widths, cache."""
+"""The transformer math against Meta's `meta-llama/llama` `llama/model.py`: norms, rotary embedding, mask, widths, cache."""
 import pytest
 import torch
 from reference_impl import freqs_cis, rotate
