@@ -1,4 +1,5 @@
-"""Chat completion with a Llama 2 chat checkpoint: `torchrun --nproc_per_node MP example_chat_completion.py ...`
+"""Chat completion with a Llama chat/instruct checkpoint (Llama 2, 3, 3.1, 3.2; Meta or Hugging Face layout):
+`torchrun --nproc_per_node MP example_chat_completion.py ...`
 (or plain `python example_chat_completion.py ...` on one process: CPU, CUDA or Apple MPS).
 Without --ckpt_dir/--tokenizer_path it runs the bundled demo model; --stream prints answers as they come."""
 from dataclasses import replace

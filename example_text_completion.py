@@ -1,4 +1,5 @@
-"""Text completion with a Llama 2 checkpoint: `torchrun --nproc_per_node MP example_text_completion.py ...`
+"""Text completion with a Llama checkpoint (Llama 2, 3, 3.1, 3.2; Meta or Hugging Face layout):
+`torchrun --nproc_per_node MP example_text_completion.py ...`
 (or plain `python example_text_completion.py ...` on one process: CPU, CUDA or Apple MPS).
 Without --ckpt_dir/--tokenizer_path it runs the bundled demo model; --stream prints text as it comes."""
 from typing import List, Optional

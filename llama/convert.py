@@ -27,6 +27,7 @@ import torch
 from . import checkpoint, hf
 from .cli import run
 from .errors import ConfigError
+from .flags import Flag
 from .parallel import PLANS, split_dim
 from .progress import slow_progress
 from .validation import whole_number
@@ -236,7 +237,22 @@ def _copy_tokenizer(src: Path, out: Path, to: str) -> None:
     shutil.copyfile(found, target)
 
 
-def main(src: str, dst: str, to: Optional[str] = None, shards: int = 1, dtype: Optional[str] = None,
+FLAGS = {
+    "src": Flag("the checkpoint folder to read: Meta's (params.json, consolidated.*.pth) or Hugging Face's "
+                "(config.json, *.safetensors)", "DIR"),
+    "dst": Flag("the folder to write, in the other layout (must not exist, unless --force)", "DIR"),
+    "to": Flag("the layout to write", "LAYOUT", choices=("meta", "hf"), default="the other one than SRC's"),
+    "shards": Flag("Meta output: how many consolidated.NN.pth shards (the model-parallel size it is for)", "N",
+                   example="2"),
+    "dtype": Flag("cast the weights", "DTYPE", choices=("float32", "bfloat16", "float16"),
+                  default="keep the stored dtype"),
+    "max_shard_size": Flag("Hugging Face output: largest safetensors file before splitting with an index", "SIZE",
+                           example="5GB"),
+    "force": Flag("replace an existing DST (only once the new one is complete)"),
+}
+
+
+def main(src: str, dst: str, *, to: Optional[str] = None, shards: int = 1, dtype: Optional[str] = None,
          max_shard_size: str = "5GB", force: bool = False):
     """Convert SRC (Meta or Hugging Face checkpoint directory) into DST in the other layout."""
     out = convert(src, dst, to=to, shards=shards, dtype=dtype, max_shard_size=max_shard_size, force=force)
@@ -244,4 +260,4 @@ def main(src: str, dst: str, to: Optional[str] = None, shards: int = 1, dtype: O
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, FLAGS, prog="python -m llama.convert")

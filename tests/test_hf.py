@@ -440,3 +440,15 @@ def test_build_finds_the_tokenizer_next_to_the_weights_or_under_original(hf_dir,
     (ckpt / "original").mkdir()
     shutil.copy(tokenizer_path, ckpt / "original" / "tokenizer.model")
     assert Llama.build(str(ckpt), None, 64, 2, device="cpu").tokenizer.n_words == VOCAB_SIZE
+
+
+def test_convert_help_describes_every_flag_and_the_tool_never_imports_the_generator():
+    result = run_convert("--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m llama.convert SRC DST")
+    assert "  --to LAYOUT            the layout to write (choices: meta, hf; default: the other one than SRC's)" \
+        in result.stdout
+    code = "import sys, llama.convert; print(sorted(m for m in sys.modules if m.startswith('llama.')))"
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, check=True).stdout
+    assert "llama.convert" in imported and "llama.generation" not in imported and "llama.decode" not in imported

@@ -139,3 +139,20 @@ def test_max_seq_len_beyond_the_trained_context_warns(build, caplog):
     assert not [r for r in caplog.records if "trained for" in r.message]
     build("llama3", max_seq_len=8200, max_batch_size=1)
     assert "max_seq_len=8200 is beyond the 8192 tokens this model was trained for" in caplog.text
+
+
+def test_the_interactive_chat_talks_with_a_llama3_checkpoint(make_ckpt):
+    import subprocess
+    import sys
+
+    from helpers import REPO, subprocess_env
+    from llama3_tokenizer import llama3_tokenizer_path
+
+    done = subprocess.run(
+        [sys.executable, "-m", "llama.chat", "--ckpt_dir", str(make_ckpt("llama3.1", 2)), "--tokenizer_path",
+         str(llama3_tokenizer_path()), "--max_seq_len", "128", "--max_gen_len", "8", "--temperature", "0"],
+        input="Hello there\nHow are you?\n/exit\n", capture_output=True, text=True, env=subprocess_env(), cwd=REPO,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("Assistant: ") == 2 and "error:" not in done.stderr
