@@ -22,7 +22,7 @@ from .model import ModelArgs, Transformer
 from .parallel import init_model_parallel, model_parallel_rank
 from .ranks import on_all_ranks
 from .tokenizer import Tokenizer
-from .tuning import compile_options, eos_check_interval
+from .device_tuning import compile_options, eos_check_interval
 from .validation import check_request, whole_number
 
 __all__ = ["Llama", "Dialog", "Message", "CompletionPrediction", "ChatPrediction", "sample_top_p"]

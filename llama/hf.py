@@ -292,8 +292,6 @@ def config_from_params(params: dict, vocab_size: int, tied: bool, dtype: torch.d
     return config
 
 
-
-
 def load_rank_state(ckpt_dir, params: dict, split_dim: Callable[[str], Optional[int]], world: int,
                     rank: int) -> Dict[str, torch.Tensor]:
     """The weights of model-parallel `rank` of `world`, in Meta names and Meta's q/k row order.
