@@ -260,7 +260,7 @@ def _model_args(ckpt: "loading.Checkpoint", tokenizer: Tokenizer, max_seq_len: i
     args = ModelArgs(max_seq_len=max_seq_len, max_batch_size=max_batch_size, **ckpt.params)
     args.vocab_size = tokenizer.n_words
     trained = _trained_context(args, tokenizer)
-    if max_seq_len > trained:
+    if max_seq_len > trained and is_main_process():
         logger.warning("max_seq_len=%d is beyond the %d tokens this model was trained for; text past that "
                        "point degrades", max_seq_len, trained)
     return args
