@@ -241,6 +241,22 @@ def test_converted_hf_checkpoint_decodes_like_transformers(hf_dir, tokenizer_pat
     assert torch.allclose(torch.tensor(logprobs[0]), torch.tensor(want_logprobs), rtol=0, atol=1e-4)
 
 
+def test_metas_own_model_code_loads_what_to_meta_writes(hf_dir, build, tmp_path):
+    # Meta's Llama 3 Transformer (llama-models, same names and shapes as Llama 2's) with strict loading:
+    # every key and shape of the converted consolidated.00.pth is what Meta's code expects.
+    from llama_models.llama3.args import ModelArgs as MetaArgs
+    from llama_models.llama3.model import Transformer as MetaTransformer
+
+    build("mha")  # sets up the process group and fairscale's model-parallel groups Meta's code reads
+    out = convert(hf_dir("gqa_tied")[0], tmp_path / "meta")
+    params = json.loads((out / "params.json").read_text())
+    state = torch.load(out / "consolidated.00.pth", weights_only=True)
+    model = MetaTransformer(MetaArgs(**params, max_seq_len=16, max_batch_size=1))
+    model.load_state_dict({k: v for k, v in state.items() if k != "rope.freqs"}, strict=True)
+    tokens = torch.tensor([[1, 5, 9]])
+    torch.testing.assert_close(model.forward(tokens, 0), hf_dir("gqa_tied")[1](tokens).logits, rtol=0, atol=1e-4)
+
+
 def test_transformers_loads_what_to_hf_writes(make_ckpt, build, tmp_path):
     out = convert(make_ckpt("gqa", 2), tmp_path / "hf", max_shard_size="100KB")
     index = json.loads((out / "model.safetensors.index.json").read_text())

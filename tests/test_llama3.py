@@ -8,7 +8,7 @@ type llama3) for external parity.
 import pytest
 import torch
 from conftest import model_args
-from reference_impl import ref_generate, ref_top_p  # noqa: F401 - ref_top_p documents the sampler used
+from reference_impl import ref_generate
 from test_hf_parity import to_hf
 
 from llama.streaming import stream_text_completion
