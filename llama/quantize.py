@@ -48,6 +48,28 @@ def quantize_weight(weight: torch.Tensor):
     return q, scales.to(weight.dtype)
 
 
+def _int8_entries(weight: torch.Tensor) -> Dict[str, torch.Tensor]:
+    q, scales = quantize_weight(weight)
+    return {"weight": q, "scales": scales}
+
+
+def check_int4_width(in_features: int, where: str) -> None:
+    if in_features % INT4_GROUP:
+        raise ConfigError(
+            f"int4 needs every linear layer's input size to be a multiple of its group size {INT4_GROUP}; "
+            f"{where} has {in_features}; use int8 instead"
+        )
+
+
+def _int4_entries(weight: torch.Tensor) -> Dict[str, torch.Tensor]:
+    packed, scales = kq.quantize_int4(weight, INT4_GROUP)
+    return {"weight": packed, "scales": scales}
+
+
+# method -> (float weight of a linear layer -> the entries the quantized layer stores for it)
+QUANTIZERS = {"int8": _int8_entries, "int4": _int4_entries}
+
+
 class _Quantized:
     """Mixin for a parallel linear layer whose weight is stored quantized: `weight` and `scales` buffers."""
 
@@ -59,22 +81,19 @@ class _Quantized:
 
     def quantize(self, weight: torch.Tensor) -> Dict[str, torch.Tensor]:
         """This layer's float weight -> {"weight": ..., "scales": ...} as this layer stores them."""
-        raise NotImplementedError
+        return QUANTIZERS[self.method](weight)
 
     def prepare(self) -> None:
         """Once the weights are loaded: switch to the device's fused kernel where it has one."""
 
 
 class _Int8(_Quantized):
+    method = "int8"
     fused = False
 
     def _make_quantized(self) -> None:
         out_features, in_features = self.weight.shape
         self._set_buffers(torch.empty(out_features, in_features, dtype=torch.int8), torch.empty(out_features))
-
-    def quantize(self, weight):
-        q, scales = quantize_weight(weight)
-        return {"weight": q, "scales": scales}
 
     def prepare(self) -> None:
         # The fused kernel takes bfloat16 scales (and activations); 1/256 relative, per row.
@@ -89,22 +108,15 @@ class _Int8(_Quantized):
 
 
 class _Int4(_Quantized):
+    method = "int4"
     kernel = False  # True once the weight is in the CPU kernel's layout
 
     def _make_quantized(self) -> None:
         out_features, in_features = self.weight.shape
-        if in_features % INT4_GROUP:
-            raise ConfigError(
-                f"int4 needs every linear layer's input size to be a multiple of its group size {INT4_GROUP}; "
-                f"this model (and process count) gives {in_features}; use --quantize int8 instead"
-            )
+        check_int4_width(in_features, "this model (per process)")
         self.group = INT4_GROUP
         self._set_buffers(torch.empty(out_features, in_features // 2, dtype=torch.uint8),
                           torch.empty(out_features, in_features // INT4_GROUP, 2, dtype=torch.bfloat16))
-
-    def quantize(self, weight):
-        packed, scales = kq.quantize_int4(weight, self.group)
-        return {"weight": packed, "scales": scales}
 
     def prepare(self) -> None:
         if kq.int4_cpu_kernel_fits(self.weight):
@@ -231,6 +243,7 @@ def check_stored(stored: Optional[str], requested: Optional[str], n_shards: int,
 
 
 if __name__ == "__main__":  # python -m llama.quantize SRC DST --int8|--int4
-    from .quantize_tool import main
+    from .cli import run
+    from .quantize_tool import FLAGS, main
 
-    main()
+    run(main, FLAGS, prog="python -m llama.quantize")
