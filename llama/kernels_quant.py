@@ -22,6 +22,7 @@ from .kernels import linear
 
 INT4_MID = 8  # q = 8 is the group's zero point: w = (q - 8) * scale + zero
 INT4_ROWS_MULTIPLE = 16  # the CPU int4 kernel packs output rows in blocks of 16
+CONVERT_ROWS = 1024
 
 
 def has_kernel(op: str, device: torch.device) -> bool:
@@ -94,9 +95,15 @@ def int4_cpu_kernel_fits(packed: torch.Tensor) -> bool:
 
 
 def int4_to_cpu_kernel(packed: torch.Tensor, scales: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Portable int4 -> (the CPU kernel's packed weight, its (in // group, out, 2) bfloat16 scales)."""
-    weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_nibbles(packed).to(torch.int32), 1)
-    return weight, scales.to(torch.bfloat16).transpose(0, 1).contiguous()
+    """Portable int4 -> (the CPU kernel's packed weight, its (in // group, out, 2) bfloat16 scales).
+
+    Converted CONVERT_ROWS rows at a time: the kernel's layout blocks rows in groups of 16 to 64,
+    so pieces of 1024 rows convert to the same bytes, and the int32 codes the converter wants
+    (8x the packed size) never exist for a whole matrix at once.
+    """
+    pieces = [torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_nibbles(rows).to(torch.int32), 1)
+              for rows in packed.split(CONVERT_ROWS)]
+    return torch.cat(pieces), scales.to(torch.bfloat16).transpose(0, 1).contiguous()
 
 
 def int4_linear_cpu(x: torch.Tensor, weight: torch.Tensor, scales_t: torch.Tensor, group: int) -> torch.Tensor:

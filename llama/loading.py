@@ -88,6 +88,7 @@ def load_model(ckpt: Checkpoint, args: ModelArgs, world: int, rank: int, rt: Run
             tensor = tensor.to(dtype=rt.dtype)
         placed.update(quant.quantize_entry(key, tensor, layers))
     model.load_state_dict(placed, strict=True, assign=True)
+    placed.clear()  # the model holds them now; prepare may swap some for converted copies
     quant.prepare(model)
     model.requires_grad_(False)
     model.setup_caches()

@@ -14,7 +14,10 @@ plan as parallelism, and a rank quantizes its own slice. After loading, `prepare
 layer's kernel for the device the weights are on (llama.kernels_quant): the fused torch kernel
 where there is one, else the portable dequantize-then-matmul path.
 """
+import ctypes
+import ctypes.util
 import json
+import mmap
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -68,6 +71,56 @@ def _int4_entries(weight: torch.Tensor) -> Dict[str, torch.Tensor]:
 
 # method -> (float weight of a linear layer -> the entries the quantized layer stores for it)
 QUANTIZERS = {"int8": _int8_entries, "int4": _int4_entries}
+ROWS_PER_PIECE = 1024  # rows quantized at a time, so that the float temporaries stay small
+
+
+def quantize_rows(method: str, weight: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """QUANTIZERS[method], ROWS_PER_PIECE rows at a time (every row is quantized on its own); the
+    pages of a memory-mapped weight are released piece by piece as they are done."""
+    pieces = []
+    for rows in weight.split(ROWS_PER_PIECE):
+        pieces.append(QUANTIZERS[method](rows))
+        release_mapped(rows)
+    return {part: torch.cat([p[part] for p in pieces]) for part in pieces[0]}
+
+
+def _libc():
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "madvise") else None
+
+
+LIBC = _libc()
+MADV_DONTNEED = 4  # Linux's value; only used where /proc/self/maps exists (Linux)
+
+
+def _in_file_mapping(address: int) -> bool:
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split()
+        lo, hi = (int(a, 16) for a in fields[0].split("-"))
+        if lo <= address < hi:
+            return len(fields) >= 6 and fields[5].startswith("/")
+    return False
+
+
+def release_mapped(tensor: torch.Tensor) -> None:
+    """Drop the pages of a tensor that lives in a memory-mapped checkpoint file from this process's
+    resident set, once it has been quantized and will not be read again (else every float weight
+    read stays resident beside its quantized copy). Clean file pages: a later read would fault
+    them back in. Only file mappings (never anonymous memory, whose contents MADV_DONTNEED would
+    erase); a no-op off Linux."""
+    if LIBC is None or tensor.device.type != "cpu" or tensor.nbytes < mmap.PAGESIZE:
+        return
+    start = tensor.data_ptr() // mmap.PAGESIZE * mmap.PAGESIZE
+    if _in_file_mapping(start) and _in_file_mapping(tensor.data_ptr() + tensor.nbytes - 1):
+        LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(tensor.data_ptr() + tensor.nbytes - start), MADV_DONTNEED)
 
 
 class _Quantized:
@@ -81,7 +134,7 @@ class _Quantized:
 
     def quantize(self, weight: torch.Tensor) -> Dict[str, torch.Tensor]:
         """This layer's float weight -> {"weight": ..., "scales": ...} as this layer stores them."""
-        return QUANTIZERS[self.method](weight)
+        return quantize_rows(self.method, weight)
 
     def prepare(self) -> None:
         """Once the weights are loaded: switch to the device's fused kernel where it has one."""
@@ -120,7 +173,9 @@ class _Int4(_Quantized):
 
     def prepare(self) -> None:
         if kq.int4_cpu_kernel_fits(self.weight):
+            stored = self.weight
             self._set_buffers(*kq.int4_to_cpu_kernel(self.weight, self.scales))
+            release_mapped(stored)
             self.kernel = True
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:

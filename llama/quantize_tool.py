@@ -9,11 +9,8 @@ reading integer codes as weights.
 Streamed: each source shard is memory-mapped and its tensors are quantized one at a time, so
 memory peaks at about one quantized shard plus one float tensor (never the float model).
 """
-import ctypes
-import ctypes.util
 import json
 import logging
-import mmap
 import shutil
 from pathlib import Path
 from typing import List
@@ -30,43 +27,15 @@ from .reshard import _check_target, _owned
 
 logger = logging.getLogger(__name__)
 
-ROWS_PER_PIECE = 1024  # quantized this many rows at a time: the float temporaries stay small
-PAGE = mmap.PAGESIZE
 
 # The modules whose weights are quantized: the linear layers of the parallel plan (the same in
 # Llama 2 and 3).
 LINEAR_OWNERS = frozenset(name for name, style in LLAMA2_PLAN.items() if style.kind in ("column", "row"))
 
 
-def _libc():
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    return libc if libc is not None and hasattr(libc, "madvise") else None
-
-
-LIBC = _libc()
-MADV_DONTNEED = 4  # Linux
-
-
-def release(tensor: torch.Tensor) -> None:
-    """Drop the memory-mapped pages under `tensor` from this process's resident set (Linux; elsewhere
-    a no-op). They are clean file pages: reading them again would just fault them back in."""
-    if LIBC is None or tensor.device.type != "cpu":
-        return
-    start = tensor.data_ptr() // PAGE * PAGE
-    end = tensor.data_ptr() + tensor.nbytes
-    LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_DONTNEED)
-
-
-def quantize_tensor(tensor: torch.Tensor, method: str):
-    """quant.QUANTIZERS[method] applied ROWS_PER_PIECE rows at a time (rows are quantized independently)."""
-    pieces = [quant.QUANTIZERS[method](rows) for rows in tensor.split(ROWS_PER_PIECE)]
-    return {part: torch.cat([p[part] for p in pieces]) for part in pieces[0]}
-
-
 def quantize_shard(state, method: str, source: str):
     """One shard's state dict -> its quantized entries, one float tensor in flight at a time, its
-    mapped pages released once quantized (else the whole float shard would end up resident)."""
+    mapped pages released as it is quantized (else the whole float shard would end up resident)."""
     out = {}
     for key in list(state):
         tensor = state[key]
@@ -75,8 +44,7 @@ def quantize_shard(state, method: str, source: str):
             if method == "int4":
                 quant.check_int4_width(tensor.shape[1], f"{source}: {key}")
             out.update({f"{key.rsplit('.', 1)[0]}.{part}": value
-                        for part, value in quantize_tensor(tensor, method).items()})
-            release(tensor)
+                        for part, value in quant.quantize_rows(method, tensor).items()})
         else:
             out[key] = _owned(tensor)
     return out

@@ -68,3 +68,11 @@ def test_layers_pick_the_cpu_kernels_and_fall_back_where_the_shape_does_not_fit(
         layer.prepare()
         assert layer.kernel is expect_kernel
         torch.testing.assert_close(layer(torch.ones(1, 128)), plain, rtol=0.02, atol=0.05)
+
+
+def test_big_weights_convert_to_the_cpu_int4_layout_piece_by_piece():
+    rows = kq.CONVERT_ROWS + 16  # two pieces, the second one block of rows
+    packed, scales = kq.quantize_int4(_weight(rows, 64), 32)
+    weight, scales_t = kq.int4_to_cpu_kernel(packed, scales)
+    whole = torch.ops.aten._convert_weight_to_int4pack_for_cpu(kq.unpack_nibbles(packed).to(torch.int32), 1)
+    assert torch.equal(weight, whole)
