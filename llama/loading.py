@@ -85,7 +85,10 @@ def load_model(ckpt: Checkpoint, args: ModelArgs, world: int, rank: int, rt: Run
         # To the device in the stored dtype, then converted there: one tensor in flight at a time.
         tensor = state.pop(key).to(device=rt.device)
         if tensor.is_floating_point():  # not the integer codes of a quantized checkpoint
-            tensor = tensor.to(dtype=rt.dtype)
+            converted = tensor.to(dtype=rt.dtype)
+            if converted is not tensor:
+                quant.release_mapped(tensor)  # a mapped source's pages need not stay resident beside the copy
+            tensor = converted
         placed.update(quant.quantize_entry(key, tensor, layers))
     model.load_state_dict(placed, strict=True, assign=True)
     placed.clear()  # the model holds them now; prepare may swap some for converted copies
