@@ -4,7 +4,7 @@ build the model on the meta device, apply the parallel plan, and assign this ran
 from dataclasses import dataclass
 from functools import cached_property, partial
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -26,6 +26,7 @@ class Checkpoint:
     path: Path
     params: dict
     shards: List[Path]  # Meta's consolidated.*.pth; empty for a Hugging Face directory
+    stored: Optional[str] = None  # the quantization a `python -m llama.quantize` checkpoint holds
 
     @cached_property
     def family(self) -> str:
@@ -50,8 +51,8 @@ def open_checkpoint(ckpt_dir) -> Checkpoint:
         params = hf.read_params(ckpt_dir)
         return Checkpoint(Path(ckpt_dir), params, [])
     shards = checkpoint.find_shards(ckpt_dir)
-    params = checkpoint.read_params(ckpt_dir)
-    return Checkpoint(Path(ckpt_dir), params, shards)
+    params, stored = quant.read_params(ckpt_dir)
+    return Checkpoint(Path(ckpt_dir), params, shards, stored)
 
 
 def empty_model(args: ModelArgs, family: str, world: int, rank: int, quantize=None) -> Transformer:
@@ -68,20 +69,30 @@ def load_model(ckpt: Checkpoint, args: ModelArgs, world: int, rank: int, rt: Run
     Built on the meta device and given the checkpoint's own memory-mapped tensors where no
     conversion is needed (CPU, same dtype): no weight is allocated or copied twice.
     """
-    model = empty_model(args, ckpt.family, world, rank, quantize)
-    expected = {k: v.shape for k, v in empty_model(args, ckpt.family, world, rank).state_dict().items()}
-    state = ckpt.rank_state(world, rank)
     source = f"checkpoint {str(ckpt.path)!r} (rank {rank} of {world})"
+    quant.check_stored(ckpt.stored, quantize, ckpt.n_shards, world, source)
+    quantize = quantize or ckpt.stored
+    model = empty_model(args, ckpt.family, world, rank, quantize)
+    stored_model = empty_model(args, ckpt.family, world, rank, ckpt.stored)
+    expected = {k: v.shape for k, v in stored_model.state_dict().items()}
+    state = ckpt.rank_state(world, rank)
     check_vocab(state, args, world if PLANS[ckpt.family]["tok_embeddings"].dim == 0 else 1, source)
     checkpoint.check_state(state, expected, source)
-    int8_layers = quant.int8_layer_names(model)
+    layers = quant.quantized_layers(model)
     placed = {}
     keys = slow_progress(list(state), total=len(state), desc="Loading weights", unit="tensor", enabled=is_main_process())
     for key in keys:
         # To the device in the stored dtype, then converted there: one tensor in flight at a time.
-        tensor = state.pop(key).to(device=rt.device).to(dtype=rt.dtype)
-        placed.update(quant.quantize_entry(key, tensor, int8_layers))
+        tensor = state.pop(key).to(device=rt.device)
+        if tensor.is_floating_point():  # not the integer codes of a quantized checkpoint
+            converted = tensor.to(dtype=rt.dtype)
+            if converted is not tensor:
+                quant.release_mapped(tensor)  # a mapped source's pages need not stay resident beside the copy
+            tensor = converted
+        placed.update(quant.quantize_entry(key, tensor, layers))
     model.load_state_dict(placed, strict=True, assign=True)
+    placed.clear()  # the model holds them now; prepare may swap some for converted copies
+    quant.prepare(model)
     model.requires_grad_(False)
     model.setup_caches()
     return model.eval()

@@ -1,26 +1,40 @@
-"""int8 weight-only quantization, opt-in (`Llama.build(..., quantize="int8")`).
+"""Weight-only quantization, opt-in (`Llama.build(..., quantize="int8" | "int4")`), and the
+quantized checkpoints `python -m llama.quantize SRC DST --int8|--int4` writes.
 
-Every matmul weight (wq, wk, wv, wo, w1, w2, w3, output) is stored as int8 with one scale per
-output channel (row): W ~= q * scale[:, None], q = round(W / scale), scale = max|row| / 127.
-Activations, embeddings, norms and the KV cache stay in the model dtype. Since the scale is per
-output channel it factors out of the matmul: x @ W.T ~= (x @ q.T) * scale, so the int8 weight is
-only converted to the activation dtype, never rescaled element by element.
+Every matmul weight (wq, wk, wv, wo, w1, w2, w3, output) is quantized; embeddings, norms, the KV
+cache and activations stay in the model dtype.
+- int8: one scale per output channel (row): W ~= q * scale[:, None], q = round(W / scale),
+  scale = max|row| / 127. The scale factors out of the matmul: x @ W.T ~= (x @ q.T) * scale.
+- int4: groups of `INT4_GROUP` weights along the input dim, each mapped from its [min, max] onto
+  0..15 with a bfloat16 scale and zero (llama.kernels_quant has the format).
 
-The int8 layers are the model-parallel linear layers with an int8 weight: `linear_classes`
-hands them to `llama.parallel.parallelize`, so quantization follows the same plan as parallelism.
-It quarters (fp32) or halves (16-bit) the weight memory; whether decode gets faster depends on
-the int8 matmul the device has (see BENCHMARKS.md).
+The quantized layers are the model-parallel linear layers with a quantized weight:
+`linear_classes` hands them to `llama.parallel.parallelize`, so quantization follows the same
+plan as parallelism, and a rank quantizes its own slice. After loading, `prepare` picks each
+layer's kernel for the device the weights are on (llama.kernels_quant): the fused torch kernel
+where there is one, else the portable dequantize-then-matmul path.
 """
-from typing import Dict, Optional, Set
+import ctypes
+import ctypes.util
+import json
+import mmap
+from pathlib import Path
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .kernels import linear
+from . import checkpoint
+from . import kernels_quant as kq
+from .errors import CheckpointError, ConfigError
 from .parallel import LINEAR_CLASSES, ColumnParallelLinear, RowParallelLinear
 
-METHODS = ("int8",)
+METHODS = ("int8", "int4")
+# Weights per int4 group along the input dim. 32 is llama.cpp's q4_0 block; on the bundled demo
+# model it costs a third of group 128's held-out nats/char (BENCHMARKS.md), and the CPU kernel
+# runs groups of 32 within ~25 % of groups of 128.
+INT4_GROUP = 32
+MARKER = "quantization"  # the params.json key a quantized checkpoint carries (Meta's loader refuses it)
 
 
 def check_method(method) -> None:
@@ -37,53 +51,254 @@ def quantize_weight(weight: torch.Tensor):
     return q, scales.to(weight.dtype)
 
 
-def int8_matmul(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """x @ (q * scales[:, None]).T, with the scale applied to the (much smaller) output."""
-    return linear(x, q.to(x.dtype)) * scales
+def _int8_entries(weight: torch.Tensor) -> Dict[str, torch.Tensor]:
+    q, scales = quantize_weight(weight)
+    return {"weight": q, "scales": scales}
 
 
-class _Int8Weight:
-    """Mixin: the parallel layer's weight becomes an int8 buffer plus per-row scales."""
+def check_int4_width(in_features: int, where: str) -> None:
+    if in_features % INT4_GROUP:
+        raise ConfigError(
+            f"int4 needs every linear layer's input size to be a multiple of its group size {INT4_GROUP}; "
+            f"{where} has {in_features}; use int8 instead"
+        )
 
-    def _make_int8(self) -> None:
+
+def _int4_entries(weight: torch.Tensor) -> Dict[str, torch.Tensor]:
+    packed, scales = kq.quantize_int4(weight, INT4_GROUP)
+    return {"weight": packed, "scales": scales}
+
+
+# method -> (float weight of a linear layer -> the entries the quantized layer stores for it)
+QUANTIZERS = {"int8": _int8_entries, "int4": _int4_entries}
+ROWS_PER_PIECE = 1024  # rows quantized at a time, so that the float temporaries stay small
+
+
+def quantize_rows(method: str, weight: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """QUANTIZERS[method], ROWS_PER_PIECE rows at a time (every row is quantized on its own); the
+    pages of a memory-mapped weight are released piece by piece as they are done."""
+    pieces = []
+    for rows in weight.split(ROWS_PER_PIECE):
+        pieces.append(QUANTIZERS[method](rows))
+        release_mapped(rows)
+    return {part: torch.cat([p[part] for p in pieces]) for part in pieces[0]}
+
+
+def _libc():
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "madvise") else None
+
+
+LIBC = _libc()
+MADV_DONTNEED = 4  # Linux's value; only used where /proc/self/maps exists (Linux)
+
+
+def _in_file_mapping(address: int) -> bool:
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split()
+        lo, hi = (int(a, 16) for a in fields[0].split("-"))
+        if lo <= address < hi:
+            return len(fields) >= 6 and fields[5].startswith("/")
+    return False
+
+
+def release_mapped(tensor: torch.Tensor) -> None:
+    """Drop the pages of a tensor that lives in a memory-mapped checkpoint file from this process's
+    resident set, once it has been quantized and will not be read again (else every float weight
+    read stays resident beside its quantized copy). Clean file pages: a later read would fault
+    them back in. Only file mappings (never anonymous memory, whose contents MADV_DONTNEED would
+    erase); a no-op off Linux."""
+    if LIBC is None or tensor.device.type != "cpu" or tensor.nbytes < mmap.PAGESIZE:
+        return
+    start = tensor.data_ptr() // mmap.PAGESIZE * mmap.PAGESIZE
+    if _in_file_mapping(start) and _in_file_mapping(tensor.data_ptr() + tensor.nbytes - 1):
+        LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(tensor.data_ptr() + tensor.nbytes - start), MADV_DONTNEED)
+
+
+class _Quantized:
+    """Mixin for a parallel linear layer whose weight is stored quantized: `weight` and `scales` buffers."""
+
+    def _set_buffers(self, weight: torch.Tensor, scales: torch.Tensor) -> None:
+        for name, value in (("weight", weight), ("scales", scales)):
+            if name in self._parameters:
+                del self._parameters[name]
+            self.register_buffer(name, value)
+
+    def quantize(self, weight: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """This layer's float weight -> {"weight": ..., "scales": ...} as this layer stores them."""
+        return quantize_rows(self.method, weight)
+
+    def prepare(self) -> None:
+        """Once the weights are loaded: switch to the device's fused kernel where it has one."""
+
+
+class _Int8(_Quantized):
+    method = "int8"
+    fused = False
+
+    def _make_quantized(self) -> None:
         out_features, in_features = self.weight.shape
-        del self.weight
-        self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8))
-        self.register_buffer("scales", torch.empty(out_features))
+        self._set_buffers(torch.empty(out_features, in_features, dtype=torch.int8), torch.empty(out_features))
+
+    def prepare(self) -> None:
+        # The fused kernel takes bfloat16 scales (and activations); 1/256 relative, per row.
+        if kq.has_kernel("_weight_int8pack_mm", self.weight.device):
+            self.register_buffer("scales", self.scales.to(torch.bfloat16))
+            self.fused = True
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        return int8_matmul(x, self.weight, self.scales)
+        if self.fused:
+            return kq.int8_linear(x, self.weight, self.scales)
+        return kq.int8_linear_portable(x, self.weight, self.scales)
 
 
-class Int8ColumnParallelLinear(_Int8Weight, ColumnParallelLinear):
+class _Int4(_Quantized):
+    method = "int4"
+    kernel = False  # True once the weight is in the CPU kernel's layout
+
+    def _make_quantized(self) -> None:
+        out_features, in_features = self.weight.shape
+        check_int4_width(in_features, "this model (per process)")
+        self.group = INT4_GROUP
+        self._set_buffers(torch.empty(out_features, in_features // 2, dtype=torch.uint8),
+                          torch.empty(out_features, in_features // INT4_GROUP, 2, dtype=torch.bfloat16))
+
+    def prepare(self) -> None:
+        if kq.int4_cpu_kernel_fits(self.weight):
+            stored = self.weight
+            self._set_buffers(*kq.int4_to_cpu_kernel(self.weight, self.scales))
+            release_mapped(stored)
+            self.kernel = True
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel:
+            return kq.int4_linear_cpu(x, self.weight, self.scales, self.group)
+        return kq.int4_linear_portable(x, self.weight, self.scales)
+
+
+def _column(mixin, name: str):
     def __init__(self, in_features: int, out_features: int, world: int = 1, gather_output: bool = True):
-        super().__init__(in_features, out_features, world, gather_output)
-        self._make_int8()
+        ColumnParallelLinear.__init__(self, in_features, out_features, world, gather_output)
+        self._make_quantized()
+
+    return type(name, (mixin, ColumnParallelLinear), {"__init__": __init__})
 
 
-class Int8RowParallelLinear(_Int8Weight, RowParallelLinear):
+def _row(mixin, name: str):
     def __init__(self, in_features: int, out_features: int, world: int = 1):
-        super().__init__(in_features, out_features, world)
-        self._make_int8()
+        RowParallelLinear.__init__(self, in_features, out_features, world)
+        self._make_quantized()
+
+    return type(name, (mixin, RowParallelLinear), {"__init__": __init__})
 
 
-INT8_CLASSES = {"column": Int8ColumnParallelLinear, "row": Int8RowParallelLinear}
+Int8ColumnParallelLinear = _column(_Int8, "Int8ColumnParallelLinear")
+Int8RowParallelLinear = _row(_Int8, "Int8RowParallelLinear")
+Int4ColumnParallelLinear = _column(_Int4, "Int4ColumnParallelLinear")
+Int4RowParallelLinear = _row(_Int4, "Int4RowParallelLinear")
+
+CLASSES = {
+    "int8": {"column": Int8ColumnParallelLinear, "row": Int8RowParallelLinear},
+    "int4": {"column": Int4ColumnParallelLinear, "row": Int4RowParallelLinear},
+}
 
 
 def linear_classes(method: Optional[str]):
     """The linear layer classes `llama.parallel.parallelize` should build for `method` (None: float)."""
     check_method(method)
-    return INT8_CLASSES if method == "int8" else LINEAR_CLASSES
+    return CLASSES[method] if method else LINEAR_CLASSES
 
 
-def int8_layer_names(model: nn.Module) -> Set[str]:
-    return {name for name, m in model.named_modules() if isinstance(m, _Int8Weight)}
+def quantized_layers(model: nn.Module) -> Dict[str, _Quantized]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, _Quantized)}
 
 
-def quantize_entry(key: str, tensor: torch.Tensor, int8_layers: Set[str]) -> Dict[str, torch.Tensor]:
-    """One state-dict entry -> the entries a model with int8 layers expects for it."""
-    owner = key.rsplit(".", 1)[0]
-    if owner in int8_layers and key.endswith(".weight"):
-        q, scales = quantize_weight(tensor)
-        return {key: q, owner + ".scales": scales}
-    return {key: tensor}
+def quantize_entry(key: str, tensor: torch.Tensor, layers: Dict[str, _Quantized]) -> Dict[str, torch.Tensor]:
+    """One state-dict entry -> the entries a model with quantized `layers` expects for it.
+
+    A float weight of a quantized layer is quantized; anything else (also the entries of a
+    checkpoint quantized already) passes through.
+    """
+    owner, name = key.rsplit(".", 1)
+    layer = layers.get(owner)
+    if layer is None or name != "weight" or not tensor.is_floating_point():
+        return {key: tensor}
+    return {f"{owner}.{part}": value for part, value in layer.quantize(tensor).items()}
+
+
+def prepare(model: nn.Module) -> None:
+    """After loading: every quantized layer takes the fused kernel of its device where there is one."""
+    for layer in quantized_layers(model).values():
+        layer.prepare()
+
+
+# ---- quantized checkpoints ----
+
+def marker(method: str) -> dict:
+    return {"method": method, "group_size": INT4_GROUP} if method == "int4" else {"method": method}
+
+
+def split_params(params: dict, source: str) -> Tuple[dict, Optional[str]]:
+    """params.json as read -> (Meta's params without the marker, the stored quantization or None)."""
+    if MARKER not in params:
+        return params, None
+    params = dict(params)
+    found = params.pop(MARKER)
+    if not isinstance(found, dict) or found.get("method") not in METHODS or found != marker(found["method"]):
+        raise CheckpointError(
+            f"{source}: {MARKER}={found!r} is not a quantization this version reads "
+            f"({', '.join(json.dumps(marker(m)) for m in METHODS)}); quantize the float checkpoint again "
+            "with python -m llama.quantize"
+        )
+    return params, found["method"]
+
+
+def read_params(ckpt_dir) -> Tuple[dict, Optional[str]]:
+    """A Meta checkpoint's params.json -> (its params, the quantization it is stored in or None).
+
+    Without the marker this is `llama.checkpoint.read_params`, errors and all.
+    """
+    path = Path(ckpt_dir) / "params.json"
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raw = None
+    if not isinstance(raw, dict) or MARKER not in raw:
+        return checkpoint.read_params(ckpt_dir), None
+    params, stored = split_params(raw, str(path))
+    unknown = sorted(set(params) - set(checkpoint.PARAM_KEYS))
+    if unknown:
+        raise ConfigError(f"{str(path)!r} has unknown keys {unknown}; known keys: {list(checkpoint.PARAM_KEYS)}")
+    checkpoint.check_params(params, str(path))
+    return params, stored
+
+
+def check_stored(stored: Optional[str], requested: Optional[str], n_shards: int, world: int, source: str) -> None:
+    """A quantized checkpoint runs as stored: the same method, one process per shard."""
+    if stored is None:
+        return
+    if requested not in (None, stored):
+        raise ConfigError(
+            f"{source} is quantized to {stored}; it cannot be loaded with quantize={requested!r}: "
+            f"leave quantize unset (or {stored!r}), or quantize the float checkpoint instead"
+        )
+    if world != n_shards:
+        raise ConfigError(
+            f"{source} is quantized to {stored} with {n_shards} shard(s) and cannot be resharded to {world} "
+            f"processes; run {n_shards} process(es), or quantize a float checkpoint with {world} shard(s)"
+        )
+
+
+if __name__ == "__main__":  # python -m llama.quantize SRC DST --int8|--int4
+    from .cli import run
+    from .quantize_tool import FLAGS, main
+
+    run(main, FLAGS, prog="python -m llama.quantize")

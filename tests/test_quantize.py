@@ -1,9 +1,15 @@
-"""int8 weight-only quantization: storage, error bounds, and closeness to the unquantized model."""
+"""Weight-only quantization (int8, int4): storage, error bounds, and closeness to the unquantized model."""
 import pytest
 import torch
 
 from llama.errors import ConfigError
-from llama.quantize import Int8ColumnParallelLinear, Int8RowParallelLinear, quantize_weight
+from llama.quantize import (
+    Int4ColumnParallelLinear,
+    Int4RowParallelLinear,
+    Int8ColumnParallelLinear,
+    Int8RowParallelLinear,
+    quantize_weight,
+)
 
 PROMPTS = ["The quick brown fox", "Python is a programming language that", "A"]
 
@@ -18,8 +24,8 @@ def test_each_row_is_rounded_to_the_nearest_of_255_levels_of_its_own_scale():
 
 
 def test_unknown_quantization_is_refused_before_loading(build):
-    with pytest.raises(ConfigError, match="unknown quantization 'int4'"):
-        build("mha", quantize="int4")
+    with pytest.raises(ConfigError, match=r"unknown quantization 'int3'; use one of int8, int4 \(or leave it unset\)"):
+        build("mha", quantize="int3")
 
 
 @pytest.mark.parametrize("config,n_shards", [("mha", 1), ("mha", 2), ("gqa", 1), ("gqa", 2)])
@@ -45,3 +51,13 @@ def test_int8_layers_store_a_quarter_of_the_float32_bytes(build):
     float_bytes = sum(t.nbytes for k, t in plain.model.state_dict().items() if k.endswith(".weight") and "norm" not in k
                       and not k.startswith("tok_embeddings"))
     assert int8_bytes < 0.27 * float_bytes
+
+
+def test_int4_layers_store_an_eighth_of_the_float32_bytes_plus_group_scales(build):
+    plain, int4 = build("gqa"), build("gqa", quantize="int4")
+    layers = [m for m in int4.model.modules() if isinstance(m, (Int4ColumnParallelLinear, Int4RowParallelLinear))]
+    assert len(layers) == 2 * 7 + 1
+    int4_bytes = sum(m.weight.nbytes + m.scales.nbytes for m in layers)
+    float_bytes = sum(t.nbytes for k, t in plain.model.state_dict().items() if k.endswith(".weight") and "norm" not in k
+                      and not k.startswith("tok_embeddings"))
+    assert int4_bytes == float_bytes // 8 + float_bytes // 4 // 32 * 2 * 2  # 4 bits, and a bf16 scale and zero per 32

@@ -1,0 +1,117 @@
+"""Weight-only quantized matmuls: the fused torch kernels where the device has them, a portable
+dequantize-then-matmul path everywhere else, and the int4 storage format both read.
+
+int8 (per output channel): y = (x @ q.T) * scale, through `aten::_weight_int8pack_mm`, which
+reads the int8 weight directly (no widened copy per step). It is fast with bfloat16 activations
+only (on an AVX2 CPU 9x faster than with float32 ones, see BENCHMARKS.md), so activations are
+cast to bfloat16 around it and back: the weight's own rounding (1/254 of a row's range) is
+larger than bfloat16's (1/256 relative), and BENCHMARKS.md states the combined cost.
+
+int4 (groups of `group` weights along the input dim, asymmetric): w = (q - 8) * scale + zero with
+q in 0..15, which is the convention of `aten::_weight_int4pack_mm_for_cpu`. The portable form
+(what checkpoints store, what any device can read) packs two weights per byte, the even input
+column in the low nibble: weight (out, in // 2) uint8, and `scales` (out, in // group, 2) with
+scale and zero per group. The CPU kernel wants its own blocked layout, made once at load time.
+"""
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .kernels import linear
+
+INT4_MID = 8  # q = 8 is the group's zero point: w = (q - 8) * scale + zero
+INT4_ROWS_MULTIPLE = 16  # the CPU int4 kernel packs output rows in blocks of 16
+CONVERT_ROWS = 1024
+
+
+def has_kernel(op: str, device: torch.device) -> bool:
+    """Whether this torch build has a kernel for `aten::op` on `device`'s type (CPU, CUDA, MPS)."""
+    key = {"cpu": "CPU", "cuda": "CUDA", "mps": "MPS"}.get(torch.device(device).type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"aten::{op}", key)
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, x.shape[-1])
+
+
+# ---- int8, per output channel ----
+
+def int8_linear(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """x @ (q * scales[:, None]).T for int8 q (out, in) and bfloat16 scales, by the fused kernel
+    (where `has_kernel("_weight_int8pack_mm", device)`); activations in bfloat16 inside."""
+    y = torch.ops.aten._weight_int8pack_mm(_rows(x).to(torch.bfloat16), q, scales)
+    return y.to(x.dtype).reshape(*x.shape[:-1], q.shape[0])
+
+
+def int8_linear_portable(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The same product with q widened to x's dtype first (one full-size copy per call), the scale
+    applied to the much smaller output; any device."""
+    return linear(x, q.to(x.dtype)) * scales.to(x.dtype)
+
+
+# ---- int4, group-wise ----
+
+def quantize_int4(weight: torch.Tensor, group: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(out, in) float weight -> (portable packed uint8 (out, in // 2), scales (out, in // group, 2) bfloat16).
+
+    Each group maps its [min, max] onto 0..15; the scale and zero are rounded to bfloat16 (what
+    the kernel reads) before the weights are rounded against them, so the stored codes are the
+    nearest ones for the scale actually used.
+    """
+    out_features, in_features = weight.shape
+    w = weight.float().reshape(out_features, in_features // group, group)
+    lo, hi = w.amin(-1), w.amax(-1)
+    scale = ((hi - lo) / 15).clamp_min(1e-12).to(torch.bfloat16).float()
+    zero = (lo + INT4_MID * scale).to(torch.bfloat16).float()
+    q = torch.round((w - zero[..., None]) / scale[..., None] + INT4_MID).clamp_(0, 15).to(torch.uint8)
+    return pack_nibbles(q.reshape(out_features, in_features)), torch.stack((scale, zero), -1).to(torch.bfloat16)
+
+
+def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """(out, in) values 0..15 -> (out, in // 2) uint8, even column in the low nibble."""
+    q = q.to(torch.uint8)
+    return q[:, 0::2] | (q[:, 1::2] << 4)
+
+
+def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """The inverse of pack_nibbles: (out, in // 2) uint8 -> (out, in) uint8 values 0..15."""
+    return torch.stack((packed & 15, packed >> 4), dim=-1).flatten(-2)
+
+
+def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """The (out, in) weight the portable int4 form stands for, in `dtype`."""
+    q = unpack_nibbles(packed).to(dtype)
+    out_features, groups = scales.shape[:2]
+    q = q.reshape(out_features, groups, -1)
+    scale, zero = scales[..., 0].to(dtype), scales[..., 1].to(dtype)
+    return ((q - INT4_MID) * scale[..., None] + zero[..., None]).reshape(out_features, -1)
+
+
+def int4_cpu_kernel_fits(packed: torch.Tensor) -> bool:
+    """Whether the CPU int4 kernel can take this weight (on the CPU, rows a multiple of 16)."""
+    return (packed.device.type == "cpu" and packed.shape[0] % INT4_ROWS_MULTIPLE == 0
+            and has_kernel("_weight_int4pack_mm_for_cpu", packed.device))
+
+
+def int4_to_cpu_kernel(packed: torch.Tensor, scales: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Portable int4 -> (the CPU kernel's packed weight, its (in // group, out, 2) bfloat16 scales).
+
+    Converted CONVERT_ROWS rows at a time: the kernel's layout blocks rows in groups of 16 to 64,
+    so pieces of 1024 rows convert to the same bytes, and the int32 codes the converter wants
+    (8x the packed size) never exist for a whole matrix at once.
+    """
+    pieces = [torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_nibbles(rows).to(torch.int32), 1)
+              for rows in packed.split(CONVERT_ROWS)]
+    return torch.cat(pieces), scales.to(torch.bfloat16).transpose(0, 1).contiguous()
+
+
+def int4_linear_cpu(x: torch.Tensor, weight: torch.Tensor, scales_t: torch.Tensor, group: int) -> torch.Tensor:
+    """x @ W.T through the CPU int4 kernel (weight and scales from int4_to_cpu_kernel); bfloat16 inside."""
+    y = torch.ops.aten._weight_int4pack_mm_for_cpu(_rows(x).to(torch.bfloat16), weight, group, scales_t)
+    return y.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+
+
+def int4_linear_portable(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """x @ W.T with W dequantized from the portable form first (a full-size copy per call); any device."""
+    return F.linear(x, dequantize_int4(packed, scales, x.dtype))
