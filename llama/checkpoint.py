@@ -48,6 +48,18 @@ def find_shards(ckpt_dir) -> List[Path]:
     return shards
 
 
+def source_dir(src_dir, purpose: str, example: str) -> Path:
+    """An offline tool's SRC_DIR as a Path; MissingFileError naming it, as the tool calls it, if it is no folder."""
+    src_dir = Path(src_dir)
+    if not src_dir.is_dir():
+        what = "is a file, not a directory" if src_dir.exists() else "not found"
+        raise MissingFileError(
+            f"SRC_DIR {str(src_dir)!r} {what}; name the checkpoint folder to {purpose} (params.json and "
+            f"consolidated.*.pth, e.g. {example})"
+        )
+    return src_dir
+
+
 def _as_path(value, name: str) -> Path:
     if not isinstance(value, (str, os.PathLike)):
         raise ConfigError(f"{name} must be a path (str), got {type(value).__name__} {value!r}")

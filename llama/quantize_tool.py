@@ -20,7 +20,7 @@ import torch
 from . import checkpoint
 from . import quantize as quant
 from .cli import run
-from .errors import ConfigError, MissingFileError
+from .errors import ConfigError
 from .flags import Flag
 from .parallel import LLAMA2_PLAN
 from .reshard import _check_target, _owned
@@ -55,13 +55,7 @@ def quantize_checkpoint(src_dir, dst_dir, method: str) -> List[Path]:
     quant.check_method(method)
     if method is None:
         raise ConfigError("no quantization chosen; pass --int8 or --int4")
-    src_dir, dst_dir = Path(src_dir), Path(dst_dir)
-    if not src_dir.is_dir():
-        what = "is a file, not a directory" if src_dir.exists() else "not found"
-        raise MissingFileError(
-            f"SRC_DIR {str(src_dir)!r} {what}; name the checkpoint folder to quantize (params.json and "
-            "consolidated.*.pth, e.g. llama-2-7b/)"
-        )
+    src_dir, dst_dir = checkpoint.source_dir(src_dir, "quantize", "llama-2-7b/"), Path(dst_dir)
     sources = checkpoint.find_shards(src_dir)
     params, stored = quant.read_params(src_dir)
     if stored is not None:

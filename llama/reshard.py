@@ -15,7 +15,7 @@ import torch
 
 from . import checkpoint
 from .cli import run
-from .errors import ConfigError, MissingFileError
+from .errors import ConfigError
 from .flags import Flag
 from .parallel import PLANS
 from .validation import whole_number
@@ -49,13 +49,7 @@ def _owned(tensor: torch.Tensor) -> torch.Tensor:
 def reshard(src_dir, dst_dir, shards: int) -> List[Path]:
     """Write the checkpoint in `src_dir` to `dst_dir` with `shards` shards; -> the files written."""
     whole_number("--shards", shards, fix="; e.g. --shards 2")
-    src_dir, dst_dir = Path(src_dir), Path(dst_dir)
-    if not src_dir.is_dir():
-        what = "is a file, not a directory" if src_dir.exists() else "not found"
-        raise MissingFileError(
-            f"SRC_DIR {str(src_dir)!r} {what}; name the checkpoint folder to reshard (params.json and "
-            "consolidated.*.pth, e.g. llama-2-13b/)"
-        )
+    src_dir, dst_dir = checkpoint.source_dir(src_dir, "reshard", "llama-2-13b/"), Path(dst_dir)
     sources = checkpoint.find_shards(src_dir)
     params = checkpoint.read_params(src_dir)
     n_heads = params.get("n_heads", 32)
