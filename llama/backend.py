@@ -247,6 +247,12 @@ def select(
     )
 
 
+def device_has_kernel(op: str, device: torch.device) -> bool:
+    """Whether this torch build has a kernel for `aten::op` on `device`'s type (CPU, CUDA, MPS)."""
+    key = {"cpu": "CPU", "cuda": "CUDA", "mps": "MPS"}.get(torch.device(device).type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"aten::{op}", key)
+
+
 def device_memory(device: torch.device) -> Optional[int]:
     """Total memory of `device` in bytes, or None where it cannot be told."""
     try:

@@ -16,13 +16,13 @@ from . import quantize as quant
 from .backend import Runtime, select
 from .chat_format import UNSAFE_ERROR, Dialog, Message, encode_dialog, is_unsafe
 from .decode import DecodeState, StaticDecode, collect, decode_steps, sample_top_p, start_decode
+from .device_tuning import compile_options, eos_check_interval
 from .distributed import barrier_then_tighten_timeouts, init_distributed, is_main_process
 from .errors import ConfigError
 from .model import ModelArgs, Transformer
 from .parallel import init_model_parallel, model_parallel_rank
 from .ranks import on_all_ranks
 from .tokenizer import Tokenizer
-from .device_tuning import compile_options, eos_check_interval
 from .validation import check_request, whole_number
 
 __all__ = ["Llama", "Dialog", "Message", "CompletionPrediction", "ChatPrediction", "sample_top_p"]

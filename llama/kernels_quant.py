@@ -18,17 +18,12 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
+from .backend import device_has_kernel
 from .kernels import linear
 
 INT4_MID = 8  # q = 8 is the group's zero point: w = (q - 8) * scale + zero
 INT4_ROWS_MULTIPLE = 16  # the CPU int4 kernel packs output rows in blocks of 16
 CONVERT_ROWS = 1024
-
-
-def has_kernel(op: str, device: torch.device) -> bool:
-    """Whether this torch build has a kernel for `aten::op` on `device`'s type (CPU, CUDA, MPS)."""
-    key = {"cpu": "CPU", "cuda": "CUDA", "mps": "MPS"}.get(torch.device(device).type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"aten::{op}", key)
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -39,7 +34,7 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 def int8_linear(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """x @ (q * scales[:, None]).T for int8 q (out, in) and bfloat16 scales, by the fused kernel
-    (where `has_kernel("_weight_int8pack_mm", device)`); activations in bfloat16 inside."""
+    (where `backend.device_has_kernel("_weight_int8pack_mm", device)`); activations in bfloat16 inside."""
     y = torch.ops.aten._weight_int8pack_mm(_rows(x).to(torch.bfloat16), q, scales)
     return y.to(x.dtype).reshape(*x.shape[:-1], q.shape[0])
 
@@ -91,7 +86,7 @@ def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, dtype=torch.floa
 def int4_cpu_kernel_fits(packed: torch.Tensor) -> bool:
     """Whether the CPU int4 kernel can take this weight (on the CPU, rows a multiple of 16)."""
     return (packed.device.type == "cpu" and packed.shape[0] % INT4_ROWS_MULTIPLE == 0
-            and has_kernel("_weight_int4pack_mm_for_cpu", packed.device))
+            and device_has_kernel("_weight_int4pack_mm_for_cpu", packed.device))
 
 
 def int4_to_cpu_kernel(packed: torch.Tensor, scales: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

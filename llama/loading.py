@@ -73,7 +73,8 @@ def load_model(ckpt: Checkpoint, args: ModelArgs, world: int, rank: int, rt: Run
     quant.check_stored(ckpt.stored, quantize, ckpt.n_shards, world, source)
     quantize = quantize or ckpt.stored
     model = empty_model(args, ckpt.family, world, rank, quantize)
-    stored_model = empty_model(args, ckpt.family, world, rank, ckpt.stored)
+    # What the checkpoint holds, checked before anything is converted: the model itself when it is stored as run.
+    stored_model = model if ckpt.stored == quantize else empty_model(args, ckpt.family, world, rank, ckpt.stored)
     expected = {k: v.shape for k, v in stored_model.state_dict().items()}
     state = ckpt.rank_state(world, rank)
     check_vocab(state, args, world if PLANS[ckpt.family]["tok_embeddings"].dim == 0 else 1, source)

@@ -26,6 +26,7 @@ from torch import nn
 
 from . import checkpoint
 from . import kernels_quant as kq
+from .backend import device_has_kernel
 from .errors import CheckpointError, ConfigError
 from .parallel import LINEAR_CLASSES, ColumnParallelLinear, RowParallelLinear
 
@@ -150,7 +151,7 @@ class _Int8(_Quantized):
 
     def prepare(self) -> None:
         # The fused kernel takes bfloat16 scales (and activations); 1/256 relative, per row.
-        if kq.has_kernel("_weight_int8pack_mm", self.weight.device):
+        if device_has_kernel("_weight_int8pack_mm", self.weight.device):
             self.register_buffer("scales", self.scales.to(torch.bfloat16))
             self.fused = True
 
