@@ -2,6 +2,8 @@
 import torch
 import torch.nn.functional as F
 
+from . import native
+
 # For 2..SMALL_BATCH_ROWS rows (a small decode batch) a linear layer runs as (W @ x.T).T, which
 # MKL computes ~1.45x faster than F.linear's small-matrix GEMM (measured on the 2-core AMD EPYC of
 # BENCHMARKS.md); from 8 rows on F.linear is as fast or faster.
@@ -19,7 +21,7 @@ def _onednn(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 # The same as an operator of our own, so that torch.compile graphs call it as an opaque kernel
 # (inductor would lower the mkldnn op only for frozen weights). A plain library operator costs
 # ~3 us of dispatch; torch.library.custom_op's wrapper costs ~30 us, a tenth of a small GEMV.
-_LIB = torch.library.Library("llama", "DEF")
+_LIB = torch.library.Library("llama", "FRAGMENT")
 _LIB.define("onednn_linear(Tensor x, Tensor weight) -> Tensor")
 _LIB.impl("onednn_linear", _onednn, "CPU")
 _LIB.impl("onednn_linear", lambda x, weight: x.new_empty(*x.shape[:-1], weight.shape[0]), "Meta")
@@ -28,6 +30,9 @@ _LIB.impl("onednn_linear", lambda x, weight: x.new_empty(*x.shape[:-1], weight.s
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x @ weight.T for x (..., in_features); the result may be a transposed (non-contiguous) view."""
     rows = x.numel() // x.shape[-1]
+    if (rows <= SMALL_BATCH_ROWS and x.device.type == "cpu" and x.dtype == weight.dtype == torch.bfloat16
+            and weight.is_contiguous() and native.available()):
+        return native.bf16_linear(x, weight)
     if rows == 1 and x.device.type == "cpu" and x.dtype == torch.float32 and ONEDNN:
         return torch.ops.llama.onednn_linear(x, weight) if torch.compiler.is_compiling() else _onednn(x, weight)
     if rows == 1 or rows > SMALL_BATCH_ROWS:

@@ -26,6 +26,7 @@ from torch import nn
 
 from . import checkpoint
 from . import kernels_quant as kq
+from . import native
 from .backend import device_has_kernel
 from .errors import CheckpointError, ConfigError
 from .parallel import LINEAR_CLASSES, ColumnParallelLinear, RowParallelLinear
@@ -141,29 +142,53 @@ class _Quantized:
         """Once the weights are loaded: switch to the device's fused kernel where it has one."""
 
 
+def _repacked(repack, weight: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+    """`repack` (llama.native) over REPACK_ROWS rows at a time into one preallocated result, so a
+    big matrix never exists twice in temporaries; the stored weight's mapped pages are released."""
+    out = None
+    for start in range(0, weight.shape[0], REPACK_ROWS):
+        part = repack(*(t[start:start + REPACK_ROWS] for t in (weight, *extra)))
+        if out is None:
+            out = torch.empty(-(-weight.shape[0] // native.BLOCK) * native.BLOCK, part.shape[1], dtype=part.dtype)
+        out[start:start + part.shape[0]] = part
+    release_mapped(weight)
+    return out
+
+
+REPACK_ROWS = 1024  # a multiple of native.BLOCK
+
+
 class _Int8(_Quantized):
     method = "int8"
-    fused = False
+    kernel = "portable"  # "native" (llama.native), "torch" (aten::_weight_int8pack_mm) or "portable"
 
     def _make_quantized(self) -> None:
         out_features, in_features = self.weight.shape
         self._set_buffers(torch.empty(out_features, in_features, dtype=torch.int8), torch.empty(out_features))
 
     def prepare(self) -> None:
-        # The fused kernel takes bfloat16 scales (and activations); 1/256 relative, per row.
-        if device_has_kernel("_weight_int8pack_mm", self.weight.device):
+        rows, in_features = self.weight.shape
+        if self.weight.device.type == "cpu" and native.fits(in_features):
+            self.rows = rows
+            scales = native.pad_rows(self.scales.float())
+            self._set_buffers(_repacked(native.int8_blocks, self.weight), scales)
+            self.kernel = "native"
+        elif device_has_kernel("_weight_int8pack_mm", self.weight.device):
+            # The fused kernel takes bfloat16 scales (and activations); 1/256 relative, per row.
             self.register_buffer("scales", self.scales.to(torch.bfloat16))
-            self.fused = True
+            self.kernel = "torch"
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused:
+        if self.kernel == "native":
+            return native.int8_linear(x, self.weight, self.scales, self.rows)
+        if self.kernel == "torch":
             return kq.int8_linear(x, self.weight, self.scales)
         return kq.int8_linear_portable(x, self.weight, self.scales)
 
 
 class _Int4(_Quantized):
     method = "int4"
-    kernel = False  # True once the weight is in the CPU kernel's layout
+    kernel = "portable"  # "native" (llama.native), "torch" (aten::_weight_int4pack_mm_for_cpu) or "portable"
 
     def _make_quantized(self) -> None:
         out_features, in_features = self.weight.shape
@@ -173,14 +198,20 @@ class _Int4(_Quantized):
                           torch.empty(out_features, in_features // INT4_GROUP, 2, dtype=torch.bfloat16))
 
     def prepare(self) -> None:
-        if kq.int4_cpu_kernel_fits(self.weight):
+        if self.weight.device.type == "cpu" and native.fits(self.weight.shape[1] * 2):
+            self.rows = self.weight.shape[0]
+            self._set_buffers(_repacked(native.int4_blocks, self.weight, self.scales), torch.empty(0))
+            self.kernel = "native"
+        elif kq.int4_cpu_kernel_fits(self.weight):
             stored = self.weight
             self._set_buffers(*kq.int4_to_cpu_kernel(self.weight, self.scales))
             release_mapped(stored)
-            self.kernel = True
+            self.kernel = "torch"
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel:
+        if self.kernel == "native":
+            return native.int4_linear(x, self.weight, self.rows)
+        if self.kernel == "torch":
             return kq.int4_linear_cpu(x, self.weight, self.scales, self.group)
         return kq.int4_linear_portable(x, self.weight, self.scales)
 

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from llama import kernels_quant as kq
+from llama import native
 from llama.quantize import Int4ColumnParallelLinear, Int8RowParallelLinear, quantize_weight
 
 
@@ -54,19 +55,42 @@ def test_int8_fused_kernel_equals_the_portable_path():
     torch.testing.assert_close(got, expected, rtol=0.02, atol=0.02 * expected.abs().mean().item())
 
 
-def test_layers_pick_the_cpu_kernels_and_fall_back_where_the_shape_does_not_fit():
+@pytest.fixture
+def without_native(monkeypatch):
+    """As on a machine where llama.native cannot be built (no compiler, LLAMA_NATIVE=0, not x86)."""
+    monkeypatch.setattr(native, "available", lambda: False)
+
+
+def _int4_layer(rows: int, in_features: int = 128):
+    layer = Int4ColumnParallelLinear(in_features, rows)
+    entries = layer.quantize(_weight(rows, in_features))
+    layer.weight, layer.scales = entries["weight"], entries["scales"]
+    return layer, F.linear(torch.ones(1, in_features), kq.dequantize_int4(layer.weight, layer.scales))
+
+
+def test_layers_take_the_native_kernels_for_any_row_count():
     int8 = Int8RowParallelLinear(96, 64)
-    q, scales = quantize_weight(_weight())
-    int8.weight, int8.scales = q, scales
+    int8.weight, int8.scales = quantize_weight(_weight())
+    plain = F.linear(torch.ones(1, 96), int8.weight.float() * int8.scales[:, None])
     int8.prepare()
-    assert int8.fused and int8.scales.dtype == torch.bfloat16
-    for rows, expect_kernel in ((48, True), (40, False)):  # the CPU int4 kernel needs rows in blocks of 16
-        layer = Int4ColumnParallelLinear(128, rows)
-        entries = layer.quantize(_weight(rows, 128))
-        layer.weight, layer.scales = entries["weight"], entries["scales"]
-        plain = F.linear(torch.ones(1, 128), kq.dequantize_int4(layer.weight, layer.scales))
+    assert int8.kernel == "native"
+    torch.testing.assert_close(int8(torch.ones(1, 96)), plain, rtol=0.02, atol=0.05)
+    for rows in (48, 40, 13):
+        layer, plain = _int4_layer(rows)
         layer.prepare()
-        assert layer.kernel is expect_kernel
+        assert layer.kernel == "native"
+        torch.testing.assert_close(layer(torch.ones(1, 128)), plain, rtol=0.02, atol=0.05)
+
+
+def test_without_native_kernels_layers_pick_torchs_and_fall_back_where_the_shape_does_not_fit(without_native):
+    int8 = Int8RowParallelLinear(96, 64)
+    int8.weight, int8.scales = quantize_weight(_weight())
+    int8.prepare()
+    assert int8.kernel == "torch" and int8.scales.dtype == torch.bfloat16
+    for rows, expect in ((48, "torch"), (40, "portable")):  # the CPU int4 kernel needs rows in blocks of 16
+        layer, plain = _int4_layer(rows)
+        layer.prepare()
+        assert layer.kernel == expect
         torch.testing.assert_close(layer(torch.ones(1, 128)), plain, rtol=0.02, atol=0.05)
 
 

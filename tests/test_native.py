@@ -1,0 +1,121 @@
+"""llama.native: the project's own int8/int4 CPU kernels (llama/csrc/qmatmul.c), built at first use.
+
+Each kernel is checked against the exact arithmetic it stands for, written out in torch: the
+activations rounded in groups of 32 (to 255 levels for int4 weights, to 2 * 127 * 128 + 1 for
+int8 weights), times the dequantized weight."""
+import logging
+
+import pytest
+import torch
+
+from llama import kernels_quant as kq
+from llama import native
+from llama.quantize import REPACK_ROWS, _repacked, quantize_weight
+
+GEN = torch.Generator().manual_seed(0)
+
+
+def _randn(*shape):
+    return torch.randn(*shape, generator=GEN)
+
+
+def _quantized_activations(x: torch.Tensor, levels: int = 127) -> torch.Tensor:
+    """What the kernels multiply instead of x: each group of 32 rounded to one of 2 levels + 1
+    values (int4: 127 levels, int8: 127 * 128)."""
+    groups = x.reshape(*x.shape[:-1], -1, 32)
+    scale = groups.abs().amax(-1, keepdim=True) / levels
+    q = torch.round(groups / torch.where(scale > 0, scale, torch.ones_like(scale)))
+    return (q * scale).reshape(x.shape)
+
+
+def test_the_kernels_are_built_for_this_machine():
+    assert native.available(), "the CI machine has cc and an AVX2 CPU: the native kernels must build"
+    built = list(native.cache_dir().glob("qmatmul-*.so"))
+    assert built, native.cache_dir()
+
+
+@pytest.mark.parametrize("rows, out_features", [(1, 64), (3, 40), (6, 13)])
+def test_int4_kernel_equals_the_dequantized_matmul_of_quantized_activations(rows, out_features):
+    w, x = _randn(out_features, 96), _randn(rows, 96)
+    packed, scales = kq.quantize_int4(w, 32)
+    expected = _quantized_activations(x) @ kq.dequantize_int4(packed, scales).T
+    got = native.int4_linear(x, native.int4_blocks(packed, scales), out_features)
+    assert got.shape == (rows, out_features)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows, out_features", [(1, 64), (5, 21)])
+def test_int8_kernel_equals_the_dequantized_matmul_of_quantized_activations(rows, out_features):
+    w, x = _randn(out_features, 64), _randn(rows, 64)
+    q, scales = quantize_weight(w)
+    expected = _quantized_activations(x, 127 * 128) @ (q.float() * scales[:, None]).T
+    got = native.int8_linear(x, native.int8_blocks(q), native.pad_rows(scales), out_features)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_row_gives_the_same_bits_alone_and_in_any_batch():
+    # Generation relies on it: a prompt decodes the same tokens alone and in a batch.
+    w, x = _randn(24, 128), _randn(9, 128)
+    packed, scales = kq.quantize_int4(w, 32)
+    blocks = native.int4_blocks(packed, scales)
+    q, s = quantize_weight(w)
+    b8, s8 = native.int8_blocks(q), native.pad_rows(s)
+    batch4, batch8 = native.int4_linear(x, blocks, 24), native.int8_linear(x, b8, s8, 24)
+    for i in range(9):
+        assert torch.equal(native.int4_linear(x[i:i + 1], blocks, 24), batch4[i:i + 1])
+        assert torch.equal(native.int8_linear(x[i:i + 1], b8, s8, 24), batch8[i:i + 1])
+
+
+def test_bfloat16_activations_come_back_as_bfloat16():
+    w, x = _randn(16, 64), _randn(2, 64).bfloat16()
+    packed, scales = kq.quantize_int4(w, 32)
+    got = native.int4_linear(x, native.int4_blocks(packed, scales), 16)
+    assert got.dtype == torch.bfloat16
+    expected = _quantized_activations(x.float()) @ kq.dequantize_int4(packed, scales).T
+    torch.testing.assert_close(got, expected.bfloat16())
+
+
+def test_repacking_a_big_matrix_piece_by_piece_gives_the_whole_matrix_layout():
+    rows = REPACK_ROWS + 12  # two pieces, the second one not a whole block of 8
+    packed, scales = kq.quantize_int4(_randn(rows, 64), 32)
+    assert torch.equal(_repacked(native.int4_blocks, packed, scales), native.int4_blocks(packed, scales))
+    q, _ = quantize_weight(_randn(rows, 64))
+    assert torch.equal(_repacked(native.int8_blocks, q), native.int8_blocks(q))
+
+
+def test_int8_blocks_put_four_columns_of_eight_rows_in_each_32_bytes():
+    q = torch.arange(8 * 32, dtype=torch.int32).reshape(8, 32) % 127  # row r, column c -> 32 r + c (mod 127)
+    blocks = native.int8_blocks(q.to(torch.int8))
+    assert blocks.shape == (8, 32)
+    blocks = blocks.reshape(8, 8, 4)  # quad, row, byte
+    for quad, row, byte in ((0, 0, 0), (0, 1, 0), (2, 3, 1), (7, 7, 3)):
+        assert blocks[quad, row, byte].item() == q[row, 4 * quad + byte].item()
+
+
+@pytest.fixture
+def fresh_build(monkeypatch, tmp_path):
+    monkeypatch.setenv("LLAMA_CACHE_DIR", str(tmp_path))
+    native.library.cache_clear()
+    yield tmp_path
+    native.library.cache_clear()
+
+
+def test_without_a_compiler_torchs_kernels_are_used_and_the_log_says_so(fresh_build, monkeypatch, caplog):
+    monkeypatch.setenv("CC", str(fresh_build / "no-such-cc"))
+    with caplog.at_level(logging.WARNING, logger="llama.native"):
+        assert native.library() is None
+    assert "building the native CPU kernels failed" in caplog.text
+    assert not list(fresh_build.glob("*.so")) and not list(fresh_build.glob("*"))  # no half-written file
+
+
+def test_llama_native_0_turns_them_off(fresh_build, monkeypatch):
+    monkeypatch.setenv("LLAMA_NATIVE", "0")
+    assert native.library() is None and not native.fits(64)
+
+
+def test_a_build_is_reused_and_named_after_source_compiler_and_cpu(fresh_build):
+    assert native.library() is not None
+    (built,) = fresh_build.glob("qmatmul-*.so")
+    mtime = built.stat().st_mtime_ns
+    native.library.cache_clear()
+    assert native.library() is not None and built.stat().st_mtime_ns == mtime
