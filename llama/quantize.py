@@ -164,6 +164,7 @@ class _Int8(_Quantized):
 class _Int4(_Quantized):
     method = "int4"
     kernel = False  # True once the weight is in the CPU kernel's layout
+    gpu = False  # True once it is in the CUDA/MPS kernel's tiles
 
     def _make_quantized(self) -> None:
         out_features, in_features = self.weight.shape
@@ -173,6 +174,10 @@ class _Int4(_Quantized):
                           torch.empty(out_features, in_features // INT4_GROUP, 2, dtype=torch.bfloat16))
 
     def prepare(self) -> None:
+        if kq.int4_gpu_kernel_fits(self.weight.shape, self.group, self.weight.device):
+            self._set_buffers(*kq.int4_to_gpu_kernel(self.weight, self.scales))
+            self.gpu = True
+            return
         if kq.int4_cpu_kernel_fits(self.weight):
             stored = self.weight
             self._set_buffers(*kq.int4_to_cpu_kernel(self.weight, self.scales))
@@ -180,6 +185,8 @@ class _Int4(_Quantized):
             self.kernel = True
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gpu:
+            return kq.int4_linear_gpu(x, self.weight, self.scales, self.group)
         if self.kernel:
             return kq.int4_linear_cpu(x, self.weight, self.scales, self.group)
         return kq.int4_linear_portable(x, self.weight, self.scales)

@@ -203,8 +203,9 @@ def test_torchrun_quantized_models_generate_the_single_process_tokens(launches, 
     runtime = [line for line in run.stderr.splitlines() if line.startswith("runtime: ")]
     assert len(results) == len(runtime) == 2 * len(METHODS)
     live, stored = (results[i * len(METHODS) + METHODS.index(method)] for i in (0, 1))
-    line = f"runtime: backend=gloo device=cpu dtype=float32 world_size=2 rank=0 (no CUDA or MPS -> cpu; no CUDA -> gloo) "
-    assert [runtime[i * len(METHODS) + METHODS.index(method)] for i in (0, 1)] == [f"{line}quantize={method}"] * 2
+    line = ("runtime: backend=gloo device=cpu dtype=float32 world_size=2 rank=0 (no CUDA or MPS -> cpu; no CUDA -> gloo) "
+            f"quantize={method}")
+    assert [runtime[i * len(METHODS) + METHODS.index(method)] for i in (0, 1)] == [line, line]
     # The same weights whichever way they were quantized, so the same tokens, sampled ones too.
     assert stored == live
     single = generations(build("mha", 1, max_seq_len=64, max_batch_size=2, quantize=method))
