@@ -180,6 +180,7 @@ def main(
     device: Optional[str] = None,
     dtype: Optional[str] = None,
     seed: int = 1,
+    quantize: Optional[str] = None,
 ):
     """max_seq_len defaults to 256 for the demo model (its training context), else 2048;
     max_gen_len (the room kept for each answer) to half of it."""
@@ -190,7 +191,7 @@ def main(
         max_gen_len = max_seq_len // 2
     whole_number("max_gen_len", max_gen_len, below=max_seq_len, fix=f" (max_seq_len={max_seq_len})")
     generator = build_generator(ckpt_dir, tokenizer_path, temperature, top_p, max_gen_len, max_seq_len=max_seq_len,
-                                max_batch_size=1, device=device, dtype=dtype, seed=seed)
+                                max_batch_size=1, device=device, dtype=dtype, seed=seed, quantize=quantize)
     conversation = Conversation(generator.tokenizer, max_seq_len, max_gen_len, None if system is None else str(system))
     logger.info("chat ready (%s); %s", "demo model" if using_demo else ckpt_dir, COMMANDS)
     try:

@@ -84,7 +84,7 @@ class Llama:
         init_distributed(rt)
         init_model_parallel(mp_size)
         if is_main_process():
-            logger.info("runtime: %s", _describe(rt, quantize))
+            logger.info("runtime: %s", _describe(rt, quantize or ckpt.stored))  # also what a checkpoint is stored in
         torch.manual_seed(seed)
         model = on_all_ranks(loading.load_model_or_explain, ckpt, args, mp_size, model_parallel_rank(), rt, quantize)
         barrier_then_tighten_timeouts(rt)

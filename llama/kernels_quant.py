@@ -12,6 +12,12 @@ q in 0..15, which is the convention of `aten::_weight_int4pack_mm_for_cpu`. The 
 (what checkpoints store, what any device can read) packs two weights per byte, the even input
 column in the low nibble: weight (out, in // 2) uint8, and `scales` (out, in // group, 2) with
 scale and zero per group. The CPU kernel wants its own blocked layout, made once at load time.
+
+On CUDA and MPS, `aten::_weight_int4pack_mm` reads the same w = (q - 8) * scale + zero with the
+same (in // group, out, 2) scales, from tiles that `aten::_convert_weight_to_int4pack` makes out
+of uint8 (out, in // 2) with the even input column in the HIGH nibble (torch >= 2.5; see its
+`matrix_to_m16n8k16_Bint4_layout` in aten/src/ATen/native/cuda/int4mm.cu and the MPS
+`weight_to_int4pack` shader): the portable bytes with their nibbles swapped.
 """
 from typing import Tuple
 
@@ -105,6 +111,58 @@ def int4_linear_cpu(x: torch.Tensor, weight: torch.Tensor, scales_t: torch.Tenso
     """x @ W.T through the CPU int4 kernel (weight and scales from int4_to_cpu_kernel); bfloat16 inside."""
     y = torch.ops.aten._weight_int4pack_mm_for_cpu(_rows(x).to(torch.bfloat16), weight, group, scales_t)
     return y.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+
+
+# The GPU kernels (torch's tinygemm on CUDA, its Metal shader on MPS): the activation and scale
+# dtype each reads (CUDA's takes bfloat16 only; MPS's any float, and float16 is what every Mac
+# with MPS runs, where bfloat16 needs macOS 14), and their shape rules.
+INT4_GPU_DTYPES = {"cuda": torch.bfloat16, "mps": torch.float16}
+INT4_GPU_GROUPS = (32, 64, 128, 256)
+INT4_GPU_ROWS_MULTIPLE = 8  # output rows come in tiles of 8 (the scales must cover exactly `out` rows)
+INT4_GPU_K_TILE = 16  # input columns per k-tile; innerKTiles (2, 4 or 8) tiles are packed together
+CUDA_INT4_CAPABILITY = (8, 0)  # tinygemm's mma instructions need Ampere or newer
+
+
+def to_gpu_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """Portable bytes (even input column in the low nibble) -> the bytes torch's CUDA/MPS
+    `_convert_weight_to_int4pack` reads (even column in the high nibble): each byte's nibbles swapped."""
+    return ((packed & 15) << 4) | (packed >> 4)
+
+
+def int4_gpu_inner_k_tiles(in_features: int):
+    """The most k-tiles (8, 4 or 2) the converter may pack together for this input size (it needs
+    in_features to be a multiple of innerKTiles * 16); None if none fits."""
+    return next((t for t in (8, 4, 2) if in_features % (t * INT4_GPU_K_TILE) == 0), None)
+
+
+def int4_gpu_kernel_fits(shape, group: int, device: torch.device) -> bool:
+    """Whether torch's CUDA/MPS int4 kernel can take a portable weight of this (out, in // 2)
+    `shape` and `group` on `device` (else the portable path runs)."""
+    device = torch.device(device)
+    out_features, in_features = shape[0], shape[1] * 2
+    if (device.type not in INT4_GPU_DTYPES or out_features % INT4_GPU_ROWS_MULTIPLE or group not in INT4_GPU_GROUPS
+            or in_features % group or int4_gpu_inner_k_tiles(in_features) is None):
+        return False
+    if not all(device_has_kernel(op, device) for op in ("_weight_int4pack_mm", "_convert_weight_to_int4pack")):
+        return False
+    return device.type != "cuda" or torch.cuda.get_device_capability(device) >= CUDA_INT4_CAPABILITY
+
+
+def int4_to_gpu_kernel(packed: torch.Tensor, scales: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Portable int4 on a CUDA/MPS device -> (the kernel's int32 tiles, its (in // group, out, 2) scales)."""
+    tiles = torch.ops.aten._convert_weight_to_int4pack(to_gpu_nibbles(packed).contiguous(),
+                                                       int4_gpu_inner_k_tiles(packed.shape[1] * 2))
+    # A copy in (in // group, out, 2) order (clone rather than .contiguous(): the same here, and
+    # torch's FakeTensorMode can run it without CUDA, which is how the tests check this path).
+    scales = scales.to(INT4_GPU_DTYPES[packed.device.type])
+    return tiles, scales.transpose(0, 1).clone(memory_format=torch.contiguous_format)
+
+
+def int4_linear_gpu(x: torch.Tensor, tiles: torch.Tensor, scales_t: torch.Tensor, group: int) -> torch.Tensor:
+    """x @ W.T through torch's CUDA/MPS int4 kernel (tiles and scales from int4_to_gpu_kernel); the
+    activations in the scales' dtype inside."""
+    y = torch.ops.aten._weight_int4pack_mm(_rows(x).to(scales_t.dtype).contiguous(), tiles, group, scales_t)
+    return y.to(x.dtype).reshape(*x.shape[:-1], y.shape[-1])
 
 
 def int4_linear_portable(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:

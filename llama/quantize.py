@@ -188,7 +188,7 @@ class _Int8(_Quantized):
 
 class _Int4(_Quantized):
     method = "int4"
-    kernel = "portable"  # "native" (llama.native), "torch" (aten::_weight_int4pack_mm_for_cpu) or "portable"
+    kernel = "portable"  # "native" (llama.native), "gpu" (aten::_weight_int4pack_mm), "torch" (its CPU kernel), "portable"
 
     def _make_quantized(self) -> None:
         out_features, in_features = self.weight.shape
@@ -198,7 +198,10 @@ class _Int4(_Quantized):
                           torch.empty(out_features, in_features // INT4_GROUP, 2, dtype=torch.bfloat16))
 
     def prepare(self) -> None:
-        if self.weight.device.type == "cpu" and native.fits(self.weight.shape[1] * 2):
+        if kq.int4_gpu_kernel_fits(self.weight.shape, self.group, self.weight.device):
+            self._set_buffers(*kq.int4_to_gpu_kernel(self.weight, self.scales))
+            self.kernel = "gpu"
+        elif self.weight.device.type == "cpu" and native.fits(self.weight.shape[1] * 2):
             self.rows = self.weight.shape[0]
             self._set_buffers(_repacked(native.int4_blocks, self.weight, self.scales), torch.empty(0))
             self.kernel = "native"
@@ -211,6 +214,8 @@ class _Int4(_Quantized):
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "native":
             return native.int4_linear(x, self.weight, self.rows)
+        if self.kernel == "gpu":
+            return kq.int4_linear_gpu(x, self.weight, self.scales, self.group)
         if self.kernel == "torch":
             return kq.int4_linear_cpu(x, self.weight, self.scales, self.group)
         return kq.int4_linear_portable(x, self.weight, self.scales)

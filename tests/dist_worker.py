@@ -4,6 +4,10 @@ Generates PROMPTS greedily and with default sampling and prints the tokens as on
 rank 0. With `--fail_rank R --fail_how raise|kill|hang`, rank R then fails at the `--fail_step`-th
 forward call of one more generation, to check that no rank hangs and the user learns why; it
 says on stderr when (time.time()) it fails.
+
+Several models from one launch (each launch costs seconds): `--quantize int8,int4` builds the
+checkpoint once per method, quantized while loading, and `--also DIR,DIR` then builds more
+checkpoints as stored; one JSON line per model, in that order.
 """
 import json
 import os
@@ -43,11 +47,21 @@ def _fail_at(generator: Llama, step: int, how: str) -> None:
     generator.model.forward = failing_forward
 
 
-def main(ckpt_dir: str, tokenizer_path: str, fail_rank: int = -1, fail_step: int = 3, fail_how: str = "raise"):
-    generator = Llama.build(ckpt_dir, tokenizer_path, max_seq_len=64, max_batch_size=len(PROMPTS))
-    result = generations(generator)
-    if generator.is_main:
-        print(json.dumps(result), flush=True)
+def _listed(value) -> list:
+    """A comma-separated flag as a list (fire hands `a,b` over as a tuple, a path list as one string)."""
+    if not value:
+        return []
+    return value.split(",") if isinstance(value, str) else [str(v) for v in value]
+
+
+def main(ckpt_dir: str, tokenizer_path: str, fail_rank: int = -1, fail_step: int = 3, fail_how: str = "raise",
+         quantize="", also=""):
+    builds = [(ckpt_dir, method) for method in _listed(quantize) or [None]] + [(d, None) for d in _listed(also)]
+    for directory, method in builds:
+        generator = Llama.build(directory, tokenizer_path, max_seq_len=64, max_batch_size=len(PROMPTS), quantize=method)
+        result = generations(generator)  # on every rank: each forward step is collective
+        if generator.is_main:
+            print(json.dumps(result), flush=True)
     if fail_rank >= 0:
         if int(os.environ.get("RANK", "0")) == fail_rank:
             _fail_at(generator, fail_step, fail_how)

@@ -18,6 +18,8 @@ from llama3_tokenizer import llama3_tokenizer_path
 
 from llama.cli import error_line
 from llama.errors import CheckpointError, ConfigError
+from llama.quantize import METHODS
+from llama.quantize_tool import quantize_checkpoint
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 DEADLINE_S = 60  # every rank must be gone this long after one fails
@@ -58,8 +60,17 @@ def launches(make_ckpt, tokenizer_path, tmp_path_factory):
     (unreadable / "params.json").write_bytes((make_ckpt("mha", 2) / "params.json").read_bytes())
     for i in range(2):  # loading these would fail with a CheckpointError
         (unreadable / f"consolidated.{i:02d}.pth").write_bytes(b"not a checkpoint")
+    # The 2-shard float checkpoint quantized by `python -m llama.quantize`, once per method.
+    stored = [tmp_path_factory.mktemp(f"mha-2shards-{method}") for method in METHODS]
+    for method, dst in zip(METHODS, stored):
+        quantize_checkpoint(make_ckpt("mha", 2), dst, method)
     port = _free_port()
-    jobs = {
+    jobs = {  # "hang" mostly waits out its timeout: started first, it overlaps the busy launches
+        "hang": ([_torchrun(2, WORKER, make_ckpt("mha", 1), tok, "--fail_rank", 1, "--fail_how", "hang")],
+                 {"LLAMA_COLLECTIVE_TIMEOUT": str(HANG_TIMEOUT_S)}),
+        # One launch, four models: every method quantized while loading, then every stored checkpoint.
+        "2procs-quantized": ([_torchrun(2, WORKER, make_ckpt("mha", 2), tok, "--quantize", ",".join(METHODS),
+                                        "--also", ",".join(map(str, stored)))], {}),
         "1proc-4shards-sampled": ([_torchrun(1, example, make_ckpt("mha", 4), tok, "--max_gen_len", 4)], {}),
         "2procs-gqa-greedy": (
             [_torchrun(2, example, make_ckpt("gqa", 2), tok, "--max_gen_len", 4, "--temperature", 0)], {}),
@@ -67,8 +78,6 @@ def launches(make_ckpt, tokenizer_path, tmp_path_factory):
             [_torchrun(2, example, llama3_ckpt(make_ckpt("llama3.1", 2)), "--max_gen_len", 4)], {}),
         "4procs-2shards-sampled": ([_torchrun(4, example, make_ckpt("mha", 2), tok, "--max_gen_len", 4)], {}),
         "kill": ([_torchrun(2, WORKER, make_ckpt("mha", 4), tok, "--fail_rank", 1, "--fail_how", "kill")], {}),
-        "hang": ([_torchrun(2, WORKER, make_ckpt("mha", 1), tok, "--fail_rank", 1, "--fail_how", "hang")],
-                 {"LLAMA_COLLECTIVE_TIMEOUT": str(HANG_TIMEOUT_S)}),
         "two-nodes": ([_node(n, port, WORKER, make_ckpt("gqa", 2), tok, "--fail_rank", 1) for n in (0, 1)], {}),
         "3procs-2shards": ([_torchrun(3, example, unreadable, tok)], {}),
     }
@@ -130,10 +139,14 @@ def test_torchrun_example_prints_the_single_process_text(
     ]
 
 
-def _reference(build, config):
+def generations(generator) -> dict:
     sys.path.insert(0, str(WORKER.parent))
     from dist_worker import generations
 
+    return generations(generator)
+
+
+def _reference(build, config):
     return generations(build(config, 1, max_seq_len=64, max_batch_size=2))
 
 
@@ -180,6 +193,27 @@ def test_an_impossible_process_count_fails_before_loading_with_one_message(launc
         "the other; valid process counts: [1, 2, 4] (torchrun --nproc_per_node N, or python -m llama.reshard to "
         "change the shard count)"
     ], run.stderr
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_torchrun_quantized_models_generate_the_single_process_tokens(launches, build, method):
+    (run,), _ = launches("2procs-quantized")
+    assert run.returncode == 0, run.stderr
+    results = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    runtime = [line for line in run.stderr.splitlines() if line.startswith("runtime: ")]
+    assert len(results) == len(runtime) == 2 * len(METHODS)
+    live, stored = (results[i * len(METHODS) + METHODS.index(method)] for i in (0, 1))
+    line = ("runtime: backend=gloo device=cpu dtype=float32 world_size=2 rank=0 (no CUDA or MPS -> cpu; no CUDA -> gloo) "
+            f"quantize={method}")
+    assert [runtime[i * len(METHODS) + METHODS.index(method)] for i in (0, 1)] == [line, line]
+    # The same weights whichever way they were quantized, so the same tokens, sampled ones too.
+    assert stored == live
+    single = generations(build("mha", 1, max_seq_len=64, max_batch_size=2, quantize=method))
+    # Greedy tokens as one process picks them. Sampled ones may differ: the fused kernels return
+    # bfloat16, so each rank rounds its partial sum of a row-parallel layer (wo, w2) before the
+    # all-reduce, where one process rounds the whole sum; the logits differ by a few bfloat16
+    # steps, enough to move a multinomial draw that falls near a boundary.
+    assert live["greedy"] == single["greedy"]
 
 
 PEER_LOST = RuntimeError("[../third_party/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:5. "
