@@ -10,6 +10,12 @@ from . import native
 SMALL_BATCH_ROWS = 4
 
 ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+# Prompts: for SMALL_BATCH_ROWS < rows <= ONEDNN_MAX_ROWS, oneDNN's GEMM runs a big float32 matrix
+# (at least ONEDNN_MIN_WEIGHT weights) 1.3-2x faster than F.linear's (32 rows of 11008 x 4096:
+# 38 vs 53 ms on one core, BENCHMARKS.md); by 512 rows they are even; on small matrices oneDNN's
+# ~30 us of fixed cost loses.
+ONEDNN_MAX_ROWS = 256
+ONEDNN_MIN_WEIGHT = 1 << 20
 
 
 def _onednn(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -33,7 +39,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if (rows <= SMALL_BATCH_ROWS and x.device.type == "cpu" and x.dtype == weight.dtype == torch.bfloat16
             and weight.is_contiguous() and native.available()):
         return native.bf16_linear(x, weight)
-    if rows == 1 and x.device.type == "cpu" and x.dtype == torch.float32 and ONEDNN:
+    if x.device.type == "cpu" and x.dtype == torch.float32 and ONEDNN and (
+            rows == 1 or SMALL_BATCH_ROWS < rows <= ONEDNN_MAX_ROWS and weight.numel() >= ONEDNN_MIN_WEIGHT):
         return torch.ops.llama.onednn_linear(x, weight) if torch.compiler.is_compiling() else _onednn(x, weight)
     if rows == 1 or rows > SMALL_BATCH_ROWS:
         return F.linear(x, weight)

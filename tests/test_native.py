@@ -8,8 +8,8 @@ import logging
 import pytest
 import torch
 
+from llama import kernels, native
 from llama import kernels_quant as kq
-from llama import native
 from llama.quantize import REPACK_ROWS, _repacked, quantize_weight
 
 GEN = torch.Generator().manual_seed(0)
@@ -119,3 +119,23 @@ def test_a_build_is_reused_and_named_after_source_compiler_and_cpu(fresh_build):
     mtime = built.stat().st_mtime_ns
     native.library.cache_clear()
     assert native.library() is not None and built.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("rows, k", [(1, 4096), (3, 200)])  # 200: a tail after the vector loop
+def test_bfloat16_kernel_sums_in_float32_and_rounds_once(rows, k):
+    w, x = _randn(24, k).bfloat16(), _randn(rows, k).bfloat16()
+    got = native.bf16_linear(x, w)
+    assert got.dtype == torch.bfloat16 and got.shape == (rows, 24)
+    exact = x.double() @ w.double().T
+    # float32 sums in another order than float64's: within one bfloat16 step of the exact value
+    assert ((got.double() - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all()
+
+
+def test_one_row_bfloat16_linears_take_the_native_kernel_and_prompts_do_not(monkeypatch):
+    calls = []
+    monkeypatch.setattr(native, "bf16_linear", lambda x, w: calls.append(x.shape) or torch.zeros(*x.shape[:-1], w.shape[0]))
+    w = _randn(32, 64).bfloat16()
+    kernels.linear(_randn(1, 1, 64).bfloat16(), w)
+    kernels.linear(_randn(1, 9, 64).bfloat16(), w)  # a prompt: torch's GEMM (AMX where the CPU has it)
+    kernels.linear(_randn(1, 1, 64), w.float())  # float32: oneDNN
+    assert calls == [(1, 1, 64)]

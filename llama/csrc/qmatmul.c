@@ -31,17 +31,20 @@
 #define SIMD 0
 #endif
 
+/* Weight bytes fetched ahead of use: a core's own hardware prefetch alone leaves it ~25 % short of
+ * the bandwidth oneDNN's float32 GEMV reaches (BENCHMARKS.md). */
+#define PREFETCH 2048
 #define GROUP 32
 #define ROWS_PER_TASK 16 /* output rows a thread takes at a time */
 #define ACT_BLOCK 4      /* activation rows that share one pass over a weight row */
 
-int llama_native_simd(void) {
 #if SIMD && (defined(__AVX512VNNI__) && defined(__AVX512VL__) || defined(__AVXVNNI__))
-    return 2;
+#define VNNI 1 /* vpdpbusd: u8 x s8 products summed in int32, no int16 step to saturate */
 #else
-    return SIMD;
+#define VNNI 0
 #endif
-}
+
+int llama_native_simd(void) { return SIMD + VNNI; }
 
 static inline float bf16_to_float(uint16_t h) {
     uint32_t bits = (uint32_t)h << 16;
@@ -59,6 +62,9 @@ static inline uint16_t float_to_bf16(float f) { /* round to nearest even, as tor
 }
 
 /* ---- activations: float -> int8 groups of 32 ---- */
+
+#define INT8_HI_OFFSET (VNNI ? 128 : 0)
+#define INT8_LO_OFFSET (VNNI ? 64 : 0)
 
 /* Row-major x (M, K) -> int8 groups of 32 with one float scale xd (M, K/32) each, rounded to
  * nearest (ties to even).
@@ -82,8 +88,10 @@ static void quantize_activations(const float *x, int64_t M, int64_t K, int8_t *x
             const int q = (int)nearbyintf(src[i] * inv);
             if (lo) {
                 const int hi = (q + 64) >> 7; /* arithmetic shift: floor((q + 64) / 128) */
-                xq[mg * GROUP + i] = (int8_t)hi;
-                lo[mg * GROUP + i] = (int8_t)(q - 128 * hi);
+                /* With VNNI the parts are the unsigned operand, stored + INT8_HI_OFFSET / + INT8_LO_OFFSET
+                 * (q8_block takes the offsets back out); without it they stay signed (sign trick). */
+                xq[mg * GROUP + i] = (int8_t)(uint8_t)(hi + INT8_HI_OFFSET);
+                lo[mg * GROUP + i] = (int8_t)(uint8_t)(q - 128 * hi + INT8_LO_OFFSET);
             } else {
                 xq[mg * GROUP + i] = (int8_t)q;
             }
@@ -145,6 +153,7 @@ INLINE void q4_block(const uint8_t *w, int64_t G, const int8_t *xq, const float 
     for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
     for (int64_t g = 0; g < G; g++) {
         const uint8_t *blk = w + g * 160;
+        for (int c = 0; c < 160; c += 64) _mm_prefetch((const char *)(blk + PREFETCH + c), _MM_HINT_T0);
         __m256i codes[8];
         for (int c = 0; c < 4; c++) {
             const __m256i b = _mm256_loadu_si256((const __m256i *)(blk + 32 * c));
@@ -170,8 +179,27 @@ INLINE void q8_block(const int8_t *w, const float *wscale, int64_t G, const int8
     for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
     for (int64_t g = 0; g < G; g++) {
         const int8_t *blk = w + g * 256;
+        for (int c = 0; c < 256; c += 64) _mm_prefetch((const char *)(blk + PREFETCH + c), _MM_HINT_T0);
         __m256i hi[ACT_BLOCK], lo[ACT_BLOCK];
         for (int r = 0; r < R; r++) hi[r] = lo[r] = _mm256_setzero_si256();
+#if VNNI
+        /* Activation parts stored + 128 (hi) and + 64 (lo), unsigned: sum (hi + 128) w = sum hi w
+         * + 128 sum w, so the rows' weight sums (one more vpdpbusd per quad, shared by all R
+         * activation rows) take the offsets back out. */
+        __m256i wsum = _mm256_setzero_si256();
+        for (int j = 0; j < 8; j++) {
+            const __m256i wv = _mm256_loadu_si256((const __m256i *)(blk + 32 * j));
+            wsum = dot_acc(wsum, _mm256_set1_epi8(1), wv);
+            for (int r = 0; r < R; r++) {
+                const int64_t at = r * K + g * GROUP + 4 * j;
+                hi[r] = dot_acc(hi[r], bcast4(xq + at), wv);
+                lo[r] = dot_acc(lo[r], bcast4(xlo + at), wv);
+            }
+        }
+        const __m256i offsets = _mm256_mullo_epi32(wsum, _mm256_set1_epi32(128 * INT8_HI_OFFSET + INT8_LO_OFFSET));
+        for (int r = 0; r < R; r++) { /* |128 hi + lo| < 2^27: no overflow */
+            const __m256i dot = _mm256_sub_epi32(_mm256_add_epi32(_mm256_slli_epi32(hi[r], 7), lo[r]), offsets);
+#else
         for (int j = 0; j < 8; j++) {
             const __m256i wv = _mm256_loadu_si256((const __m256i *)(blk + 32 * j));
             const __m256i magnitude = _mm256_sign_epi8(wv, wv); /* |w| <= 127 */
@@ -183,6 +211,7 @@ INLINE void q8_block(const int8_t *w, const float *wscale, int64_t G, const int8
         }
         for (int r = 0; r < R; r++) { /* |128 hi + lo| < 2^27: no overflow */
             const __m256i dot = _mm256_add_epi32(_mm256_slli_epi32(hi[r], 7), lo[r]);
+#endif
             acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(xd[r * (K / GROUP) + g]), acc[r]);
         }
     }
@@ -257,19 +286,23 @@ static float bf16_dot(const uint16_t *w, const uint16_t *x, const float *xf, int
 #if SIMD && defined(__AVX512BF16__)
     (void)xf;
     __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (; k + 128 <= K; k += 128)
+    for (; k + 128 <= K; k += 128) {
+        for (int c = 0; c < 256; c += 64) _mm_prefetch((const char *)(w + k) + PREFETCH + c, _MM_HINT_T0);
         for (int u = 0; u < 4; u++)
             a[u] = _mm512_dpbf16_ps(a[u], (__m512bh)_mm512_loadu_si512(w + k + 32 * u),
                                     (__m512bh)_mm512_loadu_si512(x + k + 32 * u));
+    }
     total = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
 #elif SIMD
     __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (; k + 32 <= K; k += 32)
+    for (; k + 32 <= K; k += 32) {
+        _mm_prefetch((const char *)(w + k) + PREFETCH, _MM_HINT_T0);
         for (int u = 0; u < 4; u++) {
             const __m256 wf = _mm256_castsi256_ps(
                 _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + k + 8 * u))), 16));
             a[u] = _mm256_fmadd_ps(wf, _mm256_loadu_ps(xf + k + 8 * u), a[u]);
         }
+    }
     total = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
 #endif
     for (; k < K; k++) total += bf16_to_float(w[k]) * bf16_to_float(x[k]);
