@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from .errors import GenerationError
 from .model import Transformer
 
-Forward = Callable[[torch.Tensor, int], torch.Tensor]  # (tokens (bsz, seqlen), start_pos) -> float32 logits
+# (tokens (bsz, seqlen), start_pos, last_only) -> float32 logits (bsz, seqlen or, with last_only, 1, vocab)
+Forward = Callable[[torch.Tensor, int, bool], torch.Tensor]
 
 
 @dataclass
@@ -58,15 +59,16 @@ def decode_steps(forward: Forward, state: DecodeState, temperature: float, top_p
     finished, min_prompt_len, total_len = state.finished, state.min_prompt_len, state.total_len
     stops = torch.tensor(list(stop_tokens), dtype=torch.long, device=tokens.device)
     prev_pos = 0
+    last_only = token_logprobs is None  # without log-probs only the last position's logits are read
     if min_prompt_len == total_len:
-        logits = forward(tokens, prev_pos)
+        logits = forward(tokens, prev_pos, last_only)
         if token_logprobs is not None:  # the reference scores against the token's own position; use the previous one
             token_logprobs[:, 1:] = token_logprobs_of(logits[:, :-1], tokens[:, 1:], pad_id)
 
     check_every = check_every if temperature == 0 else 1
     all_finite = torch.ones((), dtype=torch.bool, device=tokens.device)
     for cur_pos in range(min_prompt_len, total_len):
-        logits = forward(tokens[:, prev_pos:cur_pos], prev_pos)
+        logits = forward(tokens[:, prev_pos:cur_pos], prev_pos, last_only)
         last_logits = logits[:, -1]
         if temperature > 0:  # multinomial would fail on non-finite probabilities with torch's own words
             check_finite(torch.isfinite(last_logits).all(), weight_dtype)

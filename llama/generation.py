@@ -164,10 +164,10 @@ class Llama:
                              self.model.tok_embeddings.weight.dtype, self.eos_check_every)
         return state, steps
 
-    def _forward(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
+    def _forward(self, tokens: torch.Tensor, start_pos: int, last_only: bool = False) -> torch.Tensor:
         if self.decode_step is not None and tokens.shape[1] == 1:
             return self.decode_step(tokens, start_pos)
-        return self.model.forward(tokens, start_pos)
+        return self.model.forward(tokens, start_pos, last_only)
 
     def encode_prompts(self, prompts: List[str], max_gen_len: Optional[int]) -> Tuple[List[List[int]], int]:
         """text_completion's prompts -> (token lists starting with bos, max_gen_len with its default)."""

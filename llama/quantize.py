@@ -24,9 +24,8 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from . import checkpoint
+from . import checkpoint, native
 from . import kernels_quant as kq
-from . import native
 from .backend import device_has_kernel
 from .errors import CheckpointError, ConfigError
 from .parallel import LINEAR_CLASSES, ColumnParallelLinear, RowParallelLinear

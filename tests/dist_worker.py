@@ -32,7 +32,7 @@ def _fail_at(generator: Llama, step: int, how: str) -> None:
     forward = generator.model.forward
     calls = [0]
 
-    def failing_forward(tokens, start_pos):
+    def failing_forward(tokens, start_pos, last_only=False):
         calls[0] += 1
         if calls[0] == step:
             print(f"failing ({how}) at {time.time()}", file=sys.stderr, flush=True)
@@ -42,7 +42,7 @@ def _fail_at(generator: Llama, step: int, how: str) -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
             if how == "hang":
                 time.sleep(3600)
-        return forward(tokens, start_pos)
+        return forward(tokens, start_pos, last_only)
 
     generator.model.forward = failing_forward
 

@@ -341,7 +341,7 @@ def test_greedy_decoding_that_syncs_rarely_still_reports_non_finite_logits(overf
 
 
 def test_nan_logits_in_float32_point_at_the_checkpoint(llama, monkeypatch):
-    monkeypatch.setattr(llama.model, "forward", lambda tokens, start_pos: torch.full((*tokens.shape, 512), math.nan))
+    monkeypatch.setattr(llama.model, "forward", lambda tokens, start_pos, last_only=False: torch.full((*tokens.shape, 512), math.nan))
     with pytest.raises(GenerationError, match="with float32 weights; the checkpoint probably holds inf/nan weights"):
         llama.text_completion(["hello"], max_gen_len=2)
 

@@ -70,7 +70,7 @@ def test_sampling_checks_for_eos_every_step_so_random_draws_match_the_reference(
     llama.eos_check_every = 1000
     calls = []
     forward = llama.model.forward
-    llama.model.forward = lambda tokens, pos=None: calls.append(pos) or forward(tokens, pos)
+    llama.model.forward = lambda tokens, pos=None, last=False: calls.append(pos) or forward(tokens, pos, last)
     row = greedy(llama, 6)[0][0]
     llama.tokenizer.stop_tokens = [row[3]]
     calls.clear()

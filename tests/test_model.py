@@ -13,6 +13,7 @@ from llama.model import (
     causal_mask,
     rope_tables,
 )
+from llama.synthetic import tiny_args
 
 
 def test_model_args_defaults_match_the_reference():
@@ -126,3 +127,15 @@ def test_llama31_rope_scaling_keeps_high_frequencies_divides_low_ones_and_blends
     assert ModelArgs(use_scaled_rope=True).rope_scaling == 8.0
     assert ModelArgs(use_scaled_rope=True, rope_scaling_factor=32.0).rope_scaling == 32.0
     assert ModelArgs(rope_scaling_factor=32.0).rope_scaling is None
+
+
+def test_last_only_gives_the_last_positions_logits_of_the_whole_forward():
+    # What decoding without log-probs asks for: the output layer runs on the last position only.
+    model = Transformer(tiny_args("gqa"))
+    model.setup_caches()
+    tokens = torch.randint(0, model.params.vocab_size, (2, 7), generator=torch.Generator().manual_seed(0))
+    full = model.forward(tokens, 0)
+    model.setup_caches()
+    last = model.forward(tokens, 0, last_only=True)
+    assert last.shape == (2, 1, model.params.vocab_size)
+    torch.testing.assert_close(last, full[:, -1:])

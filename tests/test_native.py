@@ -131,11 +131,12 @@ def test_bfloat16_kernel_sums_in_float32_and_rounds_once(rows, k):
     assert ((got.double() - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all()
 
 
-def test_one_row_bfloat16_linears_take_the_native_kernel_and_prompts_do_not(monkeypatch):
+def test_one_row_bfloat16_linears_take_the_native_kernel_and_batches_and_prompts_do_not(monkeypatch):
     calls = []
     monkeypatch.setattr(native, "bf16_linear", lambda x, w: calls.append(x.shape) or torch.zeros(*x.shape[:-1], w.shape[0]))
     w = _randn(32, 64).bfloat16()
     kernels.linear(_randn(1, 1, 64).bfloat16(), w)
-    kernels.linear(_randn(1, 9, 64).bfloat16(), w)  # a prompt: torch's GEMM (AMX where the CPU has it)
+    kernels.linear(_randn(4, 1, 64).bfloat16(), w)  # a batch: torch's GEMM (AMX where the CPU has it)
+    kernels.linear(_randn(1, 9, 64).bfloat16(), w)  # a prompt
     kernels.linear(_randn(1, 1, 64), w.float())  # float32: oneDNN
     assert calls == [(1, 1, 64)]
