@@ -71,7 +71,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.llama_int4_matmul.argtypes = [p, i, i, p, i, p]
     lib.llama_int8_matmul.argtypes = [p, i, i, p, p, i, p]
     lib.llama_bf16_matmul.argtypes = [p, i, i, p, i, p]
-    for fn in (lib.llama_int4_matmul, lib.llama_int8_matmul, lib.llama_bf16_matmul):
+    lib.llama_f32_matmul.argtypes = [p, i, i, p, i, p]
+    for fn in (lib.llama_int4_matmul, lib.llama_int8_matmul, lib.llama_bf16_matmul, lib.llama_f32_matmul):
         fn.restype = ctypes.c_int
     return lib
 
@@ -105,6 +106,7 @@ def library() -> Optional[ctypes.CDLL]:
     return lib
 
 
+@torch.compiler.assume_constant_result  # torch.compile runs it once while tracing, not the file checks inside
 def available() -> bool:
     return library() is not None
 
@@ -176,13 +178,18 @@ def _int8(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, n: int) -
     return y.to(x.dtype).reshape(*x.shape[:-1], n)
 
 
-def _bf16(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    rows = x.reshape(-1, x.shape[-1]).contiguous()
-    n = weight.shape[0]
-    y = torch.empty(rows.shape[0], n, dtype=torch.bfloat16)
-    _check(library().llama_bf16_matmul(rows.data_ptr(), rows.shape[0], rows.shape[1], weight.data_ptr(), n,
-                                       y.data_ptr()))
-    return y.reshape(*x.shape[:-1], n)
+def _same_dtype(fn_name: str):
+    def run(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1]).contiguous()
+        n = weight.shape[0]
+        y = torch.empty(rows.shape[0], n, dtype=x.dtype)
+        _check(getattr(library(), fn_name)(rows.data_ptr(), rows.shape[0], rows.shape[1], weight.data_ptr(), n,
+                                           y.data_ptr()))
+        return y.reshape(*x.shape[:-1], n)
+    return run
+
+
+_bf16, _f32 = _same_dtype("llama_bf16_matmul"), _same_dtype("llama_f32_matmul")
 
 
 _LIB = torch.library.Library("llama", "FRAGMENT")
@@ -193,22 +200,34 @@ for _name, _schema, _impl, _meta in (
      lambda x, blocks, scales, n: x.new_empty(*x.shape[:-1], n)),
     ("native_bf16", "(Tensor x, Tensor weight) -> Tensor", _bf16,
      lambda x, weight: x.new_empty(*x.shape[:-1], weight.shape[0])),
+    ("native_f32", "(Tensor x, Tensor weight) -> Tensor", _f32,
+     lambda x, weight: x.new_empty(*x.shape[:-1], weight.shape[0])),
 ):
     _LIB.define(_name + _schema)
     _LIB.impl(_name, _impl, "CPU")
     _LIB.impl(_name, _meta, "Meta")
 
 
+# Eagerly the Python functions are called directly: the operator's dispatch costs ~10 us, as much
+# as a small layer's whole matmul.
+
 def int4_linear(x: torch.Tensor, blocks: torch.Tensor, n: int) -> torch.Tensor:
     """x (..., K) @ W.T for W in int4 blocks (int4_blocks) with n output rows; x's dtype out."""
-    return torch.ops.llama.native_int4(x, blocks, n)
+    return torch.ops.llama.native_int4(x, blocks, n) if torch.compiler.is_compiling() else _int4(x, blocks, n)
 
 
 def int8_linear(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, n: int) -> torch.Tensor:
     """x (..., K) @ W.T for W in int8 blocks (int8_blocks), padded float32 row scales, n output rows."""
-    return torch.ops.llama.native_int8(x, blocks, scales, n)
+    if torch.compiler.is_compiling():
+        return torch.ops.llama.native_int8(x, blocks, scales, n)
+    return _int8(x, blocks, scales, n)
 
 
 def bf16_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x (..., K) @ weight.T for bfloat16 x and (N, K) bfloat16 weight: float32 sums rounded to bfloat16."""
-    return torch.ops.llama.native_bf16(x, weight)
+    return torch.ops.llama.native_bf16(x, weight) if torch.compiler.is_compiling() else _bf16(x, weight)
+
+
+def f32_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (..., K) @ weight.T in float32, the (N, K) weight read as stored (e.g. memory-mapped)."""
+    return torch.ops.llama.native_f32(x, weight) if torch.compiler.is_compiling() else _f32(x, weight)

@@ -323,3 +323,42 @@ int llama_bf16_matmul(const uint16_t *x, int64_t M, int64_t K, const uint16_t *w
     free(xf);
     return 0;
 }
+
+/* ---- float32, one or a few rows: the weight row-major as stored (memory-mapped checkpoints are
+ * not repacked), four accumulators, prefetch; float32 sums. ---- */
+
+static float f32_dot(const float *w, const float *x, int64_t K) {
+    int64_t k = 0;
+    float total = 0.0f;
+#if SIMD && defined(__AVX512F__)
+    __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (; k + 64 <= K; k += 64) {
+        for (int c = 0; c < 256; c += 64) _mm_prefetch((const char *)(w + k) + PREFETCH + c, _MM_HINT_T0);
+        for (int u = 0; u < 4; u++)
+            a[u] = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 16 * u), _mm512_loadu_ps(x + k + 16 * u), a[u]);
+    }
+    total = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
+#elif SIMD
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (; k + 32 <= K; k += 32) {
+        _mm_prefetch((const char *)(w + k) + PREFETCH, _MM_HINT_T0);
+        _mm_prefetch((const char *)(w + k) + PREFETCH + 64, _MM_HINT_T0);
+        for (int u = 0; u < 4; u++)
+            a[u] = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 8 * u), _mm256_loadu_ps(x + k + 8 * u), a[u]);
+    }
+    total = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+#endif
+    for (; k < K; k++) total += w[k] * x[k];
+    return total;
+}
+
+int llama_f32_matmul(const float *x, int64_t M, int64_t K, const float *w, int64_t N, float *y) {
+    const int64_t tasks = (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < tasks; t++) {
+        const int64_t n_end = (t + 1) * ROWS_PER_TASK < N ? (t + 1) * ROWS_PER_TASK : N;
+        for (int64_t n = t * ROWS_PER_TASK; n < n_end; n++)
+            for (int64_t m = 0; m < M; m++) y[m * N + n] = f32_dot(w + n * K, x + m * K, K);
+    }
+    return 0;
+}
