@@ -3,7 +3,8 @@
 torch's CPU kernels for int8/int4 weights dequantize to floats and multiply-add; llama.cpp's are
 integer dot products over activations quantized to int8 in groups of 32, which needs far fewer
 instructions per weight. qmatmul.c does the latter for our int8 and int4 formats (measured in
-BENCHMARKS.md), plus a one-row bfloat16 matmul that streams the weight at float32's rate.
+BENCHMARKS.md), plus one-row float32 and bfloat16 matmuls (decode at batch 1) that stream a
+weight faster than oneDNN's and torch's.
 
 Building: the C file is compiled once per machine with the system C compiler (`cc`, or $CC) for
 the CPU it runs on (-march=native) and OpenMP, into ~/.cache/llama/ (or $LLAMA_CACHE_DIR); a name

@@ -1,6 +1,7 @@
-"""llama.native: the project's own int8/int4 CPU kernels (llama/csrc/qmatmul.c), built at first use.
+"""llama.native: the project's own CPU kernels (llama/csrc/qmatmul.c: int8, int4, one-row float32
+and bfloat16), built at first use.
 
-Each kernel is checked against the exact arithmetic it stands for, written out in torch: the
+Each quantized kernel is checked against the exact arithmetic it stands for, written out in torch: the
 activations rounded in groups of 32 (to 255 levels for int4 weights, to 2 * 127 * 128 + 1 for
 int8 weights), times the dequantized weight."""
 import logging

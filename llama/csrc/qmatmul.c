@@ -1,4 +1,5 @@
-/* CPU matmuls for weight-only quantized and bfloat16 linear layers: y (M, N) = x (M, K) @ W.T.
+/* CPU matmuls for weight-only quantized linear layers, and one-row float32/bfloat16 ones (decode):
+ * y (M, N) = x (M, K) @ W.T.
  *
  * Built on the user's machine at first use by llama/native.py (cc -O3 -march=native -fopenmp),
  * loaded with ctypes, and parallel over output rows with OpenMP. Loaded into a process that has
@@ -14,7 +15,7 @@
  *   int4: w (N, K/2) uint8, the even input column in the low nibble; sz (N, K/32, 2) bfloat16
  *         (scale, zero) per group; weight = (q - 8) * scale + zero, q in 0..15.
  *   int8: w (N, K) int8 in -127..127; scales (N) float32; weight = q * scale.
- *   bf16: w (N, K) bfloat16.
+ *   bf16, f32: w (N, K) as stored.
  *
  * Every output element is computed by the same instructions in the same order whatever M is and
  * whichever thread computes it, so a row's result does not depend on the batch it is in.
