@@ -148,3 +148,14 @@ def test_float32_kernel_equals_the_float64_product_to_float32_rounding():
     w, x = _randn(40, 200), _randn(1, 200)  # 200: a tail after the vector loop
     got = native.f32_linear(x, w)
     torch.testing.assert_close(got.double(), x.double() @ w.double().T, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_activation_gives_non_finite_results_not_garbage(bad):
+    # Generation turns non-finite logits into an error naming the dtype; rounding must not hide them.
+    w, x = _randn(16, 64), _randn(1, 64)
+    x[0, 5] = bad
+    packed, scales = kq.quantize_int4(w, 32)
+    q, s = quantize_weight(w)
+    assert not native.int4_linear(x, native.int4_blocks(packed, scales), 16).isfinite().any()
+    assert not native.int8_linear(x, native.int8_blocks(q), native.pad_rows(s), 16).isfinite().any()

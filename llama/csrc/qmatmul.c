@@ -82,8 +82,10 @@ static void quantize_activations(const float *x, int64_t M, int64_t K, int8_t *x
     for (int64_t mg = 0; mg < M * G; mg++) {
         const float *src = x + mg * GROUP;
         float amax = 0.0f;
-        for (int i = 0; i < GROUP; i++) amax = fmaxf(amax, fabsf(src[i]));
-        const float inv = amax > 0.0f ? levels / amax : 0.0f;
+        int nan = 0;
+        for (int i = 0; i < GROUP; i++) amax = fmaxf(amax, fabsf(src[i])), nan |= src[i] != src[i];
+        if (nan) amax = NAN; /* fmaxf drops NaNs: keep them, so non-finite logits are still caught */
+        const float inv = amax > 0.0f && amax < INFINITY ? levels / amax : 0.0f;
         int sum = 0;
         for (int i = 0; i < GROUP; i++) {
             const int q = (int)nearbyintf(src[i] * inv);
