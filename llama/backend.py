@@ -17,6 +17,7 @@ Timeouts (see llama.distributed): env LLAMA_COLLECTIVE_TIMEOUT / LLAMA_LOAD_TIME
 """
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import timedelta
 from typing import Mapping, Optional, Tuple, Union
 
@@ -245,6 +246,19 @@ def select(
         timeout=env_seconds("LLAMA_COLLECTIVE_TIMEOUT", COLLECTIVE_TIMEOUT, env),
         load_timeout=env_seconds("LLAMA_LOAD_TIMEOUT", LOAD_TIMEOUT, env),
     )
+
+
+@lru_cache(maxsize=None)
+def cpu_vendor() -> str:
+    """The CPU's vendor id (GenuineIntel, AuthenticAMD, ...) from /proc/cpuinfo; "" where it cannot be told."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def device_has_kernel(op: str, device: torch.device) -> bool:

@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from . import native
+from .backend import cpu_vendor
 
 # For 2..SMALL_BATCH_ROWS rows (a small decode batch) a linear layer runs as (W @ x.T).T, which
 # MKL computes ~1.45x faster than F.linear's small-matrix GEMM (measured on the 2-core AMD EPYC of
@@ -10,6 +11,10 @@ from . import native
 SMALL_BATCH_ROWS = 4
 
 ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+# One float32 row (decode at batch 1): on AMD CPUs oneDNN's GEMV streams a weight 1.3-1.5x faster
+# than MKL's (F.linear; 2-core EPYC, BENCHMARKS.md); on Intel ones MKL's is as fast or faster
+# (2-core Xeon, interleaved: 183 vs 203-211 ms per 7B-shaped step, 34 vs 46-50 ms on dim 768).
+ONEDNN_ONE_ROW = ONEDNN and cpu_vendor() != "GenuineIntel"
 # Prompts: for SMALL_BATCH_ROWS < rows <= ONEDNN_MAX_ROWS, oneDNN's GEMM runs a big float32 matrix
 # (at least ONEDNN_MIN_WEIGHT weights) 1.3-2x faster than F.linear's (32 rows of 11008 x 4096:
 # 38 vs 53 ms on one core, BENCHMARKS.md); by 512 rows they are even; on small matrices oneDNN's
@@ -33,9 +38,9 @@ _LIB.impl("onednn_linear", _onednn, "CPU")
 _LIB.impl("onednn_linear", lambda x, weight: x.new_empty(*x.shape[:-1], weight.shape[0]), "Meta")
 
 
-# One row (decode at batch 1) on an x86 CPU: llama.native's GEMV, which streams a weight faster
-# than oneDNN's (float32: 1.1x on 7B-sized matrices, 1.2-2x on dim-768 ones; bfloat16: 1.2x torch's).
-NATIVE_ONE_ROW = {torch.float32: native.f32_linear, torch.bfloat16: native.bf16_linear}
+# One bfloat16 row (decode at batch 1) on an x86 CPU: llama.native's GEMV, which streams a weight
+# ~1.2x faster than torch's (9.2-9.7 vs 8.1-8.2 tokens/s on a 7B-shaped model, BENCHMARKS.md).
+NATIVE_ONE_ROW = {torch.bfloat16: native.bf16_linear}
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -45,7 +50,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
             and x.dtype in NATIVE_ONE_ROW and native.available()):  # batch 4: torch's GEMMs are faster
         return NATIVE_ONE_ROW[x.dtype](x, weight)
     if x.device.type == "cpu" and x.dtype == torch.float32 and ONEDNN and (
-            rows == 1 or SMALL_BATCH_ROWS < rows <= ONEDNN_MAX_ROWS and weight.numel() >= ONEDNN_MIN_WEIGHT):
+            rows == 1 and ONEDNN_ONE_ROW
+            or SMALL_BATCH_ROWS < rows <= ONEDNN_MAX_ROWS and weight.numel() >= ONEDNN_MIN_WEIGHT):
         return torch.ops.llama.onednn_linear(x, weight) if torch.compiler.is_compiling() else _onednn(x, weight)
     if rows == 1 or rows > SMALL_BATCH_ROWS:
         return F.linear(x, weight)

@@ -3,8 +3,8 @@
 torch's CPU kernels for int8/int4 weights dequantize to floats and multiply-add; llama.cpp's are
 integer dot products over activations quantized to int8 in groups of 32, which needs far fewer
 instructions per weight. qmatmul.c does the latter for our int8 and int4 formats (measured in
-BENCHMARKS.md), plus one-row float32 and bfloat16 matmuls (decode at batch 1) that stream a
-weight faster than oneDNN's and torch's.
+BENCHMARKS.md), plus a one-row bfloat16 matmul (decode at batch 1) that streams a weight
+faster than torch's.
 
 Building: the C file is compiled once per machine with the system C compiler (`cc`, or $CC) for
 the CPU it runs on (-march=native) and OpenMP, into ~/.cache/llama/ (or $LLAMA_CACHE_DIR); a name
@@ -72,8 +72,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.llama_int4_matmul.argtypes = [p, i, i, p, i, p]
     lib.llama_int8_matmul.argtypes = [p, i, i, p, p, i, p]
     lib.llama_bf16_matmul.argtypes = [p, i, i, p, i, p]
-    lib.llama_f32_matmul.argtypes = [p, i, i, p, i, p]
-    for fn in (lib.llama_int4_matmul, lib.llama_int8_matmul, lib.llama_bf16_matmul, lib.llama_f32_matmul):
+    for fn in (lib.llama_int4_matmul, lib.llama_int8_matmul, lib.llama_bf16_matmul):
         fn.restype = ctypes.c_int
     return lib
 
@@ -179,18 +178,13 @@ def _int8(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, n: int) -
     return y.to(x.dtype).reshape(*x.shape[:-1], n)
 
 
-def _same_dtype(fn_name: str):
-    def run(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1]).contiguous()
-        n = weight.shape[0]
-        y = torch.empty(rows.shape[0], n, dtype=x.dtype)
-        _check(getattr(library(), fn_name)(rows.data_ptr(), rows.shape[0], rows.shape[1], weight.data_ptr(), n,
-                                           y.data_ptr()))
-        return y.reshape(*x.shape[:-1], n)
-    return run
-
-
-_bf16, _f32 = _same_dtype("llama_bf16_matmul"), _same_dtype("llama_f32_matmul")
+def _bf16(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    rows = x.reshape(-1, x.shape[-1]).contiguous()
+    n = weight.shape[0]
+    y = torch.empty(rows.shape[0], n, dtype=torch.bfloat16)
+    _check(library().llama_bf16_matmul(rows.data_ptr(), rows.shape[0], rows.shape[1], weight.data_ptr(), n,
+                                       y.data_ptr()))
+    return y.reshape(*x.shape[:-1], n)
 
 
 _LIB = torch.library.Library("llama", "FRAGMENT")
@@ -200,8 +194,6 @@ for _name, _schema, _impl, _meta in (
     ("native_int8", "(Tensor x, Tensor blocks, Tensor scales, int n) -> Tensor", _int8,
      lambda x, blocks, scales, n: x.new_empty(*x.shape[:-1], n)),
     ("native_bf16", "(Tensor x, Tensor weight) -> Tensor", _bf16,
-     lambda x, weight: x.new_empty(*x.shape[:-1], weight.shape[0])),
-    ("native_f32", "(Tensor x, Tensor weight) -> Tensor", _f32,
      lambda x, weight: x.new_empty(*x.shape[:-1], weight.shape[0])),
 ):
     _LIB.define(_name + _schema)
@@ -227,8 +219,3 @@ def int8_linear(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, n: 
 def bf16_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x (..., K) @ weight.T for bfloat16 x and (N, K) bfloat16 weight: float32 sums rounded to bfloat16."""
     return torch.ops.llama.native_bf16(x, weight) if torch.compiler.is_compiling() else _bf16(x, weight)
-
-
-def f32_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x (..., K) @ weight.T in float32, the (N, K) weight read as stored (e.g. memory-mapped)."""
-    return torch.ops.llama.native_f32(x, weight) if torch.compiler.is_compiling() else _f32(x, weight)

@@ -102,6 +102,7 @@ def test_grouped_attention_equals_attention_over_repeated_kv_heads():
 @pytest.mark.parametrize("config,n_shards", [("mha", 1), ("gqa", 2)])
 def test_onednn_one_row_linears_generate_the_same_tokens_as_f_linear(build, config, n_shards, monkeypatch):
     assert kernels.ONEDNN  # the x86/ARM CPU builds of torch have oneDNN; this path is what CPU users run
+    monkeypatch.setattr(kernels, "ONEDNN_ONE_ROW", True)  # as on AMD CPUs (Intel ones take MKL's GEMV)
     fast_tokens, fast_logprobs = greedy(build(config, n_shards), logprobs=True)
     monkeypatch.setattr(kernels, "ONEDNN", False)
     tokens, logprobs = greedy(build(config, n_shards), logprobs=True)
@@ -110,7 +111,8 @@ def test_onednn_one_row_linears_generate_the_same_tokens_as_f_linear(build, conf
         torch.testing.assert_close(torch.tensor(ours), torch.tensor(theirs), rtol=0, atol=1e-5)
 
 
-def test_onednn_linear_operator_matches_f_linear_eagerly_and_under_compile():
+def test_onednn_linear_operator_matches_f_linear_eagerly_and_under_compile(monkeypatch):
+    monkeypatch.setattr(kernels, "ONEDNN_ONE_ROW", True)  # as on an AMD CPU (an Intel one takes MKL's)
     g = torch.Generator().manual_seed(0)
     x, w = torch.randn(1, 1, 96, generator=g), torch.randn(40, 96, generator=g)
     expected = torch.nn.functional.linear(x, w)

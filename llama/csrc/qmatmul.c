@@ -1,4 +1,4 @@
-/* CPU matmuls for weight-only quantized linear layers, and one-row float32/bfloat16 ones (decode):
+/* CPU matmuls for weight-only quantized linear layers, and one-row bfloat16 ones (decode):
  * y (M, N) = x (M, K) @ W.T.
  *
  * Built on the user's machine at first use by llama/native.py (cc -O3 -march=native -fopenmp),
@@ -15,7 +15,7 @@
  *   int4: w (N, K/2) uint8, the even input column in the low nibble; sz (N, K/32, 2) bfloat16
  *         (scale, zero) per group; weight = (q - 8) * scale + zero, q in 0..15.
  *   int8: w (N, K) int8 in -127..127; scales (N) float32; weight = q * scale.
- *   bf16, f32: w (N, K) as stored.
+ *   bf16: w (N, K) as stored.
  *
  * Every output element is computed by the same instructions in the same order whatever M is and
  * whichever thread computes it, so a row's result does not depend on the batch it is in.
@@ -243,7 +243,7 @@ static int quantized_matmul(int bits, const float *x, int64_t M, int64_t K, cons
         return -1;
     }
     quantize_activations(x, M, K, xq, xlo, xd, xs);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 4) /* dynamic: a core another process takes stalls no one */
     for (int64_t b = 0; b < blocks; b++) {
         const uint8_t *wb = (const uint8_t *)w + b * block_bytes;
         for (int64_t m = 0; m < M; m += ACT_BLOCK) {
@@ -317,51 +317,12 @@ int llama_bf16_matmul(const uint16_t *x, int64_t M, int64_t K, const uint16_t *w
     if (!xf) return -1;
     for (int64_t i = 0; i < M * K; i++) xf[i] = bf16_to_float(x[i]);
     const int64_t tasks = (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 2)
     for (int64_t t = 0; t < tasks; t++) {
         const int64_t n_end = (t + 1) * ROWS_PER_TASK < N ? (t + 1) * ROWS_PER_TASK : N;
         for (int64_t n = t * ROWS_PER_TASK; n < n_end; n++)
             for (int64_t m = 0; m < M; m++) y[m * N + n] = float_to_bf16(bf16_dot(w + n * K, x + m * K, xf + m * K, K));
     }
     free(xf);
-    return 0;
-}
-
-/* ---- float32, one or a few rows: the weight row-major as stored (memory-mapped checkpoints are
- * not repacked), four accumulators, prefetch; float32 sums. ---- */
-
-static float f32_dot(const float *w, const float *x, int64_t K) {
-    int64_t k = 0;
-    float total = 0.0f;
-#if SIMD && defined(__AVX512F__)
-    __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (; k + 64 <= K; k += 64) {
-        for (int c = 0; c < 256; c += 64) _mm_prefetch((const char *)(w + k) + PREFETCH + c, _MM_HINT_T0);
-        for (int u = 0; u < 4; u++)
-            a[u] = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 16 * u), _mm512_loadu_ps(x + k + 16 * u), a[u]);
-    }
-    total = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
-#elif SIMD
-    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (; k + 32 <= K; k += 32) {
-        _mm_prefetch((const char *)(w + k) + PREFETCH, _MM_HINT_T0);
-        _mm_prefetch((const char *)(w + k) + PREFETCH + 64, _MM_HINT_T0);
-        for (int u = 0; u < 4; u++)
-            a[u] = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 8 * u), _mm256_loadu_ps(x + k + 8 * u), a[u]);
-    }
-    total = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
-#endif
-    for (; k < K; k++) total += w[k] * x[k];
-    return total;
-}
-
-int llama_f32_matmul(const float *x, int64_t M, int64_t K, const float *w, int64_t N, float *y) {
-    const int64_t tasks = (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
-#pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < tasks; t++) {
-        const int64_t n_end = (t + 1) * ROWS_PER_TASK < N ? (t + 1) * ROWS_PER_TASK : N;
-        for (int64_t n = t * ROWS_PER_TASK; n < n_end; n++)
-            for (int64_t m = 0; m < M; m++) y[m * N + n] = f32_dot(w + n * K, x + m * K, K);
-    }
     return 0;
 }
