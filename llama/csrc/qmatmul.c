@@ -243,7 +243,7 @@ static int quantized_matmul(int bits, const float *x, int64_t M, int64_t K, cons
         return -1;
     }
     quantize_activations(x, M, K, xq, xlo, xd, xs);
-#pragma omp parallel for schedule(dynamic, 4) /* dynamic: a core another process takes stalls no one */
+#pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < blocks; b++) {
         const uint8_t *wb = (const uint8_t *)w + b * block_bytes;
         for (int64_t m = 0; m < M; m += ACT_BLOCK) {
@@ -317,7 +317,7 @@ int llama_bf16_matmul(const uint16_t *x, int64_t M, int64_t K, const uint16_t *w
     if (!xf) return -1;
     for (int64_t i = 0; i < M * K; i++) xf[i] = bf16_to_float(x[i]);
     const int64_t tasks = (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
-#pragma omp parallel for schedule(dynamic, 2)
+#pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < tasks; t++) {
         const int64_t n_end = (t + 1) * ROWS_PER_TASK < N ? (t + 1) * ROWS_PER_TASK : N;
         for (int64_t n = t * ROWS_PER_TASK; n < n_end; n++)
