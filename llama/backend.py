@@ -17,8 +17,8 @@ Timeouts (see llama.distributed): env LLAMA_COLLECTIVE_TIMEOUT / LLAMA_LOAD_TIME
 """
 import os
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import timedelta
+from functools import lru_cache
 from typing import Mapping, Optional, Tuple, Union
 
 import torch
@@ -246,6 +246,24 @@ def select(
         timeout=env_seconds("LLAMA_COLLECTIVE_TIMEOUT", COLLECTIVE_TIMEOUT, env),
         load_timeout=env_seconds("LLAMA_LOAD_TIMEOUT", LOAD_TIMEOUT, env),
     )
+
+
+# torch's int4 GPU kernels (tinygemm on CUDA, a Metal shader on MPS): the activation and scale dtype
+# each reads (CUDA's takes bfloat16 only; MPS's any float, and float16 is what every Mac with MPS
+# runs, where bfloat16 needs macOS 14); tinygemm's mma instructions need Ampere or newer.
+INT4_GPU_DTYPES = {"cuda": torch.bfloat16, "mps": torch.float16}
+CUDA_INT4_CAPABILITY = (8, 0)
+
+
+def int4_gpu_dtype(device: torch.device) -> Optional[torch.dtype]:
+    """The dtype torch's int4 GPU kernel computes in on `device`'s type; None where it has none."""
+    return INT4_GPU_DTYPES.get(torch.device(device).type)
+
+
+def int4_gpu_generation_ok(device: torch.device) -> bool:
+    """False for a CUDA GPU older than the int4 kernel needs (compute capability 8.0)."""
+    device = torch.device(device)
+    return device.type != "cuda" or torch.cuda.get_device_capability(device) >= CUDA_INT4_CAPABILITY
 
 
 @lru_cache(maxsize=None)

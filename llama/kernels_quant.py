@@ -24,7 +24,7 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-from .backend import device_has_kernel
+from .backend import device_has_kernel, int4_gpu_dtype, int4_gpu_generation_ok
 from .kernels import linear
 
 INT4_MID = 8  # q = 8 is the group's zero point: w = (q - 8) * scale + zero
@@ -113,14 +113,10 @@ def int4_linear_cpu(x: torch.Tensor, weight: torch.Tensor, scales_t: torch.Tenso
     return y.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
 
 
-# The GPU kernels (torch's tinygemm on CUDA, its Metal shader on MPS): the activation and scale
-# dtype each reads (CUDA's takes bfloat16 only; MPS's any float, and float16 is what every Mac
-# with MPS runs, where bfloat16 needs macOS 14), and their shape rules.
-INT4_GPU_DTYPES = {"cuda": torch.bfloat16, "mps": torch.float16}
+# The GPU kernels' shape rules (which device types have them, and in which dtype: llama.backend).
 INT4_GPU_GROUPS = (32, 64, 128, 256)
 INT4_GPU_ROWS_MULTIPLE = 8  # output rows come in tiles of 8 (the scales must cover exactly `out` rows)
 INT4_GPU_K_TILE = 16  # input columns per k-tile; innerKTiles (2, 4 or 8) tiles are packed together
-CUDA_INT4_CAPABILITY = (8, 0)  # tinygemm's mma instructions need Ampere or newer
 
 
 def to_gpu_nibbles(packed: torch.Tensor) -> torch.Tensor:
@@ -140,12 +136,12 @@ def int4_gpu_kernel_fits(shape, group: int, device: torch.device) -> bool:
     `shape` and `group` on `device` (else the portable path runs)."""
     device = torch.device(device)
     out_features, in_features = shape[0], shape[1] * 2
-    if (device.type not in INT4_GPU_DTYPES or out_features % INT4_GPU_ROWS_MULTIPLE or group not in INT4_GPU_GROUPS
+    if (int4_gpu_dtype(device) is None or out_features % INT4_GPU_ROWS_MULTIPLE or group not in INT4_GPU_GROUPS
             or in_features % group or int4_gpu_inner_k_tiles(in_features) is None):
         return False
     if not all(device_has_kernel(op, device) for op in ("_weight_int4pack_mm", "_convert_weight_to_int4pack")):
         return False
-    return device.type != "cuda" or torch.cuda.get_device_capability(device) >= CUDA_INT4_CAPABILITY
+    return int4_gpu_generation_ok(device)
 
 
 def int4_to_gpu_kernel(packed: torch.Tensor, scales: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -154,7 +150,7 @@ def int4_to_gpu_kernel(packed: torch.Tensor, scales: torch.Tensor) -> Tuple[torc
                                                        int4_gpu_inner_k_tiles(packed.shape[1] * 2))
     # A copy in (in // group, out, 2) order (clone rather than .contiguous(): the same here, and
     # torch's FakeTensorMode can run it without CUDA, which is how the tests check this path).
-    scales = scales.to(INT4_GPU_DTYPES[packed.device.type])
+    scales = scales.to(int4_gpu_dtype(packed.device))
     return tiles, scales.transpose(0, 1).clone(memory_format=torch.contiguous_format)
 
 
