@@ -74,6 +74,7 @@ static inline uint16_t float_to_bf16(float f) { /* round to nearest even, as tor
  *   With `lo` (int8): 15 bits per activation, as two int8 parts: x / xd = 128 xq + lo, xq in
  *   -127..127, lo in -64..63, so that int8 weights keep the activations' precision (better than
  *   bfloat16's 8 bits) for a second integer dot product, which the memory-bound decode hides. */
+#if SIMD
 static void quantize_activations(const float *x, int64_t M, int64_t K, int8_t *xq, int8_t *lo, float *xd,
                                  float *xs) {
     const int64_t G = K / GROUP;
@@ -104,6 +105,7 @@ static void quantize_activations(const float *x, int64_t M, int64_t K, int8_t *x
         xs[mg] = xd[mg] * (float)sum;
     }
 }
+#endif
 
 /* ---- weights, in blocks of 8 output rows (llama/native.py repacks them at load time) ----
  *
@@ -307,6 +309,9 @@ static float bf16_dot(const uint16_t *w, const uint16_t *x, const float *xf, int
         }
     }
     total = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+#endif
+#if !SIMD
+    (void)xf;
 #endif
     for (; k < K; k++) total += bf16_to_float(w[k]) * bf16_to_float(x[k]);
     return total;
