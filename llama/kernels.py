@@ -38,17 +38,14 @@ _LIB.impl("onednn_linear", _onednn, "CPU")
 _LIB.impl("onednn_linear", lambda x, weight: x.new_empty(*x.shape[:-1], weight.shape[0]), "Meta")
 
 
-# One bfloat16 row (decode at batch 1) on an x86 CPU: llama.native's GEMV, which streams a weight
-# ~1.2x faster than torch's (9.2-9.7 vs 8.1-8.2 tokens/s on a 7B-shaped model, BENCHMARKS.md).
-NATIVE_ONE_ROW = {torch.bfloat16: native.bf16_linear}
-
-
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x @ weight.T for x (..., in_features); the result may be a transposed (non-contiguous) view."""
     rows = x.numel() // x.shape[-1]
-    if (rows == 1 and x.device.type == "cpu" and x.dtype == weight.dtype and weight.is_contiguous()
-            and x.dtype in NATIVE_ONE_ROW and native.available()):  # batch 4: torch's GEMMs are faster
-        return NATIVE_ONE_ROW[x.dtype](x, weight)
+    # One bfloat16 row (decode at batch 1) on an x86 CPU: llama.native's GEMV streams a weight ~1.2x
+    # faster than torch's (9.2-9.7 vs 8.1-8.2 tokens/s, 7B-shaped); at batch 4 torch's GEMM is faster.
+    if (rows == 1 and x.device.type == "cpu" and x.dtype == weight.dtype == torch.bfloat16
+            and weight.is_contiguous() and native.available()):
+        return native.bf16_linear(x, weight)
     if x.device.type == "cpu" and x.dtype == torch.float32 and ONEDNN and (
             rows == 1 and ONEDNN_ONE_ROW
             or SMALL_BATCH_ROWS < rows <= ONEDNN_MAX_ROWS and weight.numel() >= ONEDNN_MIN_WEIGHT):

@@ -134,7 +134,7 @@ def test_bfloat16_kernel_sums_in_float32_and_rounds_once(rows, k):
 
 def test_one_row_bfloat16_linears_take_the_native_kernel_and_batches_and_prompts_do_not(monkeypatch):
     calls = []
-    monkeypatch.setitem(kernels.NATIVE_ONE_ROW, torch.bfloat16, lambda x, w: calls.append(x.shape) or x @ w.T)
+    monkeypatch.setattr(native, "bf16_linear", lambda x, w: calls.append(x.shape) or x @ w.T)
     w = _randn(32, 64).bfloat16()
     kernels.linear(_randn(1, 1, 64).bfloat16(), w)
     kernels.linear(_randn(4, 1, 64).bfloat16(), w)  # a batch: torch's GEMM (AMX where the CPU has it)

@@ -318,15 +318,20 @@ static float bf16_dot(const uint16_t *w, const uint16_t *x, const float *xf, int
 }
 
 int llama_bf16_matmul(const uint16_t *x, int64_t M, int64_t K, const uint16_t *w, int64_t N, uint16_t *y) {
+#if SIMD && defined(__AVX512BF16__)
+    float *xf = NULL; /* vdpbf16ps reads x as bfloat16: no float copy to make */
+#else
     float *xf = malloc(sizeof(float) * (size_t)(M * K));
     if (!xf) return -1;
     for (int64_t i = 0; i < M * K; i++) xf[i] = bf16_to_float(x[i]);
+#endif
     const int64_t tasks = (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
 #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < tasks; t++) {
         const int64_t n_end = (t + 1) * ROWS_PER_TASK < N ? (t + 1) * ROWS_PER_TASK : N;
         for (int64_t n = t * ROWS_PER_TASK; n < n_end; n++)
-            for (int64_t m = 0; m < M; m++) y[m * N + n] = float_to_bf16(bf16_dot(w + n * K, x + m * K, xf + m * K, K));
+            for (int64_t m = 0; m < M; m++)
+                y[m * N + n] = float_to_bf16(bf16_dot(w + n * K, x + m * K, xf ? xf + m * K : NULL, K));
     }
     free(xf);
     return 0;
