@@ -67,6 +67,33 @@ def test_a_row_gives_the_same_bits_alone_and_in_any_batch():
         assert torch.equal(native.int8_linear(x[i:i + 1], b8, s8, 24), batch8[i:i + 1])
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_every_output_row_is_computed_once_whatever_the_threads_and_streams(threads):
+    # One or two rows walk a thread's blocks as 4 or 2 side-by-side streams: 203 rows (26 blocks,
+    # the last one partial) leave uneven streams and a tail on every thread count.
+    n, k = 203, 64
+    w, x = _randn(n, k), _randn(2, k)
+    packed, scales = kq.quantize_int4(w, 32)
+    q, s = quantize_weight(w)
+    bf = w.bfloat16()
+    expected4 = _quantized_activations(x) @ kq.dequantize_int4(packed, scales).T
+    expected8 = _quantized_activations(x, 127 * 128) @ (q.float() * s[:, None]).T
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for rows in (1, 2):
+            got4 = native.int4_linear(x[:rows], native.int4_blocks(packed, scales), n)
+            got8 = native.int8_linear(x[:rows], native.int8_blocks(q), native.pad_rows(s), n)
+            gotbf = native.bf16_linear(x[:rows].bfloat16(), bf)
+            torch.testing.assert_close(got4, expected4[:rows], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got8, expected8[:rows], rtol=1e-5, atol=1e-5)
+            # bfloat16: the float32 sums rounded once, so at most one bfloat16 step (2^-8 relative) apart
+            exact = x[:rows].bfloat16().float() @ bf.float().T
+            torch.testing.assert_close(gotbf.float(), exact, rtol=2**-8, atol=1e-6)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_bfloat16_activations_come_back_as_bfloat16():
     w, x = _randn(16, 64), _randn(2, 64).bfloat16()
     packed, scales = kq.quantize_int4(w, 32)

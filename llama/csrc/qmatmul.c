@@ -21,6 +21,9 @@
  * whichever thread computes it, so a row's result does not depend on the batch it is in.
  */
 #include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,10 +35,12 @@
 #define SIMD 0
 #endif
 
-/* Weight bytes fetched ahead of use: a core's own hardware prefetch alone leaves it ~25 % short of
- * the bandwidth oneDNN's float32 GEMV reaches (BENCHMARKS.md). */
+/* Weight bytes fetched ahead of use, into L2 (_MM_HINT_T1): a core's own hardware prefetch alone
+ * leaves it ~25 % short of the bandwidth oneDNN's float32 GEMV reaches, and prefetching into L1
+ * ties up its few fill buffers (BENCHMARKS.md). */
 #define PREFETCH 2048
 #define GROUP 32
+#define INLINE static inline __attribute__((always_inline))
 #define ROWS_PER_TASK 16 /* output rows a thread takes at a time */
 #define ACT_BLOCK 4      /* activation rows that share one pass over a weight row */
 
@@ -79,7 +84,8 @@ static void quantize_activations(const float *x, int64_t M, int64_t K, int8_t *x
                                  float *xs) {
     const int64_t G = K / GROUP;
     const float levels = lo ? 127.0f * 128.0f : 127.0f;
-#pragma omp parallel for schedule(static)
+    /* A few rows take microseconds: not worth a parallel region (waking the other threads) of their own. */
+#pragma omp parallel for schedule(static) if (M * K >= 65536)
     for (int64_t mg = 0; mg < M * G; mg++) {
         const float *src = x + mg * GROUP;
         float amax = 0.0f;
@@ -149,95 +155,152 @@ static inline __m256i bcast4(const int8_t *p) {
     return _mm256_set1_epi32(v);
 }
 
-/* One block of 8 weight rows against R (constant, <= ACT_BLOCK) activation rows; out[r] = 8 results. */
-#define INLINE static inline __attribute__((always_inline))
-INLINE void q4_block(const uint8_t *w, int64_t G, const int8_t *xq, const float *xd, const float *xs, int64_t K,
-                     const int R, __m256 *out) {
+/* S blocks of 8 weight rows (w[s], S <= MAX_STREAMS) against R activation rows (S and R constant
+ * per call, R <= ACT_BLOCK); out[s * R + r] = 8 results. The S blocks are walked side by side, one
+ * group of each at a time, so a core has S streams of loads and prefetches in flight: with one,
+ * DRAM's latency leaves a core at ~70 % of the bandwidth float32 GEMVs reach (BENCHMARKS.md). */
+#define MAX_STREAMS 4
+INLINE void q4_block(const uint8_t *const *w, const int S, int64_t G, const int8_t *xq, const float *xd,
+                     const float *xs, int64_t K, const int R, __m256 *out) {
     const __m256i mask = _mm256_set1_epi8(15);
-    __m256 acc[ACT_BLOCK];
-    for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
+    __m256 acc[MAX_STREAMS * ACT_BLOCK];
+    for (int i = 0; i < S * R; i++) acc[i] = _mm256_setzero_ps();
     for (int64_t g = 0; g < G; g++) {
-        const uint8_t *blk = w + g * 160;
-        for (int c = 0; c < 160; c += 64) _mm_prefetch((const char *)(blk + PREFETCH + c), _MM_HINT_T0);
-        __m256i codes[8];
-        for (int c = 0; c < 4; c++) {
-            const __m256i b = _mm256_loadu_si256((const __m256i *)(blk + 32 * c));
-            codes[c] = _mm256_and_si256(b, mask);
-            codes[c + 4] = _mm256_and_si256(_mm256_srli_epi16(b, 4), mask);
-        }
-        const __m256 scale = bf16x8_to_float((const uint16_t *)(blk + 128));
-        const __m256 offset = _mm256_fnmadd_ps(_mm256_set1_ps(8.0f), scale, bf16x8_to_float((const uint16_t *)(blk + 144)));
-        for (int r = 0; r < R; r++) {
-            const int8_t *xg = xq + r * K + g * GROUP;
-            __m256i dot = _mm256_setzero_si256();
-            for (int j = 0; j < 8; j++) dot = dot_acc(dot, codes[j], bcast4(xg + 4 * j));
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(scale, _mm256_set1_ps(xd[r * (K / GROUP) + g])), acc[r]);
-            acc[r] = _mm256_fmadd_ps(offset, _mm256_set1_ps(xs[r * (K / GROUP) + g]), acc[r]);
+        for (int s = 0; s < S; s++) {
+            const uint8_t *blk = w[s] + g * 160;
+            for (int c = 0; c < 160; c += 64) _mm_prefetch((const char *)(blk + PREFETCH + c), _MM_HINT_T1);
+            __m256i codes[8];
+            for (int c = 0; c < 4; c++) {
+                const __m256i b = _mm256_loadu_si256((const __m256i *)(blk + 32 * c));
+                codes[c] = _mm256_and_si256(b, mask);
+                codes[c + 4] = _mm256_and_si256(_mm256_srli_epi16(b, 4), mask);
+            }
+            const __m256 scale = bf16x8_to_float((const uint16_t *)(blk + 128));
+            const __m256 offset =
+                _mm256_fnmadd_ps(_mm256_set1_ps(8.0f), scale, bf16x8_to_float((const uint16_t *)(blk + 144)));
+            for (int r = 0; r < R; r++) {
+                const int8_t *xg = xq + r * K + g * GROUP;
+                __m256i dot = _mm256_setzero_si256();
+                for (int j = 0; j < 8; j++) dot = dot_acc(dot, codes[j], bcast4(xg + 4 * j));
+                __m256 *a = &acc[s * R + r];
+                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot),
+                                     _mm256_mul_ps(scale, _mm256_set1_ps(xd[r * (K / GROUP) + g])), *a);
+                *a = _mm256_fmadd_ps(offset, _mm256_set1_ps(xs[r * (K / GROUP) + g]), *a);
+            }
         }
     }
-    for (int r = 0; r < R; r++) out[r] = acc[r];
+    for (int i = 0; i < S * R; i++) out[i] = acc[i];
 }
 
-INLINE void q8_block(const int8_t *w, const float *wscale, int64_t G, const int8_t *xq, const int8_t *xlo,
-                     const float *xd, int64_t K, const int R, __m256 *out) {
-    __m256 acc[ACT_BLOCK];
-    for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
+INLINE void q8_block(const int8_t *const *w, const float *const *wscale, const int S, int64_t G, const int8_t *xq,
+                     const int8_t *xlo, const float *xd, int64_t K, const int R, __m256 *out) {
+    __m256 acc[MAX_STREAMS * ACT_BLOCK];
+    for (int i = 0; i < S * R; i++) acc[i] = _mm256_setzero_ps();
     for (int64_t g = 0; g < G; g++) {
-        const int8_t *blk = w + g * 256;
-        for (int c = 0; c < 256; c += 64) _mm_prefetch((const char *)(blk + PREFETCH + c), _MM_HINT_T0);
-        __m256i hi[ACT_BLOCK], lo[ACT_BLOCK];
-        for (int r = 0; r < R; r++) hi[r] = lo[r] = _mm256_setzero_si256();
+        for (int s = 0; s < S; s++) {
+            const int8_t *blk = w[s] + g * 256;
+            for (int c = 0; c < 256; c += 64) _mm_prefetch((const char *)(blk + PREFETCH + c), _MM_HINT_T1);
+            __m256i hi[ACT_BLOCK], lo[ACT_BLOCK];
+            for (int r = 0; r < R; r++) hi[r] = lo[r] = _mm256_setzero_si256();
 #if VNNI
-        /* Activation parts stored + 128 (hi) and + 64 (lo), unsigned: sum (hi + 128) w = sum hi w
-         * + 128 sum w, so the rows' weight sums (one more vpdpbusd per quad, shared by all R
-         * activation rows) take the offsets back out. */
-        __m256i wsum = _mm256_setzero_si256();
-        for (int j = 0; j < 8; j++) {
-            const __m256i wv = _mm256_loadu_si256((const __m256i *)(blk + 32 * j));
-            wsum = dot_acc(wsum, _mm256_set1_epi8(1), wv);
-            for (int r = 0; r < R; r++) {
-                const int64_t at = r * K + g * GROUP + 4 * j;
-                hi[r] = dot_acc(hi[r], bcast4(xq + at), wv);
-                lo[r] = dot_acc(lo[r], bcast4(xlo + at), wv);
+            /* Activation parts stored + 128 (hi) and + 64 (lo), unsigned: sum (hi + 128) w = sum hi w
+             * + 128 sum w, so the rows' weight sums (one more vpdpbusd per quad, shared by all R
+             * activation rows) take the offsets back out. */
+            __m256i wsum = _mm256_setzero_si256();
+            for (int j = 0; j < 8; j++) {
+                const __m256i wv = _mm256_loadu_si256((const __m256i *)(blk + 32 * j));
+                wsum = dot_acc(wsum, _mm256_set1_epi8(1), wv);
+                for (int r = 0; r < R; r++) {
+                    const int64_t at = r * K + g * GROUP + 4 * j;
+                    hi[r] = dot_acc(hi[r], bcast4(xq + at), wv);
+                    lo[r] = dot_acc(lo[r], bcast4(xlo + at), wv);
+                }
             }
-        }
-        const __m256i offsets = _mm256_mullo_epi32(wsum, _mm256_set1_epi32(128 * INT8_HI_OFFSET + INT8_LO_OFFSET));
-        for (int r = 0; r < R; r++) { /* |128 hi + lo| < 2^27: no overflow */
-            const __m256i dot = _mm256_sub_epi32(_mm256_add_epi32(_mm256_slli_epi32(hi[r], 7), lo[r]), offsets);
+            const __m256i offsets = _mm256_mullo_epi32(wsum, _mm256_set1_epi32(128 * INT8_HI_OFFSET + INT8_LO_OFFSET));
+            for (int r = 0; r < R; r++) { /* |128 hi + lo| < 2^27: no overflow */
+                const __m256i dot = _mm256_sub_epi32(_mm256_add_epi32(_mm256_slli_epi32(hi[r], 7), lo[r]), offsets);
 #else
-        for (int j = 0; j < 8; j++) {
-            const __m256i wv = _mm256_loadu_si256((const __m256i *)(blk + 32 * j));
-            const __m256i magnitude = _mm256_sign_epi8(wv, wv); /* |w| <= 127 */
-            for (int r = 0; r < R; r++) {
-                const int64_t at = r * K + g * GROUP + 4 * j;
-                hi[r] = dot_acc(hi[r], magnitude, _mm256_sign_epi8(bcast4(xq + at), wv));
-                lo[r] = dot_acc(lo[r], magnitude, _mm256_sign_epi8(bcast4(xlo + at), wv));
+            for (int j = 0; j < 8; j++) {
+                const __m256i wv = _mm256_loadu_si256((const __m256i *)(blk + 32 * j));
+                const __m256i magnitude = _mm256_sign_epi8(wv, wv); /* |w| <= 127 */
+                for (int r = 0; r < R; r++) {
+                    const int64_t at = r * K + g * GROUP + 4 * j;
+                    hi[r] = dot_acc(hi[r], magnitude, _mm256_sign_epi8(bcast4(xq + at), wv));
+                    lo[r] = dot_acc(lo[r], magnitude, _mm256_sign_epi8(bcast4(xlo + at), wv));
+                }
             }
-        }
-        for (int r = 0; r < R; r++) { /* |128 hi + lo| < 2^27: no overflow */
-            const __m256i dot = _mm256_add_epi32(_mm256_slli_epi32(hi[r], 7), lo[r]);
+            for (int r = 0; r < R; r++) { /* |128 hi + lo| < 2^27: no overflow */
+                const __m256i dot = _mm256_add_epi32(_mm256_slli_epi32(hi[r], 7), lo[r]);
 #endif
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(xd[r * (K / GROUP) + g]), acc[r]);
+                acc[s * R + r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(xd[r * (K / GROUP) + g]),
+                                                 acc[s * R + r]);
+            }
         }
     }
-    const __m256 s = _mm256_loadu_ps(wscale);
-    for (int r = 0; r < R; r++) out[r] = _mm256_mul_ps(acc[r], s);
+    for (int s = 0; s < S; s++) {
+        const __m256 scale = _mm256_loadu_ps(wscale[s]);
+        for (int r = 0; r < R; r++) out[s * R + r] = _mm256_mul_ps(acc[s * R + r], scale);
+    }
 }
-#define CALL_R(fn, R, ...) switch (R) { /* a constant R per call, so the accumulators stay in registers */ \
-    case 1: fn(__VA_ARGS__, 1, out); break; \
-    case 2: fn(__VA_ARGS__, 2, out); break; \
-    case 3: fn(__VA_ARGS__, 3, out); break; \
-    default: fn(__VA_ARGS__, 4, out); }
+
+/* What one call of the block kernels needs, apart from the blocks and the activation rows. */
+typedef struct {
+    int bits;
+    int64_t M, K, N, G, block_bytes;
+    const uint8_t *w;
+    const float *rscale;
+    const int8_t *xq, *xlo;
+    const float *xd, *xs;
+    float *y;
+} job;
+
+/* Blocks b[0..S) against activation rows m..m+R, results written into y. */
+INLINE void run_blocks(const job *j, const int64_t *b, const int S, int64_t m, const int R) {
+    const uint8_t *wp[MAX_STREAMS];
+    const float *sp[MAX_STREAMS];
+    for (int s = 0; s < S; s++) {
+        wp[s] = j->w + b[s] * j->block_bytes;
+        sp[s] = j->rscale ? j->rscale + b[s] * BLOCK : NULL;
+    }
+    __m256 out[MAX_STREAMS * ACT_BLOCK];
+    if (j->bits == 4)
+        q4_block(wp, S, j->G, j->xq + m * j->K, j->xd + m * j->G, j->xs + m * j->G, j->K, R, out);
+    else
+        q8_block((const int8_t *const *)wp, sp, S, j->G, j->xq + m * j->K, j->xlo + m * j->K, j->xd + m * j->G,
+                 j->K, R, out);
+    for (int s = 0; s < S; s++)
+        for (int r = 0; r < R; r++) {
+            float lanes[BLOCK];
+            _mm256_storeu_ps(lanes, out[s * R + r]);
+            for (int i = 0; i < BLOCK && b[s] * BLOCK + i < j->N; i++) j->y[(m + r) * j->N + b[s] * BLOCK + i] = lanes[i];
+        }
+}
+
+/* Blocks b[0..S) against every activation row, ACT_BLOCK rows at a time, so that a block read
+ * from memory serves all of them. Streams: 4 for one row, 2 for two (their accumulators stay in
+ * registers), 1 beyond (bigger batches, prompts), which are compute- rather than memory-bound. */
+static void run_all_rows(const job *j, const int64_t *b, int S) {
+    for (int64_t m = 0; m < j->M; m += ACT_BLOCK) {
+        const int R = j->M - m < ACT_BLOCK ? (int)(j->M - m) : ACT_BLOCK;
+        if (S == 4) run_blocks(j, b, 4, m, 1);
+        else if (S == 2 && R == 1) run_blocks(j, b, 2, m, 1);
+        else if (S == 2) run_blocks(j, b, 2, m, 2);
+        else if (R == 1) run_blocks(j, b, 1, m, 1);
+        else if (R == 2) run_blocks(j, b, 1, m, 2);
+        else if (R == 3) run_blocks(j, b, 1, m, 3);
+        else run_blocks(j, b, 1, m, 4);
+    }
+}
 #endif
 
-/* The shared driver: quantize x, then every thread takes whole blocks of 8 output rows and runs
- * them against ACT_BLOCK activation rows at a time. N is the true row count (the last block may
- * be padding). Returns 0, -1 if out of memory, -2 if built without SIMD (the caller checks). */
+/* The shared driver: quantize x, then every thread takes a contiguous range of the blocks of 8
+ * output rows, cut into S streams that it walks side by side. N is the true row count (the last
+ * block may be padding). Every output element is computed by the same instructions whichever the
+ * thread, stream or batch. Returns 0, -1 if out of memory, -2 if built without SIMD. */
 static int quantized_matmul(int bits, const float *x, int64_t M, int64_t K, const void *w, const float *rscale,
                             int64_t N, float *y) {
 #if SIMD
     const int64_t G = K / GROUP, blocks = (N + BLOCK - 1) / BLOCK;
-    const int64_t block_bytes = bits == 4 ? G * 160 : G * 256;
     int8_t *xq = malloc((size_t)(M * K)), *xlo = bits == 8 ? malloc((size_t)(M * K)) : NULL;
     float *xd = malloc(sizeof(float) * (size_t)(M * G)), *xs = malloc(sizeof(float) * (size_t)(M * G));
     if (!xq || !xd || !xs || (bits == 8 && !xlo)) {
@@ -245,21 +308,26 @@ static int quantized_matmul(int bits, const float *x, int64_t M, int64_t K, cons
         return -1;
     }
     quantize_activations(x, M, K, xq, xlo, xd, xs);
-#pragma omp parallel for schedule(static)
-    for (int64_t b = 0; b < blocks; b++) {
-        const uint8_t *wb = (const uint8_t *)w + b * block_bytes;
-        for (int64_t m = 0; m < M; m += ACT_BLOCK) {
-            const int R = M - m < ACT_BLOCK ? (int)(M - m) : ACT_BLOCK;
-            __m256 out[ACT_BLOCK];
-            if (bits == 4) {
-                CALL_R(q4_block, R, wb, G, xq + m * K, xd + m * G, xs + m * G, K)
+    const job j = {bits, M, K, N, G, bits == 4 ? G * 160 : G * 256, w, rscale, xq, xlo, xd, xs, y};
+    const int S = M == 1 ? 4 : M == 2 ? 2 : 1;
+#pragma omp parallel
+    {
+        int threads = 1, t = 0;
+#ifdef _OPENMP
+        threads = omp_get_num_threads(), t = omp_get_thread_num();
+#endif
+        const int64_t first = blocks * t / threads, count = blocks * (t + 1) / threads - first;
+        int64_t start[MAX_STREAMS + 1];
+        for (int s = 0; s <= S; s++) start[s] = first + count * s / S;
+        for (int64_t i = 0; i < (count + S - 1) / S; i++) {
+            int64_t b[MAX_STREAMS];
+            int live = 0;
+            for (int s = 0; s < S; s++)
+                if (start[s] + i < start[s + 1]) b[live++] = start[s] + i;
+            if (live == S) {
+                run_all_rows(&j, b, S);
             } else {
-                CALL_R(q8_block, R, (const int8_t *)wb, rscale + b * BLOCK, G, xq + m * K, xlo + m * K, xd + m * G, K)
-            }
-            for (int r = 0; r < R; r++) {
-                float lanes[BLOCK];
-                _mm256_storeu_ps(lanes, out[r]);
-                for (int i = 0; i < BLOCK && b * BLOCK + i < N; i++) y[(m + r) * N + b * BLOCK + i] = lanes[i];
+                for (int s = 0; s < live; s++) run_all_rows(&j, b + s, 1);
             }
         }
     }
@@ -282,39 +350,60 @@ int llama_int8_matmul(const float *x, int64_t M, int64_t K, const int8_t *w, con
 
 /* ---- bfloat16, a few rows (decode): fp32 accumulation, result rounded to bfloat16 ----
  * Four independent accumulators per row keep four FMA chains in flight (with one or two, the
- * FMA latency, not memory, bounds a row). With AVX512-BF16, vdpbf16ps multiplies 32 bfloat16
- * pairs per instruction. */
+ * FMA latency, not memory, bounds a row), and ROW_STREAMS weight rows are walked side by side, so
+ * that a core has as many streams of loads in flight (one leaves DRAM's latency exposed). With
+ * AVX512-BF16, vdpbf16ps multiplies 32 bfloat16 pairs per instruction. Every row's sum is taken
+ * in the same order whatever the rows beside it. */
+#if SIMD && defined(__AVX512BF16__)
+#define ROW_STREAMS 4 /* 16 accumulators of the 32 zmm registers */
+#else
+#define ROW_STREAMS 2 /* 8 accumulators of the 16 ymm registers */
+#endif
 
-static float bf16_dot(const uint16_t *w, const uint16_t *x, const float *xf, int64_t K) {
+/* out[r] = row r of w (rows K apart, r < RS, RS constant per call) . x */
+INLINE void bf16_dots(const uint16_t *w, const int RS, const uint16_t *x, const float *xf, int64_t K, float *out) {
     int64_t k = 0;
-    float total = 0.0f;
+    float total[ROW_STREAMS];
 #if SIMD && defined(__AVX512BF16__)
     (void)xf;
-    __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    __m512 a[ROW_STREAMS][4];
+    for (int r = 0; r < RS; r++)
+        for (int u = 0; u < 4; u++) a[r][u] = _mm512_setzero_ps();
     for (; k + 128 <= K; k += 128) {
-        for (int c = 0; c < 256; c += 64) _mm_prefetch((const char *)(w + k) + PREFETCH + c, _MM_HINT_T0);
-        for (int u = 0; u < 4; u++)
-            a[u] = _mm512_dpbf16_ps(a[u], (__m512bh)_mm512_loadu_si512(w + k + 32 * u),
-                                    (__m512bh)_mm512_loadu_si512(x + k + 32 * u));
-    }
-    total = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
-#elif SIMD
-    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (; k + 32 <= K; k += 32) {
-        _mm_prefetch((const char *)(w + k) + PREFETCH, _MM_HINT_T0);
-        for (int u = 0; u < 4; u++) {
-            const __m256 wf = _mm256_castsi256_ps(
-                _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + k + 8 * u))), 16));
-            a[u] = _mm256_fmadd_ps(wf, _mm256_loadu_ps(xf + k + 8 * u), a[u]);
+        for (int r = 0; r < RS; r++) {
+            const uint16_t *wr = w + r * K + k;
+            for (int c = 0; c < 256; c += 64) _mm_prefetch((const char *)wr + PREFETCH + c, _MM_HINT_T1);
+            for (int u = 0; u < 4; u++)
+                a[r][u] = _mm512_dpbf16_ps(a[r][u], (__m512bh)_mm512_loadu_si512(wr + 32 * u),
+                                           (__m512bh)_mm512_loadu_si512(x + k + 32 * u));
         }
     }
-    total = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
-#endif
-#if !SIMD
+    for (int r = 0; r < RS; r++)
+        total[r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[r][0], a[r][1]), _mm512_add_ps(a[r][2], a[r][3])));
+#elif SIMD
+    __m256 a[ROW_STREAMS][4];
+    for (int r = 0; r < RS; r++)
+        for (int u = 0; u < 4; u++) a[r][u] = _mm256_setzero_ps();
+    for (; k + 32 <= K; k += 32) {
+        for (int r = 0; r < RS; r++) {
+            const uint16_t *wr = w + r * K + k;
+            _mm_prefetch((const char *)wr + PREFETCH, _MM_HINT_T1);
+            for (int u = 0; u < 4; u++) {
+                const __m256 wf = _mm256_castsi256_ps(
+                    _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(wr + 8 * u))), 16));
+                a[r][u] = _mm256_fmadd_ps(wf, _mm256_loadu_ps(xf + k + 8 * u), a[r][u]);
+            }
+        }
+    }
+    for (int r = 0; r < RS; r++) total[r] = hsum(_mm256_add_ps(_mm256_add_ps(a[r][0], a[r][1]), _mm256_add_ps(a[r][2], a[r][3])));
+#else
     (void)xf;
+    for (int r = 0; r < RS; r++) total[r] = 0.0f;
 #endif
-    for (; k < K; k++) total += bf16_to_float(w[k]) * bf16_to_float(x[k]);
-    return total;
+    for (int r = 0; r < RS; r++) {
+        for (int64_t kk = k; kk < K; kk++) total[r] += bf16_to_float(w[r * K + kk]) * bf16_to_float(x[kk]);
+        out[r] = total[r];
+    }
 }
 
 int llama_bf16_matmul(const uint16_t *x, int64_t M, int64_t K, const uint16_t *w, int64_t N, uint16_t *y) {
@@ -329,9 +418,16 @@ int llama_bf16_matmul(const uint16_t *x, int64_t M, int64_t K, const uint16_t *w
 #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < tasks; t++) {
         const int64_t n_end = (t + 1) * ROWS_PER_TASK < N ? (t + 1) * ROWS_PER_TASK : N;
-        for (int64_t n = t * ROWS_PER_TASK; n < n_end; n++)
-            for (int64_t m = 0; m < M; m++)
-                y[m * N + n] = float_to_bf16(bf16_dot(w + n * K, x + m * K, xf ? xf + m * K : NULL, K));
+        for (int64_t n = t * ROWS_PER_TASK; n < n_end; n += ROW_STREAMS) {
+            const int rs = n_end - n < ROW_STREAMS ? (int)(n_end - n) : ROW_STREAMS;
+            for (int64_t m = 0; m < M; m++) {
+                float out[ROW_STREAMS];
+                const float *xm = xf ? xf + m * K : NULL;
+                if (rs == ROW_STREAMS) bf16_dots(w + n * K, ROW_STREAMS, x + m * K, xm, K, out);
+                else for (int r = 0; r < rs; r++) bf16_dots(w + (n + r) * K, 1, x + m * K, xm, K, out + r);
+                for (int r = 0; r < rs; r++) y[m * N + n + r] = float_to_bf16(out[r]);
+            }
+        }
     }
     free(xf);
     return 0;
