@@ -28,6 +28,11 @@ from .distributed import caller_group
 from .envvars import env_int, env_seconds
 from .errors import BackendError, ConfigError
 
+# The devices a user may name (--device, LLAMA_DEVICE), as they are written.
+DEVICE_CHOICES = ("cpu", "cuda", "cuda:N", "mps")
+_DEVICE_TYPES = tuple(d for d in DEVICE_CHOICES if ":" not in d)
+_DEVICE_HINT = ", ".join(DEVICE_CHOICES[:-1]) + " or " + DEVICE_CHOICES[-1]  # "cpu, cuda, cuda:N or mps"
+
 BACKENDS = ("nccl", "gloo")
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -136,9 +141,9 @@ def _requested_device(value, source: str, probe: Probe, world_size: int, local_r
     try:
         dev = torch.device(value)
     except (RuntimeError, TypeError):
-        raise ConfigError(f"unknown device {value!r} (from {source}); use cpu, cuda, cuda:N or mps") from None
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"unsupported device {value!r} (from {source}); use cpu, cuda, cuda:N or mps")
+        raise ConfigError(f"unknown device {value!r} (from {source}); use {_DEVICE_HINT}") from None
+    if dev.type not in _DEVICE_TYPES:
+        raise ConfigError(f"unsupported device {value!r} (from {source}); use {_DEVICE_HINT}")
     if dev.type == "cuda" and not probe.cuda:
         raise BackendError(
             f"device {value!r} (from {source}) requested, but CUDA is not available in this torch build "

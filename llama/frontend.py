@@ -9,6 +9,7 @@ from typing import Callable, Iterator, List, Optional, Union
 import torch
 
 from . import demo
+from .backend import DEVICE_CHOICES
 from .chat_format import Dialog
 from .distributed import is_main_process
 from .flags import Flag
@@ -36,7 +37,7 @@ FLAGS = {
     "max_seq_len": Flag("longest prompt plus answer, in tokens; sets the size of the KV cache", "N"),
     "max_gen_len": Flag("most tokens to generate for each prompt", "N"),
     "max_batch_size": Flag("most prompts generated together; more run in later batches", "N"),
-    "device": Flag("where to run", "DEVICE", choices=("cpu", "cuda", "cuda:N", "mps"),
+    "device": Flag("where to run", "DEVICE", choices=DEVICE_CHOICES,
                    default="cuda:LOCAL_RANK if CUDA is available, else mps, else cpu; env LLAMA_DEVICE"),
     "dtype": Flag("weight and activation dtype", "DTYPE", choices=("float32", "bfloat16", "float16"),
                   default="bfloat16 on CUDA, or float16 where it lacks bfloat16; float16 on mps; float32 on cpu; "

@@ -155,6 +155,11 @@ static inline __m256i bcast4(const int8_t *p) {
     return _mm256_set1_epi32(v);
 }
 
+/* Fetch into L2 the cache lines PREFETCH bytes ahead of the `bytes` about to be read at p. */
+INLINE void prefetch_ahead(const void *p, int bytes) {
+    for (int c = 0; c < bytes; c += 64) _mm_prefetch((const char *)p + PREFETCH + c, _MM_HINT_T1);
+}
+
 /* S blocks of 8 weight rows (w[s], S <= MAX_STREAMS) against R activation rows (S and R constant
  * per call, R <= ACT_BLOCK); out[s * R + r] = 8 results. The S blocks are walked side by side, one
  * group of each at a time, so a core has S streams of loads and prefetches in flight: with one,
@@ -168,7 +173,7 @@ INLINE void q4_block(const uint8_t *const *w, const int S, int64_t G, const int8
     for (int64_t g = 0; g < G; g++) {
         for (int s = 0; s < S; s++) {
             const uint8_t *blk = w[s] + g * 160;
-            for (int c = 0; c < 160; c += 64) _mm_prefetch((const char *)(blk + PREFETCH + c), _MM_HINT_T1);
+            prefetch_ahead(blk, 160);
             __m256i codes[8];
             for (int c = 0; c < 4; c++) {
                 const __m256i b = _mm256_loadu_si256((const __m256i *)(blk + 32 * c));
@@ -199,7 +204,7 @@ INLINE void q8_block(const int8_t *const *w, const float *const *wscale, const i
     for (int64_t g = 0; g < G; g++) {
         for (int s = 0; s < S; s++) {
             const int8_t *blk = w[s] + g * 256;
-            for (int c = 0; c < 256; c += 64) _mm_prefetch((const char *)(blk + PREFETCH + c), _MM_HINT_T1);
+            prefetch_ahead(blk, 256);
             __m256i hi[ACT_BLOCK], lo[ACT_BLOCK];
             for (int r = 0; r < R; r++) hi[r] = lo[r] = _mm256_setzero_si256();
 #if VNNI
@@ -372,7 +377,7 @@ INLINE void bf16_dots(const uint16_t *w, const int RS, const uint16_t *x, const 
     for (; k + 128 <= K; k += 128) {
         for (int r = 0; r < RS; r++) {
             const uint16_t *wr = w + r * K + k;
-            for (int c = 0; c < 256; c += 64) _mm_prefetch((const char *)wr + PREFETCH + c, _MM_HINT_T1);
+            prefetch_ahead(wr, 256);
             for (int u = 0; u < 4; u++)
                 a[r][u] = _mm512_dpbf16_ps(a[r][u], (__m512bh)_mm512_loadu_si512(wr + 32 * u),
                                            (__m512bh)_mm512_loadu_si512(x + k + 32 * u));
@@ -387,7 +392,7 @@ INLINE void bf16_dots(const uint16_t *w, const int RS, const uint16_t *x, const 
     for (; k + 32 <= K; k += 32) {
         for (int r = 0; r < RS; r++) {
             const uint16_t *wr = w + r * K + k;
-            _mm_prefetch((const char *)wr + PREFETCH, _MM_HINT_T1);
+            prefetch_ahead(wr, 64);
             for (int u = 0; u < 4; u++) {
                 const __m256 wf = _mm256_castsi256_ps(
                     _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(wr + 8 * u))), 16));
