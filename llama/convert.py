@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from . import checkpoint, hf
+from . import checkpoint, hf, hf_config
 from .cli import run
 from .errors import ConfigError
 from .flags import Flag
@@ -126,7 +126,7 @@ def _hf_to_meta(src: Path, out: Path, shards: int, dtype: Optional[torch.dtype])
 
 def meta_params(src: Path) -> Tuple[dict, Optional[str]]:
     """(params from config.json, the text of original/params.json if it describes that same model)."""
-    params = hf.read_params(src)
+    params = hf_config.read_params(src)
     path = src / ORIGINAL / "params.json"
     if not path.is_file():
         return params, None
@@ -148,9 +148,9 @@ def _signature(params: dict, vocab_size: int) -> tuple:
     scaled = bool(p.get("use_scaled_rope", False))
     return (p["dim"], p["n_layers"], p["n_heads"], p.get("n_kv_heads") or p["n_heads"],
             vocab_size if p.get("vocab_size", -1) == -1 else p["vocab_size"],
-            hf.ffn_hidden_dim(p["dim"], p.get("multiple_of", 256), p.get("ffn_dim_multiplier")),
-            p.get("norm_eps", 1e-5), p.get("rope_theta", hf.DEFAULT_ROPE_THETA), scaled,
-            p.get("rope_scaling_factor", hf.META_ROPE_FACTOR) if scaled else None)
+            hf_config.ffn_hidden_dim(p["dim"], p.get("multiple_of", 256), p.get("ffn_dim_multiplier")),
+            p.get("norm_eps", 1e-5), p.get("rope_theta", hf_config.DEFAULT_ROPE_THETA), scaled,
+            p.get("rope_scaling_factor", hf_config.META_ROPE_FACTOR) if scaled else None)
 
 
 def _meta_to_hf(src: Path, out: Path, dtype: Optional[torch.dtype], limit: int) -> None:
@@ -161,7 +161,7 @@ def _meta_to_hf(src: Path, out: Path, dtype: Optional[torch.dtype], limit: int) 
     tensors, config = hf.to_hf(_cast(state, dtype, "reading"), params)
     config.update(_special_ids(src / TOKENIZER))
     _save_safetensors(tensors, out, limit)
-    (out / hf.CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    (out / hf_config.CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     (out / ORIGINAL).mkdir()
     shutil.copyfile(src / "params.json", out / ORIGINAL / "params.json")
 

@@ -8,7 +8,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from . import checkpoint, hf, memory
+from . import checkpoint, hf, hf_config, memory
 from . import quantize as quant
 from .backend import Runtime
 from .distributed import is_main_process
@@ -48,7 +48,7 @@ class Checkpoint:
 def open_checkpoint(ckpt_dir) -> Checkpoint:
     """Find the weights and read params.json (or config.json), checking both before any weight is read."""
     if isinstance(ckpt_dir, (str, Path)) and hf.is_hf_dir(ckpt_dir):
-        params = hf.read_params(ckpt_dir)
+        params = hf_config.read_params(ckpt_dir)
         return Checkpoint(Path(ckpt_dir), params, [])
     shards = checkpoint.find_shards(ckpt_dir)
     params, stored = quant.read_params(ckpt_dir)

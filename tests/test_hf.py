@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import VOCAB_SIZE
 
-from llama import hf
+from llama import hf, hf_config
 from llama.convert import convert
 from llama.errors import CheckpointError, ConfigError, MissingFileError
 from llama.parallel import LLAMA2_PLAN, split_dim
@@ -111,9 +111,9 @@ def hf_greedy(model, prompt, n):
     (64, 100, {"multiple_of": 4, "ffn_dim_multiplier": 0.59}),  # no Meta model: the shortest exact multiplier
 ])
 def test_intermediate_size_becomes_meta_ffn_params_that_reproduce_it(dim, hidden, expected):
-    params = hf.ffn_params(dim, hidden)
+    params = hf_config.ffn_params(dim, hidden)
     assert params == expected
-    assert hf.ffn_hidden_dim(dim, params["multiple_of"], params.get("ffn_dim_multiplier")) == hidden
+    assert hf_config.ffn_hidden_dim(dim, params["multiple_of"], params.get("ffn_dim_multiplier")) == hidden
 
 
 def test_llama3_rope_scaling_config_becomes_params_json_with_use_scaled_rope(hf_dir, tmp_path):
@@ -123,7 +123,7 @@ def test_llama3_rope_scaling_config_becomes_params_json_with_use_scaled_rope(hf_
     assert json.loads((tmp_path / "meta" / "params.json").read_text()) == {
         "dim": 64, "n_layers": 2, "n_heads": 8, "n_kv_heads": 2, "vocab_size": VOCAB_SIZE, "multiple_of": 32,
         "ffn_dim_multiplier": 1.3, "norm_eps": 1e-5, "rope_theta": 500000.0, "use_scaled_rope": True}
-    assert hf.tie_word_embeddings(tmp_path / "hf") is True
+    assert hf_config.tie_word_embeddings(tmp_path / "hf") is True
 
 
 def base_config(**overrides):
@@ -134,7 +134,7 @@ def base_config(**overrides):
 
 
 def test_rope_factor_other_than_metas_8_is_kept_as_rope_scaling_factor():
-    params = hf.params_from_config(base_config(rope_scaling={**LLAMA3_ROPE, "factor": 32.0}), "config.json")
+    params = hf_config.params_from_config(base_config(rope_scaling={**LLAMA3_ROPE, "factor": 32.0}), "config.json")
     assert params["use_scaled_rope"] is True and params["rope_scaling_factor"] == 32.0
 
 
@@ -148,7 +148,7 @@ def test_rope_factor_other_than_metas_8_is_kept_as_rope_scaling_factor():
 ])
 def test_unsupported_rope_scaling_is_refused_naming_the_key(rope, message):
     with pytest.raises(ConfigError) as err:
-        hf.params_from_config(base_config(rope_scaling=rope), "config.json")
+        hf_config.params_from_config(base_config(rope_scaling=rope), "config.json")
     assert str(err.value) == message
 
 
@@ -157,7 +157,7 @@ def test_unsupported_rope_scaling_is_refused_naming_the_key(rope, message):
 @pytest.mark.parametrize("name", ["llama2", "gqa_tied"])
 def test_two_ranks_slices_concatenate_to_the_full_load(hf_dir, name):
     ckpt, model = hf_dir(name)
-    params = hf.read_params(ckpt)
+    params = hf_config.read_params(ckpt)
     full = hf.load_rank_state(ckpt, params, SPLIT, 1, 0)
     parts = [hf.load_rank_state(ckpt, params, SPLIT, 2, rank) for rank in range(2)]
     for key, tensor in full.items():
@@ -170,7 +170,7 @@ def test_two_ranks_slices_concatenate_to_the_full_load(hf_dir, name):
 def test_loading_never_writes_to_the_checkpoint_files(hf_dir):
     ckpt, _ = hf_dir("llama2")
     before = {p.name: p.read_bytes() for p in ckpt.glob("*.safetensors")}
-    state = hf.load_rank_state(ckpt, hf.read_params(ckpt), SPLIT, 1, 0)
+    state = hf.load_rank_state(ckpt, hf_config.read_params(ckpt), SPLIT, 1, 0)
     assert state["layers.0.attention.wq.weight"].abs().sum() > 0  # q/k rows were reordered in memory
     assert {p.name: p.read_bytes() for p in ckpt.glob("*.safetensors")} == before
 
@@ -181,7 +181,7 @@ PEAK_RSS = r"""
 import sys
 from functools import partial
 from pathlib import Path
-from llama import hf
+from llama import hf, hf_config
 from llama.parallel import LLAMA2_PLAN, split_dim
 SPLIT = partial(split_dim, LLAMA2_PLAN)
 
@@ -190,7 +190,7 @@ def rss_and_peak():
     return int(f["VmRSS"].split()[0]) * 1024, int(f["VmHWM"].split()[0]) * 1024
 
 def load(ckpt):
-    state = hf.load_rank_state(ckpt, hf.read_params(ckpt), SPLIT, 1, 0)
+    state = hf.load_rank_state(ckpt, hf_config.read_params(ckpt), SPLIT, 1, 0)
     return sum(float(t.sum()) for t in state.values())  # touches every weight
 
 load(sys.argv[2])  # a tiny model first: imports and allocator warm-up are not the checkpoint's cost
