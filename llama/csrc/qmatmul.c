@@ -41,7 +41,6 @@
 #define PREFETCH 2048
 #define GROUP 32
 #define INLINE static inline __attribute__((always_inline))
-#define ROWS_PER_TASK 16 /* output rows a thread takes at a time */
 #define ACT_BLOCK 4      /* activation rows that share one pass over a weight row */
 
 #if SIMD && (defined(__AVX512VNNI__) && defined(__AVX512VL__) || defined(__AVXVNNI__))
@@ -51,6 +50,29 @@
 #endif
 
 int llama_native_simd(void) { return SIMD + VNNI; }
+
+/* The calling thread's share of `count` items (weight blocks or rows), cut into S <= MAX_STREAMS
+ * contiguous streams that it walks side by side: stream s holds items start[s]..start[s+1]. One
+ * stream of loads per core leaves DRAM's latency exposed (~70 % of the bandwidth float32 GEMVs
+ * reach, BENCHMARKS.md); S long streams keep S times the misses in flight. */
+#define MAX_STREAMS 4
+static void thread_streams(int64_t count, int S, int64_t *start) {
+    int threads = 1, t = 0;
+#ifdef _OPENMP
+    threads = omp_get_num_threads(), t = omp_get_thread_num();
+#endif
+    const int64_t first = count * t / threads, mine = count * (t + 1) / threads - first;
+    for (int s = 0; s <= S; s++) start[s] = first + mine * s / S;
+}
+
+/* Step i of the streams: their i-th items (those not past their stream's end) into item[];
+ * returns how many. Steps run from 0 to (stream length + S - 1) / S. */
+static int stream_items(const int64_t *start, int S, int64_t i, int64_t *item) {
+    int live = 0;
+    for (int s = 0; s < S; s++)
+        if (start[s] + i < start[s + 1]) item[live++] = start[s] + i;
+    return live;
+}
 
 static inline float bf16_to_float(uint16_t h) {
     uint32_t bits = (uint32_t)h << 16;
@@ -161,10 +183,8 @@ INLINE void prefetch_ahead(const void *p, int bytes) {
 }
 
 /* S blocks of 8 weight rows (w[s], S <= MAX_STREAMS) against R activation rows (S and R constant
- * per call, R <= ACT_BLOCK); out[s * R + r] = 8 results. The S blocks are walked side by side, one
- * group of each at a time, so a core has S streams of loads and prefetches in flight: with one,
- * DRAM's latency leaves a core at ~70 % of the bandwidth float32 GEMVs reach (BENCHMARKS.md). */
-#define MAX_STREAMS 4
+ * per call, R <= ACT_BLOCK); out[s * R + r] = 8 results. The S blocks (of S streams) are walked
+ * side by side, one group of each at a time. */
 INLINE void q4_block(const uint8_t *const *w, const int S, int64_t G, const int8_t *xq, const float *xd,
                      const float *xs, int64_t K, const int R, __m256 *out) {
     const __m256i mask = _mm256_set1_epi8(15);
@@ -317,18 +337,10 @@ static int quantized_matmul(int bits, const float *x, int64_t M, int64_t K, cons
     const int S = M == 1 ? 4 : M == 2 ? 2 : 1;
 #pragma omp parallel
     {
-        int threads = 1, t = 0;
-#ifdef _OPENMP
-        threads = omp_get_num_threads(), t = omp_get_thread_num();
-#endif
-        const int64_t first = blocks * t / threads, count = blocks * (t + 1) / threads - first;
-        int64_t start[MAX_STREAMS + 1];
-        for (int s = 0; s <= S; s++) start[s] = first + count * s / S;
-        for (int64_t i = 0; i < (count + S - 1) / S; i++) {
-            int64_t b[MAX_STREAMS];
-            int live = 0;
-            for (int s = 0; s < S; s++)
-                if (start[s] + i < start[s + 1]) b[live++] = start[s] + i;
+        int64_t start[MAX_STREAMS + 1], b[MAX_STREAMS];
+        thread_streams(blocks, S, start);
+        for (int64_t i = 0; i < (start[S] - start[0] + S - 1) / S; i++) {
+            const int live = stream_items(start, S, i, b);
             if (live == S) {
                 run_all_rows(&j, b, S);
             } else {
@@ -355,8 +367,9 @@ int llama_int8_matmul(const float *x, int64_t M, int64_t K, const int8_t *w, con
 
 /* ---- bfloat16, a few rows (decode): fp32 accumulation, result rounded to bfloat16 ----
  * Four independent accumulators per row keep four FMA chains in flight (with one or two, the
- * FMA latency, not memory, bounds a row), and ROW_STREAMS weight rows are walked side by side, so
- * that a core has as many streams of loads in flight (one leaves DRAM's latency exposed). With
+ * FMA latency, not memory, bounds a row), and each thread walks ROW_STREAMS runs of consecutive
+ * rows side by side (thread_streams): as many long streams of loads in flight, each prefetched
+ * across its row boundaries (rows side by side instead would restart 4 streams every row). With
  * AVX512-BF16, vdpbf16ps multiplies 32 bfloat16 pairs per instruction. Every row's sum is taken
  * in the same order whatever the rows beside it. */
 #if SIMD && defined(__AVX512BF16__)
@@ -365,8 +378,9 @@ int llama_int8_matmul(const float *x, int64_t M, int64_t K, const int8_t *w, con
 #define ROW_STREAMS 2 /* 8 accumulators of the 16 ymm registers */
 #endif
 
-/* out[r] = row r of w (rows K apart, r < RS, RS constant per call) . x */
-INLINE void bf16_dots(const uint16_t *w, const int RS, const uint16_t *x, const float *xf, int64_t K, float *out) {
+/* out[r] = w[r] . x for the RS rows w[r] (RS constant per call, <= ROW_STREAMS) */
+INLINE void bf16_dots(const uint16_t *const *w, const int RS, const uint16_t *x, const float *xf, int64_t K,
+                      float *out) {
     int64_t k = 0;
     float total[ROW_STREAMS];
 #if SIMD && defined(__AVX512BF16__)
@@ -376,7 +390,7 @@ INLINE void bf16_dots(const uint16_t *w, const int RS, const uint16_t *x, const 
         for (int u = 0; u < 4; u++) a[r][u] = _mm512_setzero_ps();
     for (; k + 128 <= K; k += 128) {
         for (int r = 0; r < RS; r++) {
-            const uint16_t *wr = w + r * K + k;
+            const uint16_t *wr = w[r] + k;
             prefetch_ahead(wr, 256);
             for (int u = 0; u < 4; u++)
                 a[r][u] = _mm512_dpbf16_ps(a[r][u], (__m512bh)_mm512_loadu_si512(wr + 32 * u),
@@ -391,7 +405,7 @@ INLINE void bf16_dots(const uint16_t *w, const int RS, const uint16_t *x, const 
         for (int u = 0; u < 4; u++) a[r][u] = _mm256_setzero_ps();
     for (; k + 32 <= K; k += 32) {
         for (int r = 0; r < RS; r++) {
-            const uint16_t *wr = w + r * K + k;
+            const uint16_t *wr = w[r] + k;
             prefetch_ahead(wr, 64);
             for (int u = 0; u < 4; u++) {
                 const __m256 wf = _mm256_castsi256_ps(
@@ -406,7 +420,7 @@ INLINE void bf16_dots(const uint16_t *w, const int RS, const uint16_t *x, const 
     for (int r = 0; r < RS; r++) total[r] = 0.0f;
 #endif
     for (int r = 0; r < RS; r++) {
-        for (int64_t kk = k; kk < K; kk++) total[r] += bf16_to_float(w[r * K + kk]) * bf16_to_float(x[kk]);
+        for (int64_t kk = k; kk < K; kk++) total[r] += bf16_to_float(w[r][kk]) * bf16_to_float(x[kk]);
         out[r] = total[r];
     }
 }
@@ -419,18 +433,20 @@ int llama_bf16_matmul(const uint16_t *x, int64_t M, int64_t K, const uint16_t *w
     if (!xf) return -1;
     for (int64_t i = 0; i < M * K; i++) xf[i] = bf16_to_float(x[i]);
 #endif
-    const int64_t tasks = (N + ROWS_PER_TASK - 1) / ROWS_PER_TASK;
-#pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < tasks; t++) {
-        const int64_t n_end = (t + 1) * ROWS_PER_TASK < N ? (t + 1) * ROWS_PER_TASK : N;
-        for (int64_t n = t * ROWS_PER_TASK; n < n_end; n += ROW_STREAMS) {
-            const int rs = n_end - n < ROW_STREAMS ? (int)(n_end - n) : ROW_STREAMS;
+#pragma omp parallel
+    {
+        int64_t start[ROW_STREAMS + 1], n[ROW_STREAMS];
+        thread_streams(N, ROW_STREAMS, start);
+        for (int64_t i = 0; i < (start[ROW_STREAMS] - start[0] + ROW_STREAMS - 1) / ROW_STREAMS; i++) {
+            const int live = stream_items(start, ROW_STREAMS, i, n);
+            const uint16_t *rows[ROW_STREAMS];
+            for (int r = 0; r < live; r++) rows[r] = w + n[r] * K;
             for (int64_t m = 0; m < M; m++) {
                 float out[ROW_STREAMS];
                 const float *xm = xf ? xf + m * K : NULL;
-                if (rs == ROW_STREAMS) bf16_dots(w + n * K, ROW_STREAMS, x + m * K, xm, K, out);
-                else for (int r = 0; r < rs; r++) bf16_dots(w + (n + r) * K, 1, x + m * K, xm, K, out + r);
-                for (int r = 0; r < rs; r++) y[m * N + n + r] = float_to_bf16(out[r]);
+                if (live == ROW_STREAMS) bf16_dots(rows, ROW_STREAMS, x + m * K, xm, K, out);
+                else for (int r = 0; r < live; r++) bf16_dots(rows + r, 1, x + m * K, xm, K, out + r);
+                for (int r = 0; r < live; r++) y[m * N + n[r]] = float_to_bf16(out[r]);
             }
         }
     }
