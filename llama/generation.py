@@ -11,7 +11,7 @@ from typing import Iterator, List, Optional, Tuple, TypedDict
 
 import torch
 
-from . import checkpoint, demo, loading, memory
+from . import checkpoint, demo, loading, memory, native_decode
 from . import quantize as quant
 from .backend import Runtime, select
 from .chat_format import UNSAFE_ERROR, Dialog, Message, encode_dialog, is_unsafe
@@ -90,7 +90,8 @@ class Llama:
         barrier_then_tighten_timeouts(rt)
         if is_main_process():
             print(f"Loaded in {time.time() - start_time:.2f} seconds")
-        decode_step = StaticDecode(model, compile_options(rt.device)) if compile else None
+        # One-token steps: compiled if asked; else, for an int4/int8 model on the CPU, one native call.
+        decode_step = StaticDecode(model, compile_options(rt.device)) if compile else native_decode.for_model(model)
         return Llama(model, tokenizer, decode_step, eos_check_interval(rt.device))
 
     @staticmethod

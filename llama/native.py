@@ -1,12 +1,13 @@
-"""The project's own CPU kernels (llama/csrc/qmatmul.c): built at first use, loaded with ctypes.
+"""The project's own CPU kernels (llama/csrc: qmatmul.c, decode.c): built at first use, loaded with ctypes.
 
 torch's CPU kernels for int8/int4 weights dequantize to floats and multiply-add; llama.cpp's are
 integer dot products over activations quantized to int8 in groups of 32, which needs far fewer
 instructions per weight. qmatmul.c does the latter for our int8 and int4 formats (measured in
 BENCHMARKS.md), plus a one-row bfloat16 matmul (decode at batch 1) that streams a weight
-faster than torch's.
+faster than torch's. decode.c runs a quantized model's whole one-token step in one call
+(llama.native_decode).
 
-Building: the C file is compiled once per machine with the system C compiler (`cc`, or $CC) for
+Building: the C files are compiled once per machine with the system C compiler (`cc`, or $CC) for
 the CPU it runs on (-march=native) and OpenMP, into ~/.cache/llama/ (or $LLAMA_CACHE_DIR); a name
 derived from the source, the compiler and the CPU's flags keeps stale builds from being reused.
 Loaded after torch, the OpenMP runtime it links is torch's own, so torch.set_num_threads governs
@@ -32,7 +33,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).resolve().parent / "csrc" / "qmatmul.c"
+CSRC = Path(__file__).resolve().parent / "csrc"
+SOURCES = [CSRC / "qmatmul.c", CSRC / "decode.c"]  # one library; decode.c also reads qmatmul.h
+HEADERS = [CSRC / "qmatmul.h"]
 GROUP = 32  # activation and int4 group size (qmatmul.c's GROUP)
 BLOCK = 8  # output rows per block (qmatmul.c's BLOCK)
 CFLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp"]
@@ -58,7 +61,7 @@ def _build(compiler: str, target: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run([compiler, *CFLAGS, str(SOURCE), "-o", tmp, "-lm"], check=True, capture_output=True,
+        subprocess.run([compiler, *CFLAGS, *map(str, SOURCES), "-o", tmp, "-lm"], check=True, capture_output=True,
                        text=True, timeout=120)
         os.replace(tmp, target)
     finally:
@@ -72,7 +75,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.llama_int4_matmul.argtypes = [p, i, i, p, i, p]
     lib.llama_int8_matmul.argtypes = [p, i, i, p, p, i, p]
     lib.llama_bf16_matmul.argtypes = [p, i, i, p, i, p]
-    for fn in (lib.llama_int4_matmul, lib.llama_int8_matmul, lib.llama_bf16_matmul):
+    lib.llama_decode_step.argtypes = [p, p, i, i, p]
+    for fn in (lib.llama_int4_matmul, lib.llama_int8_matmul, lib.llama_bf16_matmul, lib.llama_decode_step):
         fn.restype = ctypes.c_int
     return lib
 
@@ -90,7 +94,8 @@ def library() -> Optional[ctypes.CDLL]:
         log.warning("no C compiler (cc) found: the int4/int8 CPU kernels of llama.native are not built; "
                     "torch's slower kernels are used (install gcc to get them)")
         return None
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, *CFLAGS, _cpu_flags()]).encode()).hexdigest()[:16]
+    texts = [path.read_text() for path in SOURCES + HEADERS]
+    key = hashlib.sha256("\0".join([*texts, compiler, *CFLAGS, _cpu_flags()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"qmatmul-{key}.so"
     try:
         if not target.exists():
@@ -111,11 +116,11 @@ def available() -> bool:
     return library() is not None
 
 
-def _check(rc: int) -> None:
+def check(rc: int) -> None:
     if rc == -1:
-        raise MemoryError("the native matmul could not allocate its activation buffer")
+        raise MemoryError("a native CPU kernel could not allocate its buffers")
     if rc != 0:
-        raise RuntimeError(f"native matmul failed with code {rc}")
+        raise RuntimeError(f"a native CPU kernel failed with code {rc}")
 
 
 # ---- repacking (pure tensor functions, any device) ----
@@ -165,7 +170,7 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 def _int4(x: torch.Tensor, blocks: torch.Tensor, n: int) -> torch.Tensor:
     rows = _rows(x)
     y = torch.empty(rows.shape[0], n)
-    _check(library().llama_int4_matmul(rows.data_ptr(), rows.shape[0], rows.shape[1], blocks.data_ptr(), n,
+    check(library().llama_int4_matmul(rows.data_ptr(), rows.shape[0], rows.shape[1], blocks.data_ptr(), n,
                                        y.data_ptr()))
     return y.to(x.dtype).reshape(*x.shape[:-1], n)
 
@@ -173,7 +178,7 @@ def _int4(x: torch.Tensor, blocks: torch.Tensor, n: int) -> torch.Tensor:
 def _int8(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, n: int) -> torch.Tensor:
     rows = _rows(x)
     y = torch.empty(rows.shape[0], n)
-    _check(library().llama_int8_matmul(rows.data_ptr(), rows.shape[0], rows.shape[1], blocks.data_ptr(),
+    check(library().llama_int8_matmul(rows.data_ptr(), rows.shape[0], rows.shape[1], blocks.data_ptr(),
                                        scales.data_ptr(), n, y.data_ptr()))
     return y.to(x.dtype).reshape(*x.shape[:-1], n)
 
@@ -182,7 +187,7 @@ def _bf16(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     n = weight.shape[0]
     y = torch.empty(rows.shape[0], n, dtype=torch.bfloat16)
-    _check(library().llama_bf16_matmul(rows.data_ptr(), rows.shape[0], rows.shape[1], weight.data_ptr(), n,
+    check(library().llama_bf16_matmul(rows.data_ptr(), rows.shape[0], rows.shape[1], weight.data_ptr(), n,
                                        y.data_ptr()))
     return y.reshape(*x.shape[:-1], n)
 

@@ -20,19 +20,17 @@
  * Every output element is computed by the same instructions in the same order whatever M is and
  * whichever thread computes it, so a row's result does not depend on the batch it is in.
  */
+#include "qmatmul.h"
+
 #include <math.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if SIMD
 #include <immintrin.h>
-#define SIMD 1
-#else
-#define SIMD 0
 #endif
 
 /* Weight bytes fetched ahead of use, into L2 (_MM_HINT_T1): a core's own hardware prefetch alone
@@ -268,19 +266,8 @@ INLINE void q8_block(const int8_t *const *w, const float *const *wscale, const i
     }
 }
 
-/* What one call of the block kernels needs, apart from the blocks and the activation rows. */
-typedef struct {
-    int bits;
-    int64_t M, K, N, G, block_bytes;
-    const uint8_t *w;
-    const float *rscale;
-    const int8_t *xq, *xlo;
-    const float *xd, *xs;
-    float *y;
-} job;
-
 /* Blocks b[0..S) against activation rows m..m+R, results written into y. */
-INLINE void run_blocks(const job *j, const int64_t *b, const int S, int64_t m, const int R) {
+INLINE void run_blocks(const qjob *j, const int64_t *b, const int S, int64_t m, const int R) {
     const uint8_t *wp[MAX_STREAMS];
     const float *sp[MAX_STREAMS];
     for (int s = 0; s < S; s++) {
@@ -304,7 +291,7 @@ INLINE void run_blocks(const job *j, const int64_t *b, const int S, int64_t m, c
 /* Blocks b[0..S) against every activation row, ACT_BLOCK rows at a time, so that a block read
  * from memory serves all of them. Streams: 4 for one row, 2 for two (their accumulators stay in
  * registers), 1 beyond (bigger batches, prompts), which are compute- rather than memory-bound. */
-static void run_all_rows(const job *j, const int64_t *b, int S) {
+static void run_all_rows(const qjob *j, const int64_t *b, int S) {
     for (int64_t m = 0; m < j->M; m += ACT_BLOCK) {
         const int R = j->M - m < ACT_BLOCK ? (int)(j->M - m) : ACT_BLOCK;
         if (S == 4) run_blocks(j, b, 4, m, 1);
@@ -318,37 +305,65 @@ static void run_all_rows(const job *j, const int64_t *b, int S) {
 }
 #endif
 
-/* The shared driver: quantize x, then every thread takes a contiguous range of the blocks of 8
- * output rows, cut into S streams that it walks side by side. N is the true row count (the last
- * block may be padding). Every output element is computed by the same instructions whichever the
- * thread, stream or batch. Returns 0, -1 if out of memory, -2 if built without SIMD. */
+int qacts_alloc(qacts *a, int bits, int64_t M, int64_t K) {
+    const int64_t G = K / GROUP;
+    a->xq = malloc((size_t)(M * K));
+    a->xlo = bits == 8 ? malloc((size_t)(M * K)) : NULL;
+    a->xd = malloc(sizeof(float) * (size_t)(M * G));
+    a->xs = malloc(sizeof(float) * (size_t)(M * G));
+    if (a->xq && a->xd && a->xs && (bits != 8 || a->xlo)) return 0;
+    qacts_free(a);
+    return -1;
+}
+
+void qacts_free(qacts *a) {
+    free(a->xq), free(a->xlo), free(a->xd), free(a->xs);
+    a->xq = a->xlo = NULL, a->xd = a->xs = NULL;
+}
+
+#if SIMD
+void qacts_quantize(const qacts *a, const float *x, int64_t M, int64_t K) {
+    quantize_activations(x, M, K, a->xq, a->xlo, a->xd, a->xs);
+}
+
+qjob qjob_make(int bits, const qacts *a, int64_t M, int64_t K, const void *w, const float *rscale, int64_t N,
+               float *y) {
+    const int64_t G = K / GROUP;
+    const qjob j = {bits, M, K, N, G, bits == 4 ? G * 160 : G * 256, w, rscale, a->xq, a->xlo, a->xd, a->xs, y};
+    return j;
+}
+
+/* The calling thread's share of j: a contiguous range of the blocks of 8 output rows, cut into S
+ * streams that it walks side by side (S from the row count: 4 for one row, 2 for two, else 1).
+ * N is the true row count (the last block may be padding). Every output element is computed by
+ * the same instructions whichever the thread, stream or batch. */
+void qjob_share(const qjob *j) {
+    const int S = j->M == 1 ? 4 : j->M == 2 ? 2 : 1;
+    int64_t start[MAX_STREAMS + 1], b[MAX_STREAMS];
+    thread_streams((j->N + BLOCK - 1) / BLOCK, S, start);
+    for (int64_t i = 0; i < (start[S] - start[0] + S - 1) / S; i++) {
+        const int live = stream_items(start, S, i, b);
+        if (live == S) {
+            run_all_rows(j, b, S);
+        } else {
+            for (int s = 0; s < live; s++) run_all_rows(j, b + s, 1);
+        }
+    }
+}
+#endif
+
+/* The matmul entry points: quantize x, then every thread takes its share. Returns 0, -1 if out of
+ * memory, -2 if built without SIMD. */
 static int quantized_matmul(int bits, const float *x, int64_t M, int64_t K, const void *w, const float *rscale,
                             int64_t N, float *y) {
 #if SIMD
-    const int64_t G = K / GROUP, blocks = (N + BLOCK - 1) / BLOCK;
-    int8_t *xq = malloc((size_t)(M * K)), *xlo = bits == 8 ? malloc((size_t)(M * K)) : NULL;
-    float *xd = malloc(sizeof(float) * (size_t)(M * G)), *xs = malloc(sizeof(float) * (size_t)(M * G));
-    if (!xq || !xd || !xs || (bits == 8 && !xlo)) {
-        free(xq), free(xlo), free(xd), free(xs);
-        return -1;
-    }
-    quantize_activations(x, M, K, xq, xlo, xd, xs);
-    const job j = {bits, M, K, N, G, bits == 4 ? G * 160 : G * 256, w, rscale, xq, xlo, xd, xs, y};
-    const int S = M == 1 ? 4 : M == 2 ? 2 : 1;
+    qacts a;
+    if (qacts_alloc(&a, bits, M, K)) return -1;
+    qacts_quantize(&a, x, M, K);
+    const qjob j = qjob_make(bits, &a, M, K, w, rscale, N, y);
 #pragma omp parallel
-    {
-        int64_t start[MAX_STREAMS + 1], b[MAX_STREAMS];
-        thread_streams(blocks, S, start);
-        for (int64_t i = 0; i < (start[S] - start[0] + S - 1) / S; i++) {
-            const int live = stream_items(start, S, i, b);
-            if (live == S) {
-                run_all_rows(&j, b, S);
-            } else {
-                for (int s = 0; s < live; s++) run_all_rows(&j, b + s, 1);
-            }
-        }
-    }
-    free(xq), free(xlo), free(xd), free(xs);
+    qjob_share(&j);
+    qacts_free(&a);
     return 0;
 #else
     (void)bits, (void)x, (void)M, (void)K, (void)w, (void)rscale, (void)N, (void)y;

@@ -1,0 +1,77 @@
+"""llama.native_decode: one-token steps of int4/int8 models on the CPU in one native call
+(llama/csrc/decode.c), against the eager llama.model steps they replace."""
+import pytest
+import torch
+
+from llama import Llama, native_decode
+from llama.native_decode import NativeDecode
+
+PROMPTS = ["The quick brown fox", "Python is a programming language that", "A"]
+METHODS = ["int4", "int8"]
+
+
+def eager(gen: Llama) -> Llama:
+    """The same model and tokenizer, one-token steps through llama.model."""
+    return Llama(gen.model, gen.tokenizer)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_quantized_cpu_models_take_the_native_step_and_float_ones_do_not(build, method):
+    assert isinstance(build("gqa", quantize=method).decode_step, NativeDecode)
+    for dtype in ("float32", "bfloat16"):
+        gen = build("gqa", dtype=dtype)
+        assert gen.decode_step is None
+        assert native_decode.why_not(gen.model) == "not every linear layer is quantized with a native CPU kernel"
+
+
+def test_without_the_native_kernels_steps_run_eagerly(build, monkeypatch):
+    monkeypatch.setattr(native_decode.native, "library", lambda: None)
+    gen = build("mha", quantize="int4")
+    assert gen.decode_step is None and native_decode.why_not(gen.model) == "the native kernels are not available"
+
+
+def test_model_parallel_layers_are_left_to_the_eager_step(build):
+    gen = build("mha", quantize="int4")
+    gen.model.layers[1].attention.wo.single_rank = False  # what a layer holding a slice of a 2-rank model says
+    assert native_decode.why_not(gen.model) == "model parallel (the layers hold slices)"
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("name", ["mha", "gqa"])
+def test_every_step_gives_the_eager_steps_logits_and_caches(build, name, method):
+    # Two copies of one model: one decodes natively, the other eagerly, from the same prompt.
+    native_gen, eager_gen = build(name, quantize=method), build(name, quantize=method)
+    torch.manual_seed(0)
+    tokens = torch.randint(3, 500, (3, 24))
+    for gen in (native_gen, eager_gen):
+        gen.model.forward(tokens[:, :8], 0)
+    for pos in range(8, 24):
+        got = native_gen.decode_step(tokens[:, pos:pos + 1], pos)
+        want = eager_gen.model.forward(tokens[:, pos:pos + 1], pos)
+        assert got.shape == want.shape == (3, 1, 512) and got.dtype == torch.float32
+        # Not bit for bit: the sums run in another order, and where that moves a normalized
+        # activation across a rounding boundary of its int8 group, the matmul differs by one step
+        # (measured: at most 0.9 % of the largest logit, 0.3 % on average; a wrong rotation or
+        # head would be off by ~100 %).
+        assert (got - want).abs().max() <= 2e-2 * want.abs().max(), pos
+        assert (got - want).abs().mean() <= 5e-3 * want.abs().mean(), pos
+    for a, b in zip(native_gen.model.layers, eager_gen.model.layers):
+        for got, want in ((a.attention.cache.k, b.attention.cache.k), (a.attention.cache.v, b.attention.cache.v)):
+            assert (got[:3, :24] - want[:3, :24]).abs().max() <= 5e-3 * want[:3, :24].abs().max()
+            assert not got[:3, 24:].any()  # nothing written past the last position
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_demo_model_generates_the_eager_tokens_and_logprobs_and_samples_reproducibly(method):
+    gen = Llama.build_demo(device="cpu", dtype="float32", quantize=method)
+    assert isinstance(gen.decode_step, NativeDecode)
+    prompts = [gen.tokenizer.encode(p, bos=True, eos=False) for p in PROMPTS]
+    tokens, logprobs = gen.generate(prompts, max_gen_len=40, temperature=0, logprobs=True)
+    want_tokens, want_logprobs = eager(gen).generate(prompts, max_gen_len=40, temperature=0, logprobs=True)
+    assert tokens == want_tokens
+    for got, want in zip(logprobs, want_logprobs):
+        assert torch.allclose(torch.tensor(got), torch.tensor(want), atol=1e-3)
+    torch.manual_seed(5)
+    sampled = gen.generate(prompts, max_gen_len=20, temperature=0.8, top_p=0.9)[0]
+    torch.manual_seed(5)
+    assert sampled == gen.generate(prompts, max_gen_len=20, temperature=0.8, top_p=0.9)[0]
