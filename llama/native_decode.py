@@ -1,19 +1,24 @@
-"""One-token decode steps of an int4/int8 model on the CPU in one native call (llama/csrc/decode.c).
+"""One-token decode steps of an int4, int8 or bfloat16 model on the CPU in one native call
+(llama/csrc/decode.c).
 
 On a small model the ~40 eager operations per layer between the matmuls cost more than the
 matmuls (a 12-layer dim-768 int4 step: ~4 ms of them against ~2.5 ms of weights streaming,
-BENCHMARKS.md). decode.c runs the whole step (embedding, layers, norm, logits) as plain loops
-around qmatmul.c's matmuls. `Llama.build` uses it for one-token steps whenever the model
-qualifies (`for_model`); prompts, log-probabilities and everything else run llama.model as before.
+BENCHMARKS.md). Float32 models are left to llama.model: their decode is the reference's
+arithmetic, token for token, which a step with its own summation order would not be.
+
+decode.c runs the whole step (embedding, layers, norm, logits) as plain loops around qmatmul.c's
+matmuls. `Llama.build` uses it for one-token steps whenever the model qualifies (`for_model`);
+prompts and scoring run llama.model as before.
 
 It reads the model's own tensors (weights, norms, rotary tables, KV caches) through raw pointers
 taken once here: the model must not be moved or have its tensors replaced afterwards.
 """
 import ctypes
 import logging
-from typing import Optional
+from typing import List, Optional, Union
 
 import torch
+from torch import nn
 
 from . import native
 from .model import Transformer
@@ -33,50 +38,74 @@ class _Layer(ctypes.Structure):
 
 
 class _Model(ctypes.Structure):
-    _fields_ = [*((name, _I) for name in ("bits", "n_layers", "dim", "n_heads", "kv_heads", "head_dim", "hidden",
+    _fields_ = [*((name, _I) for name in ("bits", "bf16", "n_layers", "dim", "n_heads", "kv_heads", "head_dim", "hidden",
                                           "vocab", "max_seq")),
                 ("eps", ctypes.c_double), ("embedding", _P), ("norm", _P), ("cos", _P), ("sin", _P),
                 ("output", _Matrix), ("layers", ctypes.POINTER(_Layer))]
 
 
 BITS = {"int4": 4, "int8": 8}
+DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # the model dtypes decode.c takes (its `bf16` flag)
 
 
-def _float32(t: torch.Tensor) -> bool:
-    """On the CPU, float32 and contiguous: what decode.c reads."""
-    return t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
+def _linears(model: Transformer) -> List[nn.Module]:
+    names = {"attention": ("wq", "wk", "wv", "wo"), "feed_forward": ("w1", "w2", "w3")}
+    return [model.output] + [getattr(getattr(layer, part), n) for layer in model.layers
+                             for part, ns in names.items() for n in ns]
+
+
+def weight_bits(model: Transformer) -> Union[int, str]:
+    """The matmul weights' format for decode.c (4, 8: quantized with the native kernels; 16:
+    bfloat16), or why decode.c cannot take them."""
+    linears = _linears(model)
+    methods = {getattr(m, "method", None) for m in linears}
+    if methods == {None}:
+        if all(m.weight.dtype == torch.bfloat16 and _on_cpu(m.weight) for m in linears):
+            return 16
+        if all(m.weight.dtype == torch.float32 for m in linears):
+            return "float32 weights (decoded eagerly: the reference's arithmetic, token for token)"
+        return "not every matmul weight is bfloat16 on the CPU"
+    if len(methods) != 1 or any(getattr(m, "kernel", None) != "native" for m in linears):
+        return "not every linear layer is quantized with a native CPU kernel"
+    return BITS[methods.pop()]
+
+
+def _on_cpu(t: torch.Tensor) -> bool:
+    """On the CPU and contiguous: as decode.c reads it."""
+    return t.device.type == "cpu" and t.is_contiguous()
 
 
 def why_not(model: Transformer) -> Optional[str]:
     """None if decode.c can run this model's one-token steps, else the reason it cannot."""
     if native.library() is None:
         return "the native kernels are not available"
-    linears = [model.output] + [getattr(layer.attention, n) for layer in model.layers for n in ("wq", "wk", "wv", "wo")]
-    linears += [getattr(layer.feed_forward, n) for layer in model.layers for n in ("w1", "w2", "w3")]
-    if any(getattr(m, "kernel", None) != "native" for m in linears):
-        return "not every linear layer is quantized with a native CPU kernel"
-    if len({m.method for m in linears}) != 1:
-        return "the linear layers mix quantizations"
-    if not all(getattr(m, "single_rank", False) for m in [model.tok_embeddings, *linears]):
-        return "model parallel (the layers hold slices)"
-    p = model.params
     if not model.layers or model.layers[0].attention.cache is None:
         return "no layers, or no KV caches set up"
-    tensors = [model.tok_embeddings.weight, model.norm.weight, model.rope_cos, model.rope_sin]
+    bits = weight_bits(model)
+    if isinstance(bits, str):
+        return bits
+    if not all(getattr(m, "single_rank", False) for m in [model.tok_embeddings, *_linears(model)]):
+        return "model parallel (the layers hold slices)"
+    p, dtype = model.params, model.tok_embeddings.weight.dtype
+    tensors = [model.tok_embeddings.weight, model.norm.weight]
     tensors += [t for layer in model.layers for t in (layer.attention_norm.weight, layer.ffn_norm.weight)]
-    if not all(_float32(t) for t in tensors):
-        return "not float32 on the CPU"
+    if dtype not in DTYPES or not all(t.dtype == dtype and _on_cpu(t) for t in tensors):
+        return "the embedding and norms are not all float32 or all bfloat16 on the CPU"
+    if not all(_on_cpu(t) and t.dtype == torch.float32 for t in (model.rope_cos, model.rope_sin)):
+        return "the rotary tables are not float32 on the CPU"
     caches = [t for layer in model.layers for t in (layer.attention.cache.k, layer.attention.cache.v)]
     cache_strides = (p.kv_heads * p.max_seq_len * p.head_dim, p.head_dim, p.max_seq_len * p.head_dim, 1)
-    if not all(t.dtype == torch.float32 and t.stride() == cache_strides for t in caches):
-        return "the KV caches are not float32 laid out as llama.model.KVCache makes them"
+    if not all(t.dtype == dtype and t.stride() == cache_strides for t in caches):
+        return "the KV caches are not laid out as llama.model.KVCache makes them"
     return None
 
 
 def _matrix(m) -> _Matrix:
-    in_features = m.weight.shape[1] if m.method == "int8" else m.weight.shape[1] * 8 // 5  # int4 blocks: 5 K / 8 bytes
-    scales = m.scales.data_ptr() if m.method == "int8" else None
-    return _Matrix(m.rows, in_features, m.weight.data_ptr(), scales)
+    method = getattr(m, "method", None)
+    if method is None:  # bfloat16 (N, K)
+        return _Matrix(m.weight.shape[0], m.weight.shape[1], m.weight.data_ptr(), None)
+    in_features = m.weight.shape[1] if method == "int8" else m.weight.shape[1] * 8 // 5  # int4 blocks: 5 K / 8 bytes
+    return _Matrix(m.rows, in_features, m.weight.data_ptr(), m.scales.data_ptr() if method == "int8" else None)
 
 
 class NativeDecode:
@@ -93,14 +122,16 @@ class NativeDecode:
                                  *(_matrix(m) for m in (attn.wq, attn.wk, attn.wv, attn.wo, ffn.w1, ffn.w2, ffn.w3)),
                                  attn.cache.k.data_ptr(), attn.cache.v.data_ptr()))
         self.layers = (_Layer * len(layers))(*layers)
-        self.desc = _Model(BITS[model.output.method], p.n_layers, p.dim, p.n_heads, model.layers[0].attention.local_kv_heads,
-                           p.head_dim, model.layers[0].feed_forward.w1.rows, model.output.rows, p.max_seq_len,
-                           p.norm_eps, model.tok_embeddings.weight.data_ptr(), model.norm.weight.data_ptr(),
-                           model.rope_cos.data_ptr(), model.rope_sin.data_ptr(), _matrix(model.output), self.layers)
+        output = _matrix(model.output)
+        self.desc = _Model(weight_bits(model), DTYPES[model.tok_embeddings.weight.dtype], p.n_layers, p.dim, p.n_heads,
+                           model.layers[0].attention.local_kv_heads, p.head_dim, layers[0].w1.N, output.N,
+                           p.max_seq_len, p.norm_eps, model.tok_embeddings.weight.data_ptr(),
+                           model.norm.weight.data_ptr(), model.rope_cos.data_ptr(), model.rope_sin.data_ptr(), output,
+                           self.layers)
 
     def __call__(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
         rows = tokens.reshape(-1).to(torch.int64).contiguous()
-        logits = torch.empty(rows.shape[0], 1, self.desc.vocab)
+        logits = torch.empty(rows.shape[0], 1, self.desc.vocab)  # float32, as llama.model's forward returns
         rc = self.lib.llama_decode_step(ctypes.byref(self.desc), rows.data_ptr(), rows.shape[0], start_pos,
                                         logits.data_ptr())
         native.check(rc)

@@ -72,21 +72,6 @@ static int stream_items(const int64_t *start, int S, int64_t i, int64_t *item) {
     return live;
 }
 
-static inline float bf16_to_float(uint16_t h) {
-    uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-static inline uint16_t float_to_bf16(float f) { /* round to nearest even, as torch does */
-    uint32_t bits;
-    memcpy(&bits, &f, sizeof bits);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40); /* NaN stays NaN */
-    bits += 0x7fffu + ((bits >> 16) & 1u);
-    return (uint16_t)(bits >> 16);
-}
-
 /* ---- activations: float -> int8 groups of 32 ---- */
 
 #define INT8_HI_OFFSET (VNNI ? 128 : 0)
@@ -387,10 +372,10 @@ int llama_int8_matmul(const float *x, int64_t M, int64_t K, const int8_t *w, con
  * across its row boundaries (rows side by side instead would restart 4 streams every row). With
  * AVX512-BF16, vdpbf16ps multiplies 32 bfloat16 pairs per instruction. Every row's sum is taken
  * in the same order whatever the rows beside it. */
-#if SIMD && defined(__AVX512BF16__)
-#define ROW_STREAMS 4 /* 16 accumulators of the 32 zmm registers */
-#else
+#if BF16_WANTS_FLOATS
 #define ROW_STREAMS 2 /* 8 accumulators of the 16 ymm registers */
+#else
+#define ROW_STREAMS 4 /* 16 accumulators of the 32 zmm registers */
 #endif
 
 /* out[r] = w[r] . x for the RS rows w[r] (RS constant per call, <= ROW_STREAMS) */
@@ -440,31 +425,38 @@ INLINE void bf16_dots(const uint16_t *const *w, const int RS, const uint16_t *x,
     }
 }
 
-int llama_bf16_matmul(const uint16_t *x, int64_t M, int64_t K, const uint16_t *w, int64_t N, uint16_t *y) {
-#if SIMD && defined(__AVX512BF16__)
-    float *xf = NULL; /* vdpbf16ps reads x as bfloat16: no float copy to make */
-#else
-    float *xf = malloc(sizeof(float) * (size_t)(M * K));
-    if (!xf) return -1;
-    for (int64_t i = 0; i < M * K; i++) xf[i] = bf16_to_float(x[i]);
-#endif
-#pragma omp parallel
-    {
-        int64_t start[ROW_STREAMS + 1], n[ROW_STREAMS];
-        thread_streams(N, ROW_STREAMS, start);
-        for (int64_t i = 0; i < (start[ROW_STREAMS] - start[0] + ROW_STREAMS - 1) / ROW_STREAMS; i++) {
-            const int live = stream_items(start, ROW_STREAMS, i, n);
-            const uint16_t *rows[ROW_STREAMS];
-            for (int r = 0; r < live; r++) rows[r] = w + n[r] * K;
-            for (int64_t m = 0; m < M; m++) {
-                float out[ROW_STREAMS];
-                const float *xm = xf ? xf + m * K : NULL;
-                if (live == ROW_STREAMS) bf16_dots(rows, ROW_STREAMS, x + m * K, xm, K, out);
-                else for (int r = 0; r < live; r++) bf16_dots(rows + r, 1, x + m * K, xm, K, out + r);
-                for (int r = 0; r < live; r++) y[m * N + n[r]] = float_to_bf16(out[r]);
+/* The calling thread's share of j: ROW_STREAMS runs of consecutive weight rows (thread_streams). */
+void bjob_share(const bjob *j) {
+    int64_t start[ROW_STREAMS + 1], n[ROW_STREAMS];
+    thread_streams(j->N, ROW_STREAMS, start);
+    for (int64_t i = 0; i < (start[ROW_STREAMS] - start[0] + ROW_STREAMS - 1) / ROW_STREAMS; i++) {
+        const int live = stream_items(start, ROW_STREAMS, i, n);
+        const uint16_t *rows[ROW_STREAMS];
+        for (int r = 0; r < live; r++) rows[r] = j->w + n[r] * j->K;
+        for (int64_t m = 0; m < j->M; m++) {
+            float out[ROW_STREAMS];
+            const uint16_t *xm = j->x + m * j->K;
+            const float *xfm = j->xf ? j->xf + m * j->K : NULL;
+            if (live == ROW_STREAMS) bf16_dots(rows, ROW_STREAMS, xm, xfm, j->K, out);
+            else for (int r = 0; r < live; r++) bf16_dots(rows + r, 1, xm, xfm, j->K, out + r);
+            for (int r = 0; r < live; r++) {
+                const uint16_t rounded = float_to_bf16(out[r]);
+                if (j->y) j->y[m * j->N + n[r]] = rounded;
+                else j->yf[m * j->N + n[r]] = bf16_to_float(rounded);
             }
         }
     }
+}
+
+int llama_bf16_matmul(const uint16_t *x, int64_t M, int64_t K, const uint16_t *w, int64_t N, uint16_t *y) {
+    float *xf = NULL;
+    if (BF16_WANTS_FLOATS) {
+        if (!(xf = malloc(sizeof(float) * (size_t)(M * K)))) return -1;
+        for (int64_t i = 0; i < M * K; i++) xf[i] = bf16_to_float(x[i]);
+    }
+    const bjob j = {M, K, N, x, xf, w, y, NULL};
+#pragma omp parallel
+    bjob_share(&j);
     free(xf);
     return 0;
 }

@@ -5,12 +5,28 @@
 #define LLAMA_QMATMUL_H
 
 #include <stdint.h>
+#include <string.h>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #define SIMD 1
 #else
 #define SIMD 0
 #endif
+
+static inline float bf16_to_float(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline uint16_t float_to_bf16(float f) { /* round to nearest even, as torch does */
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40); /* NaN stays NaN */
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return (uint16_t)(bits >> 16);
+}
 
 /* M rows of K activations in int8 groups of 32 (qmatmul.c's quantize_activations): int4 weights
  * read xq, xd and xs; int8 ones xq, xlo and xd. */
@@ -30,6 +46,23 @@ typedef struct {
     float *y;
 } qjob;
 
+/* One bfloat16 matmul: y (M, N) = x (M, K) @ W.T, float32 sums rounded to bfloat16, into y (as
+ * bfloat16) or, where y is NULL, into yf (as the floats those bfloat16 values are). Without
+ * AVX512-BF16 the kernel reads x as floats, xf (M, K), which the caller provides. */
+#if SIMD && defined(__AVX512BF16__)
+#define BF16_WANTS_FLOATS 0
+#else
+#define BF16_WANTS_FLOATS 1
+#endif
+typedef struct {
+    int64_t M, K, N;
+    const uint16_t *x;
+    const float *xf;
+    const uint16_t *w;
+    uint16_t *y;
+    float *yf;
+} bjob;
+
 int qacts_alloc(qacts *a, int bits, int64_t M, int64_t K); /* 0, or -1 out of memory */
 void qacts_free(qacts *a);
 #if SIMD
@@ -38,5 +71,6 @@ qjob qjob_make(int bits, const qacts *a, int64_t M, int64_t K, const void *w, co
                float *y);
 void qjob_share(const qjob *j); /* inside a parallel region: the calling thread's share of j */
 #endif
+void bjob_share(const bjob *j); /* the same for a bfloat16 matmul */
 
 #endif
