@@ -14,6 +14,7 @@ from .chat_format import Dialog
 from .distributed import is_main_process
 from .flags import Flag
 from .generation import Llama
+from .native_decode import NativeDecode
 from .quantize import METHODS
 from .streaming import StreamEvent, in_prompt_order, stream_chat_completion, stream_text_completion
 from .validation import check_sampling
@@ -44,7 +45,8 @@ FLAGS = {
                           "env LLAMA_DTYPE"),
     "stream": Flag("print each answer as it is generated, token by token"),
     "compile": Flag("compile the one-token decode step with torch.compile: faster on CUDA, and on CPUs for "
-                    "small models (not for 7B-sized ones); the first generation pays the compilation"),
+                    "small float32 models (int4, int8 and bfloat16 models on x86 CPUs already run a faster "
+                    "native step); the first generation pays the compilation"),
     "quantize": Flag("weight-only quantization of the linear layers", "METHOD", choices=METHODS),
 }
 
@@ -73,9 +75,12 @@ def build_generator(ckpt_dir: Optional[str], tokenizer_path: Optional[str], temp
     ckpt_dir, tokenizer_path = demo.resolve(ckpt_dir, tokenizer_path)
     generator = Llama.build(ckpt_dir=ckpt_dir, tokenizer_path=tokenizer_path, **build_kwargs)
     if build_kwargs.get("compile") and generator.device.type == "cpu":
-        logger.info("--compile on the CPU: the first generation compiles the decode step, which makes it slower, "
-                    "and the compiled step is no faster on CPUs than the eager one (see BENCHMARKS.md); "
-                    "it pays off on CUDA")
+        if isinstance(generator.decode_step, NativeDecode):
+            logger.info("--compile is not used: this model's one-token steps run natively (llama.native_decode), "
+                        "faster than a compiled step")
+        else:
+            logger.info("--compile on the CPU: the first generation compiles the decode step (seconds); it pays off "
+                        "for small models, not for 7B-sized ones (see BENCHMARKS.md)")
     return generator
 
 
@@ -134,4 +139,4 @@ def complete(generator: Llama, inputs: Union[List[str], List[Dialog]], temperatu
     else:
         results = generator.text_completion(inputs, max_gen_len=max_gen_len, temperature=temperature, top_p=top_p)
         n_tokens = print_answers(generator, [r["generation"] for r in results], show, prefix)
-    log_summary(n_tokens, time.perf_counter() - started, compiled)
+    log_summary(n_tokens, time.perf_counter() - started, compiled and not isinstance(generator.decode_step, NativeDecode))
