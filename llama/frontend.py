@@ -44,9 +44,8 @@ FLAGS = {
                   default="bfloat16 on CUDA, or float16 where it lacks bfloat16; float16 on mps; float32 on cpu; "
                           "env LLAMA_DTYPE"),
     "stream": Flag("print each answer as it is generated, token by token"),
-    "compile": Flag("compile the one-token decode step with torch.compile: faster on CUDA, and on CPUs for "
-                    "small float32 models (int4, int8 and bfloat16 models on x86 CPUs already run a faster "
-                    "native step); the first generation pays the compilation"),
+    "compile": Flag("compile the one-token decode step with torch.compile: faster on CUDA (on x86 CPUs a "
+                    "faster native step runs instead); the first generation pays the compilation"),
     "quantize": Flag("weight-only quantization of the linear layers", "METHOD", choices=METHODS),
 }
 

@@ -65,7 +65,7 @@ class Llama:
         tokenizer_path None: tokenizer.model in ckpt_dir, else ckpt_dir/original/tokenizer.model.
         device, dtype and backend override the automatic choice made in `llama.backend`.
         compile: run one-token decode steps through torch.compile (static shapes; the first
-        generate call pays the compilation), unless they run natively (llama.native_decode). quantize="int8": int8 weight-only (llama.quantize).
+        generate call pays the compilation), unless they run natively (llama.native_decode, x86 CPUs). quantize="int8": int8 weight-only (llama.quantize).
         """
         whole_number("max_seq_len", max_seq_len)
         whole_number("max_batch_size", max_batch_size)
@@ -90,8 +90,8 @@ class Llama:
         barrier_then_tighten_timeouts(rt)
         if is_main_process():
             print(f"Loaded in {time.time() - start_time:.2f} seconds")
-        # One-token steps: for an int4/int8/bfloat16 model on an x86 CPU one native call (faster than a
-        # compiled step, so it wins over compile=True); else compiled if asked; else llama.model's forward.
+        # One-token steps: on an x86 CPU one native call (faster than a compiled step, so it wins over
+        # compile=True); else compiled if asked; else llama.model's forward.
         decode_step = native_decode.for_model(model)
         if decode_step is None and compile:
             decode_step = StaticDecode(model, compile_options(rt.device))

@@ -1,14 +1,17 @@
-"""One-token decode steps of an int4, int8 or bfloat16 model on the CPU in one native call
-(llama/csrc/decode.c).
+"""One-token decode steps on the CPU in one native call (llama/csrc/decode.c), for float32,
+bfloat16, int8 and int4 models.
 
 On a small model the ~40 eager operations per layer between the matmuls cost more than the
 matmuls (a 12-layer dim-768 int4 step: ~4 ms of them against ~2.5 ms of weights streaming,
-BENCHMARKS.md). Float32 models are left to llama.model: their decode is the reference's
-arithmetic, token for token, which a step with its own summation order would not be.
+BENCHMARKS.md). decode.c runs the whole step (embedding, layers, norm, logits) as plain loops
+around the project's matmul kernels (llama/csrc/qmatmul.c). `Llama.build` uses it for one-token
+steps whenever the model qualifies (`for_model`: x86 with the native kernels built, one process,
+weights on the CPU); prompts and scoring run llama.model as before.
 
-decode.c runs the whole step (embedding, layers, norm, logits) as plain loops around qmatmul.c's
-matmuls. `Llama.build` uses it for one-token steps whenever the model qualifies (`for_model`);
-prompts and scoring run llama.model as before.
+Same math, other summation order: float32 results differ from the eager step's in the last bits,
+and the tests check that greedy tokens, log-probs (to 1e-4) and sampled tokens still equal the
+reference's. LLAMA_NATIVE=0 turns it off with the other native kernels: float32 then decodes with
+the reference's arithmetic, operation for operation.
 
 It reads the model's own tensors (weights, norms, rotary tables, KV caches) through raw pointers
 taken once here: the model must not be moved or have its tensors replaced afterwards.
@@ -56,15 +59,14 @@ def _linears(model: Transformer) -> List[nn.Module]:
 
 def weight_bits(model: Transformer) -> Union[int, str]:
     """The matmul weights' format for decode.c (4, 8: quantized with the native kernels; 16:
-    bfloat16), or why decode.c cannot take them."""
+    bfloat16; 32: float32), or why decode.c cannot take them."""
     linears = _linears(model)
     methods = {getattr(m, "method", None) for m in linears}
     if methods == {None}:
-        if all(m.weight.dtype == torch.bfloat16 and _on_cpu(m.weight) for m in linears):
-            return 16
-        if all(m.weight.dtype == torch.float32 for m in linears):
-            return "float32 weights (decoded eagerly: the reference's arithmetic, token for token)"
-        return "not every matmul weight is bfloat16 on the CPU"
+        for dtype, bits in ((torch.bfloat16, 16), (torch.float32, 32)):
+            if all(m.weight.dtype == dtype and _on_cpu(m.weight) for m in linears):
+                return bits
+        return "the matmul weights are not all float32 or all bfloat16 on the CPU"
     if len(methods) != 1 or any(getattr(m, "kernel", None) != "native" for m in linears):
         return "not every linear layer is quantized with a native CPU kernel"
     return BITS[methods.pop()]
@@ -102,7 +104,7 @@ def why_not(model: Transformer) -> Optional[str]:
 
 def _matrix(m) -> _Matrix:
     method = getattr(m, "method", None)
-    if method is None:  # bfloat16 (N, K)
+    if method is None:  # bfloat16 or float32 (N, K)
         return _Matrix(m.weight.shape[0], m.weight.shape[1], m.weight.data_ptr(), None)
     in_features = m.weight.shape[1] if method == "int8" else m.weight.shape[1] * 8 // 5  # int4 blocks: 5 K / 8 bytes
     return _Matrix(m.rows, in_features, m.weight.data_ptr(), m.scales.data_ptr() if method == "int8" else None)

@@ -2,13 +2,24 @@
 import pytest
 import torch
 
-from llama import Llama, kernels
+from llama import Llama, kernels, native_decode
 from llama.decode import StaticDecode
 from llama.model import apply_rotary_emb, attend, rope_tables
 from llama.parallel import ColumnParallelLinear, ParallelEmbedding, RowParallelLinear
 
 PROMPTS = ["The quick brown fox", "Python is a programming language that", "A"]
 SHAPES = [("mha", 1), ("mha", 2), ("gqa", 1), ("gqa", 2)]
+
+
+def eager(llama: Llama) -> Llama:
+    """The same model with llama.model's own one-token steps (not llama.native_decode's)."""
+    return Llama(llama.model, llama.tokenizer)
+
+
+@pytest.fixture
+def no_native_step(monkeypatch):
+    """Llama.build without the native one-token step, so that compile=True compiles."""
+    monkeypatch.setattr(native_decode, "for_model", lambda model: None)
 
 
 def greedy(llama, max_gen_len=12, logprobs=False):
@@ -18,8 +29,8 @@ def greedy(llama, max_gen_len=12, logprobs=False):
 
 @pytest.mark.parametrize("config,n_shards", SHAPES)
 def test_single_rank_layers_skipping_fairscale_regions_give_identical_logprobs(build, config, n_shards):
-    fast = greedy(build(config, n_shards), logprobs=True)
-    plain = build(config, n_shards)
+    fast = greedy(eager(build(config, n_shards)), logprobs=True)
+    plain = eager(build(config, n_shards))
     for module in plain.model.modules():
         if isinstance(module, (ColumnParallelLinear, RowParallelLinear, ParallelEmbedding)):
             module.single_rank = False  # through fairscale's copy/reduce/gather (identities at MP=1)
@@ -28,7 +39,7 @@ def test_single_rank_layers_skipping_fairscale_regions_give_identical_logprobs(b
 
 @pytest.mark.parametrize("config,n_shards", SHAPES)
 def test_static_shape_decode_step_generates_the_same_tokens(build, config, n_shards):
-    plain = build(config, n_shards)
+    plain = eager(build(config, n_shards))
     static = Llama(plain.model, plain.tokenizer, decode_step=StaticDecode(plain.model))
     tokens, logprobs = greedy(static, logprobs=True)
     ref_tokens, ref_logprobs = greedy(plain, logprobs=True)
@@ -37,7 +48,7 @@ def test_static_shape_decode_step_generates_the_same_tokens(build, config, n_sha
         torch.testing.assert_close(torch.tensor(ours), torch.tensor(theirs), rtol=0, atol=1e-5)
 
 
-def test_build_accepts_compile_and_compiles_lazily(build):
+def test_build_accepts_compile_and_compiles_lazily(build, no_native_step):
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
@@ -51,7 +62,7 @@ def test_build_accepts_compile_and_compiles_lazily(build):
 
 # torch.compile on CPU (inductor, C++) takes ~10 s per shape here: worth it, compile is a user-facing path.
 @pytest.mark.parametrize("config,n_shards", [("mha", 1), ("gqa", 2)])
-def test_compiled_decode_generates_the_same_tokens(build, config, n_shards):
+def test_compiled_decode_generates_the_same_tokens(build, no_native_step, config, n_shards):
     assert greedy(build(config, n_shards, compile=True))[0] == greedy(build(config, n_shards))[0]
 
 
@@ -66,7 +77,7 @@ def test_checking_for_eos_only_every_few_greedy_steps_returns_the_same(build, co
 
 
 def test_sampling_checks_for_eos_every_step_so_random_draws_match_the_reference(build):
-    llama = build("mha")
+    llama = eager(build("mha"))
     llama.eos_check_every = 1000
     calls = []
     forward = llama.model.forward

@@ -8,6 +8,7 @@ from reference_impl import RefModel, ref_generate
 
 from llama import Llama
 from llama.generation import sample_top_p
+from llama.native_decode import NativeDecode
 
 PROMPTS = ["The quick brown fox", "Python is a programming language that", "A"]
 
@@ -26,9 +27,12 @@ def reference(full_state, llama, config, prompts, **kw):
 @pytest.mark.parametrize("config,n_shards", [("mha", 1), ("mha", 2), ("gqa", 1), ("gqa", 2)])
 def test_greedy_tokens_and_logprobs_equal_the_reference(build, full_state, config, n_shards):
     llama = build(config, n_shards)
+    assert isinstance(llama.decode_step, NativeDecode)  # the one-token steps run natively (another summation order)
     prompts = encode_all(llama)
     tokens, logprobs = llama.generate(prompts, max_gen_len=12, temperature=0, logprobs=True)
     ref_tokens, ref_logprobs = reference(full_state, llama, config, prompts, max_gen_len=12, logprobs=True)
+    # ... and so does llama.model's eager step, the reference's arithmetic operation for operation
+    assert Llama(llama.model, llama.tokenizer).generate(prompts, max_gen_len=12, temperature=0)[0] == ref_tokens
     assert tokens == ref_tokens
     assert all(len(t) == 12 for t in tokens)
     for ours, theirs in zip(logprobs, ref_logprobs):

@@ -1,5 +1,5 @@
-/* One decode step (one token per row) of a whole int4, int8 or bfloat16 model in one call:
- * embedding, every layer, the final norm and the logits.
+/* One decode step (one token per row) of a whole model in one call: embedding, every layer, the
+ * final norm and the logits; weights in float32, bfloat16, int8 or int4.
  *
  * Why: a step of a small model in eager PyTorch is ~40 small operations per layer, each a few
  * microseconds of dispatch, and on a 12-layer dim-768 model they cost more than the weights take
@@ -8,12 +8,11 @@
  * matmuls that read them (q, k and v; w1 and w3) run in one parallel region.
  *
  * The arithmetic is llama/model.py's, in the same order of operations and with the same roundings
- * to the model's dtype; only the sums (the norms' mean square, attention's dot products, softmax's
+ * to the model's dtype; only the sums (the matmuls' and norms' dot products, attention's, softmax's
  * denominator) are taken in another order than torch's, so results agree to rounding, not bit for
- * bit (the tests bound the difference and check tokens). The matmuls are qmatmul.c's, the same
- * kernels as the eager path's. llama/native_decode.py fills the descriptors from a built model and
- * decides when this runs. Float32 models never run here: their decode stays the reference's
- * arithmetic, token for token.
+ * bit (the tests bound the difference, and check the reference's tokens and log-probs in float32).
+ * The int4, int8 and bfloat16 matmuls are qmatmul.c's, the eager path's own kernels.
+ * llama/native_decode.py fills the descriptors from a built model and decides when this runs.
  */
 #include "qmatmul.h"
 
@@ -23,7 +22,7 @@
 
 typedef struct {
     int64_t N, K;
-    const void *w;       /* int4/int8: qmatmul.c's blocks; bfloat16: the (N, K) weight */
+    const void *w;       /* int4/int8: qmatmul.c's blocks; bfloat16/float32: the (N, K) weight */
     const float *scales; /* int8: padded row scales; else unused */
 } dmatrix;
 
@@ -33,7 +32,7 @@ typedef struct {
     void *k, *v; /* this layer's caches, stored (max_batch, kv_heads, max_seq, head_dim) */
 } dlayer;
 
-/* bits: the matmul weights' format, 4 or 8 (quantized) or 16 (bfloat16). bf16: the model's dtype
+/* bits: the matmul weights' format, 4 or 8 (quantized), 16 (bfloat16) or 32 (float32). bf16: the model's dtype
  * (embedding, norm weights, caches, activations) is bfloat16, else float32. */
 typedef struct {
     int64_t bits, bf16, n_layers, dim, n_heads, kv_heads, head_dim, hidden, vocab, max_seq;
@@ -146,12 +145,13 @@ static void matmuls(const dmodel *md, const inputs *in, const float *x, int64_t 
                     float *const *y) {
     const int64_t K = w[0]->K;
     qjob q[3];
-    bjob b[3];
-    if (md->bits == 16) {
-        for (int64_t i = 0; i < M * K; i++) in->x16[i] = float_to_bf16(x[i]);
+    rjob r[3];
+    if (md->bits >= 16) {
+        if (md->bits == 16)
+            for (int64_t i = 0; i < M * K; i++) in->x16[i] = float_to_bf16(x[i]);
         for (int i = 0; i < n; i++) {
-            const bjob j = {M, K, w[i]->N, in->x16, x, (const uint16_t *)w[i]->w, NULL, y[i]};
-            b[i] = j;
+            const rjob j = {md->bits == 16, M, K, w[i]->N, in->x16, x, w[i]->w, NULL, y[i]};
+            r[i] = j;
         }
     } else {
         qacts_quantize(&in->q, x, M, K);
@@ -159,10 +159,10 @@ static void matmuls(const dmodel *md, const inputs *in, const float *x, int64_t 
     }
 #pragma omp parallel
     for (int i = 0; i < n; i++) {
-        if (md->bits == 16) bjob_share(&b[i]);
+        if (md->bits >= 16) rjob_share(&r[i]);
         else qjob_share(&q[i]);
     }
-    if (md->bf16 && md->bits != 16) /* the bfloat16 kernel rounds its results itself */
+    if (md->bf16 && md->bits < 16) /* the bfloat16 kernel rounds its results itself */
         for (int i = 0; i < n; i++)
             for (int64_t e = 0; e < M * w[i]->N; e++) y[i][e] = round_to(md, y[i][e]);
 }
@@ -214,7 +214,7 @@ int llama_decode_step(const dmodel *md, const int64_t *tokens, int64_t M, int64_
     for (int i = 0; i < 9; i++) failed |= (buf[i] = malloc(sizeof(float) * (size_t)sizes[i])) == NULL;
     inputs in = {{NULL, NULL, NULL, NULL}, NULL};
     if (md->bits == 16) failed |= (in.x16 = malloc(sizeof(uint16_t) * (size_t)(M * widest))) == NULL;
-    else failed |= qacts_alloc(&in.q, (int)md->bits, M, widest) != 0;
+    else if (md->bits < 16) failed |= qacts_alloc(&in.q, (int)md->bits, M, widest) != 0;
     if (!failed) {
         float *h = buf[0];
         for (int64_t m = 0; m < M; m++)

@@ -425,27 +425,89 @@ INLINE void bf16_dots(const uint16_t *const *w, const int RS, const uint16_t *x,
     }
 }
 
-/* The calling thread's share of j: ROW_STREAMS runs of consecutive weight rows (thread_streams). */
-void bjob_share(const bjob *j) {
-    int64_t start[ROW_STREAMS + 1], n[ROW_STREAMS];
-    thread_streams(j->N, ROW_STREAMS, start);
-    for (int64_t i = 0; i < (start[ROW_STREAMS] - start[0] + ROW_STREAMS - 1) / ROW_STREAMS; i++) {
-        const int live = stream_items(start, ROW_STREAMS, i, n);
-        const uint16_t *rows[ROW_STREAMS];
-        for (int r = 0; r < live; r++) rows[r] = j->w + n[r] * j->K;
+/* ---- float32, a few rows (decode): the same streams, plain FMAs ---- */
+#if SIMD && defined(__AVX512F__)
+#define F32_STREAMS 4 /* 16 accumulators of the 32 zmm registers */
+#else
+#define F32_STREAMS 2
+#endif
+#define MAX_ROW_STREAMS 4
+
+/* out[r] = w[r] . x for the RS rows w[r] (RS constant per call, <= F32_STREAMS) */
+INLINE void f32_dots(const float *const *w, const int RS, const float *x, int64_t K, float *out) {
+    int64_t k = 0;
+    float total[F32_STREAMS];
+#if SIMD && defined(__AVX512F__)
+    __m512 a[F32_STREAMS][4];
+    for (int r = 0; r < RS; r++)
+        for (int u = 0; u < 4; u++) a[r][u] = _mm512_setzero_ps();
+    for (; k + 64 <= K; k += 64) {
+        for (int r = 0; r < RS; r++) {
+            const float *wr = w[r] + k;
+            prefetch_ahead(wr, 256);
+            for (int u = 0; u < 4; u++)
+                a[r][u] = _mm512_fmadd_ps(_mm512_loadu_ps(wr + 16 * u), _mm512_loadu_ps(x + k + 16 * u), a[r][u]);
+        }
+    }
+    for (int r = 0; r < RS; r++)
+        total[r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[r][0], a[r][1]), _mm512_add_ps(a[r][2], a[r][3])));
+#elif SIMD
+    __m256 a[F32_STREAMS][4];
+    for (int r = 0; r < RS; r++)
+        for (int u = 0; u < 4; u++) a[r][u] = _mm256_setzero_ps();
+    for (; k + 32 <= K; k += 32) {
+        for (int r = 0; r < RS; r++) {
+            const float *wr = w[r] + k;
+            prefetch_ahead(wr, 128);
+            for (int u = 0; u < 4; u++)
+                a[r][u] = _mm256_fmadd_ps(_mm256_loadu_ps(wr + 8 * u), _mm256_loadu_ps(x + k + 8 * u), a[r][u]);
+        }
+    }
+    for (int r = 0; r < RS; r++) total[r] = hsum(_mm256_add_ps(_mm256_add_ps(a[r][0], a[r][1]), _mm256_add_ps(a[r][2], a[r][3])));
+#else
+    for (int r = 0; r < RS; r++) total[r] = 0.0f;
+#endif
+    for (int r = 0; r < RS; r++) {
+        for (int64_t kk = k; kk < K; kk++) total[r] += w[r][kk] * x[kk];
+        out[r] = total[r];
+    }
+}
+
+/* The calling thread's share of j: S runs of consecutive weight rows (thread_streams) walked side
+ * by side; bf16 and S constant per call. */
+INLINE void rows_share(const rjob *j, const int bf16, const int S) {
+    const size_t row_bytes = (size_t)j->K * (bf16 ? sizeof(uint16_t) : sizeof(float));
+    int64_t start[MAX_ROW_STREAMS + 1], n[MAX_ROW_STREAMS];
+    thread_streams(j->N, S, start);
+    for (int64_t i = 0; i < (start[S] - start[0] + S - 1) / S; i++) {
+        const int live = stream_items(start, S, i, n);
+        const void *rows[MAX_ROW_STREAMS];
+        for (int r = 0; r < live; r++) rows[r] = (const char *)j->w + n[r] * row_bytes;
         for (int64_t m = 0; m < j->M; m++) {
-            float out[ROW_STREAMS];
-            const uint16_t *xm = j->x + m * j->K;
+            float out[MAX_ROW_STREAMS];
             const float *xfm = j->xf ? j->xf + m * j->K : NULL;
-            if (live == ROW_STREAMS) bf16_dots(rows, ROW_STREAMS, xm, xfm, j->K, out);
-            else for (int r = 0; r < live; r++) bf16_dots(rows + r, 1, xm, xfm, j->K, out + r);
+            if (bf16) {
+                const uint16_t *xm = j->x16 + m * j->K, *const *w = (const uint16_t *const *)rows;
+                if (live == S) bf16_dots(w, S, xm, xfm, j->K, out);
+                else for (int r = 0; r < live; r++) bf16_dots(w + r, 1, xm, xfm, j->K, out + r);
+            } else {
+                const float *const *w = (const float *const *)rows;
+                if (live == S) f32_dots(w, S, xfm, j->K, out);
+                else for (int r = 0; r < live; r++) f32_dots(w + r, 1, xfm, j->K, out + r);
+            }
             for (int r = 0; r < live; r++) {
-                const uint16_t rounded = float_to_bf16(out[r]);
-                if (j->y) j->y[m * j->N + n[r]] = rounded;
-                else j->yf[m * j->N + n[r]] = bf16_to_float(rounded);
+                const int64_t at = m * j->N + n[r];
+                if (!bf16) j->yf[at] = out[r];
+                else if (j->y16) j->y16[at] = float_to_bf16(out[r]);
+                else j->yf[at] = bf16_to_float(float_to_bf16(out[r]));
             }
         }
     }
+}
+
+void rjob_share(const rjob *j) {
+    if (j->bf16) rows_share(j, 1, ROW_STREAMS);
+    else rows_share(j, 0, F32_STREAMS);
 }
 
 int llama_bf16_matmul(const uint16_t *x, int64_t M, int64_t K, const uint16_t *w, int64_t N, uint16_t *y) {
@@ -454,9 +516,9 @@ int llama_bf16_matmul(const uint16_t *x, int64_t M, int64_t K, const uint16_t *w
         if (!(xf = malloc(sizeof(float) * (size_t)(M * K)))) return -1;
         for (int64_t i = 0; i < M * K; i++) xf[i] = bf16_to_float(x[i]);
     }
-    const bjob j = {M, K, N, x, xf, w, y, NULL};
+    const rjob j = {1, M, K, N, x, xf, w, y, NULL};
 #pragma omp parallel
-    bjob_share(&j);
+    rjob_share(&j);
     free(xf);
     return 0;
 }

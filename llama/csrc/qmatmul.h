@@ -46,22 +46,24 @@ typedef struct {
     float *y;
 } qjob;
 
-/* One bfloat16 matmul: y (M, N) = x (M, K) @ W.T, float32 sums rounded to bfloat16, into y (as
- * bfloat16) or, where y is NULL, into yf (as the floats those bfloat16 values are). Without
- * AVX512-BF16 the kernel reads x as floats, xf (M, K), which the caller provides. */
+/* One bfloat16 or float32 matmul of a few rows (decode): y (M, N) = x (M, K) @ W.T, float32 sums.
+ * bf16 = 1: W (N, K) and x16 bfloat16, the sums rounded to bfloat16, into y16 or, where y16 is
+ * NULL, into yf (as the floats those bfloat16 values are); without AVX512-BF16 the kernel reads x
+ * as floats, xf (M, K), which the caller provides. bf16 = 0: W and xf float32, sums into yf. */
 #if SIMD && defined(__AVX512BF16__)
 #define BF16_WANTS_FLOATS 0
 #else
 #define BF16_WANTS_FLOATS 1
 #endif
 typedef struct {
+    int bf16;
     int64_t M, K, N;
-    const uint16_t *x;
+    const uint16_t *x16;
     const float *xf;
-    const uint16_t *w;
-    uint16_t *y;
+    const void *w;
+    uint16_t *y16;
     float *yf;
-} bjob;
+} rjob;
 
 int qacts_alloc(qacts *a, int bits, int64_t M, int64_t K); /* 0, or -1 out of memory */
 void qacts_free(qacts *a);
@@ -71,6 +73,6 @@ qjob qjob_make(int bits, const qacts *a, int64_t M, int64_t K, const void *w, co
                float *y);
 void qjob_share(const qjob *j); /* inside a parallel region: the calling thread's share of j */
 #endif
-void bjob_share(const bjob *j); /* the same for a bfloat16 matmul */
+void rjob_share(const rjob *j); /* the same for a bfloat16 or float32 matmul */
 
 #endif
