@@ -126,7 +126,7 @@ class NativeDecode:
         self.layers = (_Layer * len(layers))(*layers)
         output = _matrix(model.output)
         self.desc = _Model(weight_bits(model), DTYPES[model.tok_embeddings.weight.dtype], p.n_layers, p.dim, p.n_heads,
-                           model.layers[0].attention.local_kv_heads, p.head_dim, layers[0].w1.N, output.N,
+                           p.kv_heads, p.head_dim, layers[0].w1.N, output.N,
                            p.max_seq_len, p.norm_eps, model.tok_embeddings.weight.data_ptr(),
                            model.norm.weight.data_ptr(), model.rope_cos.data_ptr(), model.rope_sin.data_ptr(), output,
                            self.layers)
