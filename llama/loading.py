@@ -13,6 +13,7 @@ from . import quantize as quant
 from .backend import Runtime
 from .distributed import is_main_process
 from .errors import CheckpointError, ConfigError
+from .host_memory import loading_allocations, release_mapped
 from .model import ModelArgs, Transformer
 from .parallel import PLANS, parallelize, split_dim
 from .progress import slow_progress
@@ -88,7 +89,7 @@ def load_model(ckpt: Checkpoint, args: ModelArgs, world: int, rank: int, rt: Run
         if tensor.is_floating_point():  # not the integer codes of a quantized checkpoint
             converted = tensor.to(dtype=rt.dtype)
             if converted is not tensor:
-                quant.release_mapped(tensor)  # a mapped source's pages need not stay resident beside the copy
+                release_mapped(tensor)  # a mapped source's pages need not stay resident beside the copy
             tensor = converted
         placed.update(quant.quantize_entry(key, tensor, layers))
     model.load_state_dict(placed, strict=True, assign=True)
@@ -103,7 +104,8 @@ def load_model_or_explain(ckpt: Checkpoint, args: ModelArgs, world: int, rank: i
                           quantize=None) -> Transformer:
     """load_model, with an allocation failure explained in terms of the sizes the user chose."""
     try:
-        return load_model(ckpt, args, world, rank, rt, quantize)
+        with loading_allocations():
+            return load_model(ckpt, args, world, rank, rt, quantize)
     except RuntimeError as exc:  # torch.OutOfMemoryError is one; CPU and MPS raise plain RuntimeError
         text = str(exc).lower()
         if not any(s in text for s in ("out of memory", "can't allocate memory", "not enough memory")):

@@ -14,10 +14,7 @@ plan as parallelism, and a rank quantizes its own slice. After loading, `prepare
 layer's kernel for the device the weights are on (llama.kernels_quant): the fused torch kernel
 where there is one, else the portable dequantize-then-matmul path.
 """
-import ctypes
-import ctypes.util
 import json
-import mmap
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -28,6 +25,7 @@ from . import checkpoint, native
 from . import kernels_quant as kq
 from .backend import device_has_kernel
 from .errors import CheckpointError, ConfigError
+from .host_memory import release_mapped
 from .parallel import LINEAR_CLASSES, ColumnParallelLinear, RowParallelLinear
 
 METHODS = ("int8", "int4")
@@ -83,45 +81,6 @@ def quantize_rows(method: str, weight: torch.Tensor) -> Dict[str, torch.Tensor]:
         pieces.append(QUANTIZERS[method](rows))
         release_mapped(rows)
     return {part: torch.cat([p[part] for p in pieces]) for part in pieces[0]}
-
-
-def _libc():
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-    return libc if libc is not None and hasattr(libc, "madvise") else None
-
-
-LIBC = _libc()
-MADV_DONTNEED = 4  # Linux's value; only used where /proc/self/maps exists (Linux)
-
-
-def _in_file_mapping(address: int) -> bool:
-    try:
-        lines = Path("/proc/self/maps").read_text().splitlines()
-    except OSError:
-        return False
-    for line in lines:
-        fields = line.split()
-        lo, hi = (int(a, 16) for a in fields[0].split("-"))
-        if lo <= address < hi:
-            return len(fields) >= 6 and fields[5].startswith("/")
-    return False
-
-
-def release_mapped(tensor: torch.Tensor) -> None:
-    """Drop the pages of a tensor that lives in a memory-mapped checkpoint file from this process's
-    resident set, once it has been quantized and will not be read again (else every float weight
-    read stays resident beside its quantized copy). Clean file pages: a later read would fault
-    them back in. Only file mappings (never anonymous memory, whose contents MADV_DONTNEED would
-    erase); a no-op off Linux."""
-    if LIBC is None or tensor.device.type != "cpu" or tensor.nbytes < mmap.PAGESIZE:
-        return
-    start = tensor.data_ptr() // mmap.PAGESIZE * mmap.PAGESIZE
-    if _in_file_mapping(start) and _in_file_mapping(tensor.data_ptr() + tensor.nbytes - 1):
-        LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(tensor.data_ptr() + tensor.nbytes - start), MADV_DONTNEED)
 
 
 class _Quantized:

@@ -22,6 +22,7 @@ from . import quantize as quant
 from .cli import run
 from .errors import ConfigError
 from .flags import Flag
+from .host_memory import loading_allocations
 from .parallel import LLAMA2_PLAN
 from .reshard import _check_target, _owned
 
@@ -67,7 +68,10 @@ def quantize_checkpoint(src_dir, dst_dir, method: str) -> List[Path]:
     written = []
     for path in sources:
         out = dst_dir / path.name
-        torch.save(quantize_shard(checkpoint.load_shard(path), method, str(path)), out)
+        with loading_allocations():  # the codes stay, the float temporaries go: no heap left fragmented
+            quantized = quantize_shard(checkpoint.load_shard(path), method, str(path))
+        torch.save(quantized, out)
+        del quantized
         logger.info("wrote %s", out)
         written.append(out)
     (dst_dir / "params.json").write_text(json.dumps({**params, quant.MARKER: quant.marker(method)}, indent=2) + "\n")
