@@ -21,6 +21,12 @@ ONEDNN_ONE_ROW = ONEDNN and cpu_vendor() != "GenuineIntel"
 # ~30 us of fixed cost loses.
 ONEDNN_MAX_ROWS = 256
 ONEDNN_MIN_WEIGHT = 1 << 20
+# Prompts of small models: for SMALL_BATCH_ROWS < rows <= NATIVE_MAX_ROWS and inputs of at most
+# NATIVE_MAX_K features, llama.native's float32 kernel streams the weight while it computes
+# (dim 768: a 32-token prompt 49-50 vs 54-57 ms through MKL/oneDNN, BENCHMARKS.md); with 4096
+# inputs and more oneDNN's blocking wins (7B-shaped prompt 96 vs 86 tokens/s).
+NATIVE_MAX_ROWS = 64
+NATIVE_MAX_K = 2048
 
 
 def _onednn(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -46,6 +52,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if (rows == 1 and x.device.type == "cpu" and x.dtype == weight.dtype == torch.bfloat16
             and weight.is_contiguous() and native.available()):
         return native.bf16_linear(x, weight)
+    if (SMALL_BATCH_ROWS < rows <= NATIVE_MAX_ROWS and x.shape[-1] <= NATIVE_MAX_K and x.device.type == "cpu"
+            and x.dtype == weight.dtype == torch.float32 and weight.is_contiguous() and native.available()):
+        return native.f32_linear(x, weight)
     if x.device.type == "cpu" and x.dtype == torch.float32 and ONEDNN and (
             rows == 1 and ONEDNN_ONE_ROW
             or SMALL_BATCH_ROWS < rows <= ONEDNN_MAX_ROWS and weight.numel() >= ONEDNN_MIN_WEIGHT):

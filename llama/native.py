@@ -75,8 +75,10 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.llama_int4_matmul.argtypes = [p, i, i, p, i, p]
     lib.llama_int8_matmul.argtypes = [p, i, i, p, p, i, p]
     lib.llama_bf16_matmul.argtypes = [p, i, i, p, i, p]
+    lib.llama_f32_matmul.argtypes = [p, i, i, p, i, p]
     lib.llama_decode_step.argtypes = [p, p, i, i, p]
-    for fn in (lib.llama_int4_matmul, lib.llama_int8_matmul, lib.llama_bf16_matmul, lib.llama_decode_step):
+    for fn in (lib.llama_int4_matmul, lib.llama_int8_matmul, lib.llama_bf16_matmul, lib.llama_f32_matmul,
+               lib.llama_decode_step):
         fn.restype = ctypes.c_int
     return lib
 
@@ -192,6 +194,14 @@ def _bf16(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return y.reshape(*x.shape[:-1], n)
 
 
+def _f32(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    rows = x.reshape(-1, x.shape[-1]).contiguous()
+    n = weight.shape[0]
+    y = torch.empty(rows.shape[0], n)
+    check(library().llama_f32_matmul(rows.data_ptr(), rows.shape[0], rows.shape[1], weight.data_ptr(), n, y.data_ptr()))
+    return y.reshape(*x.shape[:-1], n)
+
+
 _LIB = torch.library.Library("llama", "FRAGMENT")
 for _name, _schema, _impl, _meta in (
     ("native_int4", "(Tensor x, Tensor blocks, int n) -> Tensor", _int4,
@@ -199,6 +209,8 @@ for _name, _schema, _impl, _meta in (
     ("native_int8", "(Tensor x, Tensor blocks, Tensor scales, int n) -> Tensor", _int8,
      lambda x, blocks, scales, n: x.new_empty(*x.shape[:-1], n)),
     ("native_bf16", "(Tensor x, Tensor weight) -> Tensor", _bf16,
+     lambda x, weight: x.new_empty(*x.shape[:-1], weight.shape[0])),
+    ("native_f32", "(Tensor x, Tensor weight) -> Tensor", _f32,
      lambda x, weight: x.new_empty(*x.shape[:-1], weight.shape[0])),
 ):
     _LIB.define(_name + _schema)
@@ -224,3 +236,9 @@ def int8_linear(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, n: 
 def bf16_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x (..., K) @ weight.T for bfloat16 x and (N, K) bfloat16 weight: float32 sums rounded to bfloat16."""
     return torch.ops.llama.native_bf16(x, weight) if torch.compiler.is_compiling() else _bf16(x, weight)
+
+
+def f32_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (..., K) @ weight.T for float32 x and (N, K) weight, a prompt's few dozen rows (qmatmul.c's
+    prompt-sized float32 kernel: the weight streamed once, overlapped with the arithmetic)."""
+    return torch.ops.llama.native_f32(x, weight) if torch.compiler.is_compiling() else _f32(x, weight)

