@@ -10,8 +10,8 @@ weights on the CPU); prompts and scoring run llama.model as before.
 
 Same math, other summation order: float32 results differ from the eager step's in the last bits,
 and the tests check that greedy tokens, log-probs (to 1e-4) and sampled tokens still equal the
-reference's. LLAMA_NATIVE=0 turns it off with the other native kernels: float32 then decodes with
-the reference's arithmetic, operation for operation.
+reference's. LLAMA_NATIVE=0 turns it off with the other native kernels: float32 then decodes
+through llama.model's operations, which are the reference's.
 
 It reads the model's own tensors (weights, norms, rotary tables, KV caches) through raw pointers
 taken once here: the model must not be moved or have its tensors replaced afterwards.
