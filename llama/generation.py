@@ -169,8 +169,10 @@ class Llama:
         return state, steps
 
     def _forward(self, tokens: torch.Tensor, start_pos: int, last_only: bool = False) -> torch.Tensor:
-        if self.decode_step is not None and tokens.shape[1] == 1:
-            return self.decode_step(tokens, start_pos)
+        step = self.decode_step
+        if step is not None and (tokens.shape[1] == 1 or last_only and getattr(step, "takes_prompt", None)
+                                 and step.takes_prompt(tokens)):
+            return step(tokens, start_pos)
         return self.model.forward(tokens, start_pos, last_only)
 
     def encode_prompts(self, prompts: List[str], max_gen_len: Optional[int]) -> Tuple[List[List[int]], int]:

@@ -76,9 +76,9 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.llama_int8_matmul.argtypes = [p, i, i, p, p, i, p]
     lib.llama_bf16_matmul.argtypes = [p, i, i, p, i, p]
     lib.llama_f32_matmul.argtypes = [p, i, i, p, i, p]
-    lib.llama_decode_step.argtypes = [p, p, i, i, p]
+    lib.llama_forward.argtypes = [p, p, i, i, i, p]
     for fn in (lib.llama_int4_matmul, lib.llama_int8_matmul, lib.llama_bf16_matmul, lib.llama_f32_matmul,
-               lib.llama_decode_step):
+               lib.llama_forward):
         fn.restype = ctypes.c_int
     return lib
 

@@ -110,8 +110,18 @@ def _matrix(m) -> _Matrix:
     return _Matrix(m.rows, in_features, m.weight.data_ptr(), m.scales.data_ptr() if method == "int8" else None)
 
 
+# Prompts run natively too (one call instead of ~40 eager operations per layer) where decode.c's
+# matmuls are the fast choice: int4/int8 weights, and float32 ones with at most PROMPT_MAX_K
+# inputs (llama.kernels' rule for its prompt kernel); up to PROMPT_MAX_ROWS tokens in all, whose
+# attention scores decode.c holds at once. bfloat16 prompts stay with torch's GEMM (AMX where the
+# CPU has it), faster than decode.c's few-row bfloat16 kernel.
+PROMPT_MAX_ROWS = 64
+PROMPT_MAX_K = 2048
+
+
 class NativeDecode:
-    """decode_step for `Llama`: (tokens (bsz, 1), start_pos) -> float32 logits (bsz, 1, vocab)."""
+    """decode_step for `Llama`: (tokens (bsz, T), start_pos) -> float32 logits (bsz, 1, vocab) of each
+    row's last token; T = 1 always, a prompt (T > 1) where `takes_prompt` says so."""
 
     def __init__(self, model: Transformer):
         p = model.params
@@ -125,17 +135,24 @@ class NativeDecode:
                                  attn.cache.k.data_ptr(), attn.cache.v.data_ptr()))
         self.layers = (_Layer * len(layers))(*layers)
         output = _matrix(model.output)
-        self.desc = _Model(weight_bits(model), DTYPES[model.tok_embeddings.weight.dtype], p.n_layers, p.dim, p.n_heads,
+        widest = max(m.K for layer in layers for m in (layer.wq, layer.w2))
+        bits = weight_bits(model)
+        self.prompt_rows = PROMPT_MAX_ROWS if bits in (4, 8) or bits == 32 and widest <= PROMPT_MAX_K else 0
+        self.desc = _Model(bits, DTYPES[model.tok_embeddings.weight.dtype], p.n_layers, p.dim, p.n_heads,
                            p.kv_heads, p.head_dim, layers[0].w1.N, output.N,
                            p.max_seq_len, p.norm_eps, model.tok_embeddings.weight.data_ptr(),
                            model.norm.weight.data_ptr(), model.rope_cos.data_ptr(), model.rope_sin.data_ptr(), output,
                            self.layers)
 
+    def takes_prompt(self, tokens: torch.Tensor) -> bool:
+        """Whether a prompt of these tokens (bsz, T) runs here (else llama.model runs it)."""
+        return tokens.numel() <= self.prompt_rows
+
     def __call__(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
-        rows = tokens.reshape(-1).to(torch.int64).contiguous()
-        logits = torch.empty(rows.shape[0], 1, self.desc.vocab)  # float32, as llama.model's forward returns
-        rc = self.lib.llama_decode_step(ctypes.byref(self.desc), rows.data_ptr(), rows.shape[0], start_pos,
-                                        logits.data_ptr())
+        bsz, seqlen = tokens.shape
+        ids = tokens.to(torch.int64).contiguous()
+        logits = torch.empty(bsz, 1, self.desc.vocab)  # float32, as llama.model's forward returns
+        rc = self.lib.llama_forward(ctypes.byref(self.desc), ids.data_ptr(), bsz, seqlen, start_pos, logits.data_ptr())
         native.check(rc)
         return logits
 

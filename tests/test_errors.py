@@ -340,8 +340,15 @@ def test_greedy_decoding_that_syncs_rarely_still_reports_non_finite_logits(overf
         overflowing.text_completion(["hello"], max_gen_len=3, temperature=0)
 
 
-def test_nan_logits_in_float32_point_at_the_checkpoint(llama, monkeypatch):
-    monkeypatch.setattr(llama.model, "forward", lambda tokens, start_pos, last_only=False: torch.full((*tokens.shape, 512), math.nan))
+@pytest.mark.parametrize("native_steps", [True, False])
+def test_nan_logits_in_float32_point_at_the_checkpoint(tmp_path, tokenizer_path, full_state, native_steps):
+    state = dict(full_state("mha"))
+    state["layers.1.feed_forward.w2.weight"] = state["layers.1.feed_forward.w2.weight"].clone()
+    state["layers.1.feed_forward.w2.weight"][0, 0] = math.nan  # a damaged download
+    save_checkpoint(state, params_dict(model_args("mha")), tmp_path)
+    llama = build_from(tmp_path, tokenizer_path, max_seq_len=16, max_batch_size=1, dtype="float32")
+    if not native_steps:
+        llama = Llama(llama.model, llama.tokenizer)
     with pytest.raises(GenerationError, match="with float32 weights; the checkpoint probably holds inf/nan weights"):
         llama.text_completion(["hello"], max_gen_len=2)
 

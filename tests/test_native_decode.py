@@ -90,3 +90,42 @@ def test_the_demo_model_generates_the_eager_tokens_and_logprobs_and_samples_repr
     sampled = gen.generate(prompts, max_gen_len=20, temperature=0.8, top_p=0.9)[0]
     torch.manual_seed(5)
     assert sampled == gen.generate(prompts, max_gen_len=20, temperature=0.8, top_p=0.9)[0]
+
+
+@pytest.mark.parametrize("dtype, method", [("float32", None), ("float32", "int4"), ("float32", "int8")])
+@pytest.mark.parametrize("name", ["mha", "gqa"])
+def test_a_prompt_runs_natively_with_the_eager_models_logits_and_caches(build, name, dtype, method):
+    native_gen, eager_gen = (build(name, dtype=dtype, quantize=method) for _ in range(2))
+    torch.manual_seed(1)
+    tokens = torch.randint(3, 500, (3, 12))
+    assert native_gen.decode_step.takes_prompt(tokens)
+    got = native_gen.decode_step(tokens[:, :9], 0)  # a prompt, then a second chunk after it
+    want = eager_gen.model.forward(tokens[:, :9], 0, last_only=True)
+    assert got.shape == want.shape == (3, 1, 512)
+    exact = (dtype, method) == ("float32", None)
+    assert (got - want).abs().max() <= (1e-5 if exact else 2e-2) * want.abs().max()
+    got = native_gen.decode_step(tokens[:, 9:], 9)
+    want = eager_gen.model.forward(tokens[:, 9:], 9, last_only=True)
+    assert (got - want).abs().max() <= (1e-5 if exact else 2e-2) * want.abs().max()
+    for a, b in zip(native_gen.model.layers, eager_gen.model.layers):  # causal: each position's own k and v
+        for got, want in ((a.attention.cache.k, b.attention.cache.k), (a.attention.cache.v, b.attention.cache.v)):
+            assert (got[:3, :12] - want[:3, :12]).abs().max() <= 5e-3 * want[:3, :12].abs().max()
+
+
+def test_generate_sends_short_prompts_without_logprobs_to_the_native_step(build):
+    gen = build("gqa", quantize="int4", max_seq_len=128)
+    calls = []
+    forward = gen.model.forward
+    gen.model.forward = lambda tokens, pos=None, last=False: calls.append(tuple(tokens.shape)) or forward(tokens, pos, last)
+    prompts = [gen.tokenizer.encode(p, bos=True, eos=False) for p in PROMPTS]
+    gen.generate(prompts, max_gen_len=4, temperature=0)
+    assert calls == []  # the prompt and every step ran natively
+    gen.generate(prompts, max_gen_len=4, temperature=0, logprobs=True)
+    assert len(calls) == 1 and calls[0][1] > 1  # log-probs need every position's logits: llama.model's prompt
+    calls.clear()
+    gen.generate([list(range(3, 70))], max_gen_len=2, temperature=0)
+    assert calls == [(1, 67)]  # more than 64 tokens: llama.model's prompt
+
+
+def test_bfloat16_prompts_stay_with_torchs_gemm(build):
+    assert not build("gqa", dtype="bfloat16").decode_step.takes_prompt(torch.ones(1, 8, dtype=torch.long))

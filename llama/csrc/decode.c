@@ -139,6 +139,9 @@ typedef struct {
     uint16_t *x16;
 } inputs;
 
+/* Beyond this many rows (a prompt) float32 weights go through qmatmul.c's tiled prompt kernel. */
+#define FEW_ROWS 4
+
 /* y_i = x (M, K) @ W_i.T for the n <= 3 matrices that read x, in one parallel region (their
  * outputs are independent: no barrier between them); outputs in the model's dtype. */
 static void matmuls(const dmodel *md, const inputs *in, const float *x, int64_t M, int n, const dmatrix *const *w,
@@ -159,7 +162,8 @@ static void matmuls(const dmodel *md, const inputs *in, const float *x, int64_t 
     }
 #pragma omp parallel
     for (int i = 0; i < n; i++) {
-        if (md->bits >= 16) rjob_share(&r[i]);
+        if (md->bits == 32 && M > FEW_ROWS) fgemm_share(x, M, K, (const float *)w[i]->w, w[i]->N, y[i]);
+        else if (md->bits >= 16) rjob_share(&r[i]);
         else qjob_share(&q[i]);
     }
     if (md->bf16 && md->bits < 16) /* the bfloat16 kernel rounds its results itself */
@@ -167,68 +171,71 @@ static void matmuls(const dmodel *md, const inputs *in, const float *x, int64_t 
             for (int64_t e = 0; e < M * w[i]->N; e++) y[i][e] = round_to(md, y[i][e]);
 }
 
-static void layer_step(const dmodel *md, const dlayer *L, int64_t M, int64_t pos, float *h, float **buf,
+/* One layer for B rows of T tokens at positions pos..pos+T-1 (row r = b * T + t of h). */
+static void layer_step(const dmodel *md, const dlayer *L, int64_t B, int64_t T, int64_t pos, float *h, float **buf,
                        const inputs *in) {
-    const int64_t D = md->dim, H = md->n_heads, KVH = md->kv_heads, hd = md->head_dim, F = md->hidden;
+    const int64_t D = md->dim, H = md->n_heads, KVH = md->kv_heads, hd = md->head_dim, F = md->hidden, R = B * T;
     float *xn = buf[0], *q = buf[1], *k = buf[2], *v = buf[3], *att = buf[4], *t1 = buf[5], *t3 = buf[6],
           *scores = buf[7];
-    rms_norm(md, h, L->attn_norm, M, D, xn);
-    matmuls(md, in, xn, M, 3, (const dmatrix *[]){&L->wq, &L->wk, &L->wv}, (float *[]){q, k, v});
-    const float *c = md->cos + pos * hd, *s = md->sin + pos * hd;
-    for (int64_t m = 0; m < M; m++) {
-        rotate(md, q + m * H * hd, H, c, s);
-        rotate(md, k + m * KVH * hd, KVH, c, s);
+    rms_norm(md, h, L->attn_norm, R, D, xn);
+    matmuls(md, in, xn, R, 3, (const dmatrix *[]){&L->wq, &L->wk, &L->wv}, (float *[]){q, k, v});
+    for (int64_t r = 0; r < R; r++) { /* every token's key and value reach the cache before any attends */
+        const int64_t b = r / T, p = pos + r % T;
+        rotate(md, q + r * H * hd, H, md->cos + p * hd, md->sin + p * hd);
+        rotate(md, k + r * KVH * hd, KVH, md->cos + p * hd, md->sin + p * hd);
         for (int64_t j = 0; j < KVH; j++) {
-            const int64_t at = ((m * KVH + j) * md->max_seq + pos) * hd;
+            const int64_t at = ((b * KVH + j) * md->max_seq + p) * hd;
             for (int64_t d = 0; d < hd; d++) {
-                put(md, L->k, at + d, k[(m * KVH + j) * hd + d]);
-                put(md, L->v, at + d, v[(m * KVH + j) * hd + d]);
+                put(md, L->k, at + d, k[(r * KVH + j) * hd + d]);
+                put(md, L->v, at + d, v[(r * KVH + j) * hd + d]);
             }
         }
     }
 #pragma omp parallel for schedule(static)
-    for (int64_t mh = 0; mh < M * H; mh++)
-        attend_head(md, L, q + mh * hd, mh / H, mh % H, pos, scores + mh * (pos + 1), att + mh * hd);
-    matmuls(md, in, att, M, 1, (const dmatrix *[]){&L->wo}, (float *[]){xn});
-    for (int64_t i = 0; i < M * D; i++) h[i] = round_to(md, h[i] + xn[i]);
-    rms_norm(md, h, L->ffn_norm, M, D, xn);
-    matmuls(md, in, xn, M, 2, (const dmatrix *[]){&L->w1, &L->w3}, (float *[]){t1, t3});
-    for (int64_t i = 0; i < M * F; i++) /* silu(w1 x) * w3 x */
+    for (int64_t rh = 0; rh < R * H; rh++) /* causal: token t attends to positions up to its own */
+        attend_head(md, L, q + rh * hd, rh / H / T, rh % H, pos + rh / H % T, scores + rh * (pos + T), att + rh * hd);
+    matmuls(md, in, att, R, 1, (const dmatrix *[]){&L->wo}, (float *[]){xn});
+    for (int64_t i = 0; i < R * D; i++) h[i] = round_to(md, h[i] + xn[i]);
+    rms_norm(md, h, L->ffn_norm, R, D, xn);
+    matmuls(md, in, xn, R, 2, (const dmatrix *[]){&L->w1, &L->w3}, (float *[]){t1, t3});
+    for (int64_t i = 0; i < R * F; i++) /* silu(w1 x) * w3 x */
         t1[i] = round_to(md, round_to(md, t1[i] / (1.0f + expf(-t1[i]))) * t3[i]);
-    matmuls(md, in, t1, M, 1, (const dmatrix *[]){&L->w2}, (float *[]){xn});
-    for (int64_t i = 0; i < M * D; i++) h[i] = round_to(md, h[i] + xn[i]);
+    matmuls(md, in, t1, R, 1, (const dmatrix *[]){&L->w2}, (float *[]){xn});
+    for (int64_t i = 0; i < R * D; i++) h[i] = round_to(md, h[i] + xn[i]);
 }
 #endif
 
-/* tokens (M) at position pos -> float32 logits (M, vocab). Returns 0, -1 if out of memory, -2 if
- * built without SIMD. */
-int llama_decode_step(const dmodel *md, const int64_t *tokens, int64_t M, int64_t pos, float *logits) {
+/* tokens (B, T) at positions pos..pos+T-1 -> float32 logits (B, vocab) of each row's last token.
+ * T = 1: a decode step; T > 1: a prompt (its causal attention over the cache). Returns 0, -1 if
+ * out of memory, -2 if built without SIMD. */
+int llama_forward(const dmodel *md, const int64_t *tokens, int64_t B, int64_t T, int64_t pos, float *logits) {
 #if SIMD
-    const int64_t D = md->dim, F = md->hidden, QD = md->n_heads * md->head_dim;
+    const int64_t D = md->dim, F = md->hidden, QD = md->n_heads * md->head_dim, R = B * T;
     int64_t widest = D > F ? D : F;
     widest = widest > QD ? widest : QD;
-    const int64_t sizes[9] = {M * D, M * widest, M * QD, M * md->kv_heads * md->head_dim,
-                              M * md->kv_heads * md->head_dim, M * QD, M * F, M * F, M * md->n_heads * (pos + 1)};
+    const int64_t sizes[9] = {R * D, R * widest, R * QD, R * md->kv_heads * md->head_dim,
+                              R * md->kv_heads * md->head_dim, R * QD, R * F, R * F, R * md->n_heads * (pos + T)};
     float *buf[9];
     int failed = 0;
     for (int i = 0; i < 9; i++) failed |= (buf[i] = malloc(sizeof(float) * (size_t)sizes[i])) == NULL;
     inputs in = {{NULL, NULL, NULL, NULL}, NULL};
-    if (md->bits == 16) failed |= (in.x16 = malloc(sizeof(uint16_t) * (size_t)(M * widest))) == NULL;
-    else if (md->bits < 16) failed |= qacts_alloc(&in.q, (int)md->bits, M, widest) != 0;
+    if (md->bits == 16) failed |= (in.x16 = malloc(sizeof(uint16_t) * (size_t)(R * widest))) == NULL;
+    else if (md->bits < 16) failed |= qacts_alloc(&in.q, (int)md->bits, R, widest) != 0;
     if (!failed) {
-        float *h = buf[0];
-        for (int64_t m = 0; m < M; m++)
-            for (int64_t i = 0; i < D; i++) h[m * D + i] = get(md, md->embedding, tokens[m] * D + i);
-        for (int64_t l = 0; l < md->n_layers; l++) layer_step(md, &md->layers[l], M, pos, h, buf + 1, &in);
-        rms_norm(md, h, md->norm, M, D, buf[1]);
-        matmuls(md, &in, buf[1], M, 1, (const dmatrix *[]){&md->output}, (float *[]){logits});
+        float *h = buf[0], *last = buf[2];
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t i = 0; i < D; i++) h[r * D + i] = get(md, md->embedding, tokens[r] * D + i);
+        for (int64_t l = 0; l < md->n_layers; l++) layer_step(md, &md->layers[l], B, T, pos, h, buf + 1, &in);
+        for (int64_t b = 0; b < B; b++) memcpy(last + b * D, h + (b * T + T - 1) * D, sizeof(float) * (size_t)D);
+        rms_norm(md, last, md->norm, B, D, buf[1]);
+        matmuls(md, &in, buf[1], B, 1, (const dmatrix *[]){&md->output}, (float *[]){logits});
     }
     qacts_free(&in.q);
     free(in.x16);
     for (int i = 0; i < 9; i++) free(buf[i]);
     return failed ? -1 : 0;
 #else
-    (void)md, (void)tokens, (void)M, (void)pos, (void)logits;
+    (void)md, (void)tokens, (void)B, (void)T, (void)pos, (void)logits;
     return -2;
 #endif
 }

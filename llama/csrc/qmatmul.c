@@ -599,16 +599,20 @@ INLINE void f32_rows(const float *x, int64_t M, int64_t K, const float *w, int64
 }
 #endif
 
+#if SIMD
+void fgemm_share(const float *x, int64_t M, int64_t K, const float *w, int64_t N, float *y) {
+    int64_t start[2];
+    thread_streams(N, 1, start);
+    int64_t n = start[0];
+    for (; n + F_WR <= start[1]; n += F_WR) f32_rows(x, M, K, w, N, n, F_WR, start[1], y);
+    for (; n < start[1]; n++) f32_rows(x, M, K, w, N, n, 1, start[1], y);
+}
+#endif
+
 int llama_f32_matmul(const float *x, int64_t M, int64_t K, const float *w, int64_t N, float *y) {
 #if SIMD
 #pragma omp parallel
-    {
-        int64_t start[2];
-        thread_streams(N, 1, start);
-        int64_t n = start[0];
-        for (; n + F_WR <= start[1]; n += F_WR) f32_rows(x, M, K, w, N, n, F_WR, start[1], y);
-        for (; n < start[1]; n++) f32_rows(x, M, K, w, N, n, 1, start[1], y);
-    }
+    fgemm_share(x, M, K, w, N, y);
     return 0;
 #else
     (void)x, (void)M, (void)K, (void)w, (void)N, (void)y;

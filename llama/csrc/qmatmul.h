@@ -72,6 +72,8 @@ void qacts_quantize(const qacts *a, const float *x, int64_t M, int64_t K);
 qjob qjob_make(int bits, const qacts *a, int64_t M, int64_t K, const void *w, const float *rscale, int64_t N,
                float *y);
 void qjob_share(const qjob *j); /* inside a parallel region: the calling thread's share of j */
+/* the calling thread's share of a float32 y (M, N) = x (M, K) @ W.T of a few dozen rows (a prompt's) */
+void fgemm_share(const float *x, int64_t M, int64_t K, const float *w, int64_t N, float *y);
 #endif
 void rjob_share(const rjob *j); /* the same for a bfloat16 or float32 matmul */
 
