@@ -169,6 +169,10 @@ class StaticDecode:
         self.step = torch.compile(step, **compile_options) if self.compiled else step
         self.pos = torch.zeros(1, dtype=torch.long, device=model.tok_embeddings.weight.device)
 
+    def takes_prompt(self, tokens: torch.Tensor) -> bool:
+        """Prompts (more than one token per row) are llama.model's."""
+        return False
+
     def __call__(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
         """tokens (bsz, 1) at start_pos -> float32 logits (bsz, 1, vocab)."""
         # Outside inference mode: compiled code cannot mutate the (normal) cache tensors in it.

@@ -107,7 +107,8 @@ class Llama:
         return Llama.build(str(demo.CKPT_DIR), str(demo.TOKENIZER_PATH), **kwargs)
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, decode_step=None, eos_check_every: int = 1):
-        """decode_step(tokens (bsz, 1), start_pos) -> logits: a faster path for one-token steps.
+        """decode_step(tokens (bsz, T), start_pos) -> logits: a faster path for one-token steps (T = 1),
+        and for prompts where decode_step.takes_prompt(tokens) says so.
         eos_check_every: greedy decoding checks for "every row finished" only this often."""
         self.model = model
         self.tokenizer = tokenizer
@@ -170,8 +171,7 @@ class Llama:
 
     def _forward(self, tokens: torch.Tensor, start_pos: int, last_only: bool = False) -> torch.Tensor:
         step = self.decode_step
-        if step is not None and (tokens.shape[1] == 1 or last_only and getattr(step, "takes_prompt", None)
-                                 and step.takes_prompt(tokens)):
+        if step is not None and (tokens.shape[1] == 1 or last_only and step.takes_prompt(tokens)):
             return step(tokens, start_pos)
         return self.model.forward(tokens, start_pos, last_only)
 

@@ -6,7 +6,8 @@ matmuls (a 12-layer dim-768 int4 step: ~4 ms of them against ~2.5 ms of weights 
 BENCHMARKS.md). decode.c runs the whole step (embedding, layers, norm, logits) as plain loops
 around the project's matmul kernels (llama/csrc/qmatmul.c). `Llama.build` uses it for one-token
 steps whenever the model qualifies (`for_model`: x86 with the native kernels built, one process,
-weights on the CPU); prompts and scoring run llama.model as before.
+weights on the CPU), and for prompts of a few dozen tokens without log-probs (`takes_prompt`);
+longer prompts and scoring run llama.model as before.
 
 Same math, other summation order: float32 results differ from the eager step's in the last bits,
 and the tests check that greedy tokens, log-probs (to 1e-4) and sampled tokens still equal the
@@ -23,7 +24,7 @@ from typing import List, Optional, Union
 import torch
 from torch import nn
 
-from . import native
+from . import kernels, native
 from .model import Transformer
 
 log = logging.getLogger(__name__)
@@ -110,15 +111,6 @@ def _matrix(m) -> _Matrix:
     return _Matrix(m.rows, in_features, m.weight.data_ptr(), m.scales.data_ptr() if method == "int8" else None)
 
 
-# Prompts run natively too (one call instead of ~40 eager operations per layer) where decode.c's
-# matmuls are the fast choice: int4/int8 weights, and float32 ones with at most PROMPT_MAX_K
-# inputs (llama.kernels' rule for its prompt kernel); up to PROMPT_MAX_ROWS tokens in all, whose
-# attention scores decode.c holds at once. bfloat16 prompts stay with torch's GEMM (AMX where the
-# CPU has it), faster than decode.c's few-row bfloat16 kernel.
-PROMPT_MAX_ROWS = 64
-PROMPT_MAX_K = 2048
-
-
 class NativeDecode:
     """decode_step for `Llama`: (tokens (bsz, T), start_pos) -> float32 logits (bsz, 1, vocab) of each
     row's last token; T = 1 always, a prompt (T > 1) where `takes_prompt` says so."""
@@ -137,7 +129,13 @@ class NativeDecode:
         output = _matrix(model.output)
         widest = max(m.K for layer in layers for m in (layer.wq, layer.w2))
         bits = weight_bits(model)
-        self.prompt_rows = PROMPT_MAX_ROWS if bits in (4, 8) or bits == 32 and widest <= PROMPT_MAX_K else 0
+        # Prompts run natively too (one call instead of ~40 eager operations per layer) where decode.c's
+        # matmuls are the fast choice: int4/int8 weights, and float32 ones within llama.kernels' rule
+        # for its prompt kernel (which decode.c runs them with); up to as many tokens in all as that
+        # rule's rows, whose attention scores decode.c holds at once. bfloat16 prompts stay with
+        # torch's GEMM (AMX where the CPU has it), faster than decode.c's few-row bfloat16 kernel.
+        fast = bits in (4, 8) or bits == 32 and widest <= kernels.NATIVE_MAX_K
+        self.prompt_rows = kernels.NATIVE_MAX_ROWS if fast else 0
         self.desc = _Model(bits, DTYPES[model.tok_embeddings.weight.dtype], p.n_layers, p.dim, p.n_heads,
                            p.kv_heads, p.head_dim, layers[0].w1.N, output.N,
                            p.max_seq_len, p.norm_eps, model.tok_embeddings.weight.data_ptr(),
