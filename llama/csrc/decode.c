@@ -1,5 +1,6 @@
-/* One decode step (one token per row) of a whole model in one call: embedding, every layer, the
- * final norm and the logits; weights in float32, bfloat16, int8 or int4.
+/* A whole model's forward pass in one call: embedding, every layer, the final norm and the logits
+ * of each row's last token, for a decode step (one token per row) or a short prompt (T tokens per
+ * row, attending causally); weights in float32, bfloat16, int8 or int4.
  *
  * Why: a step of a small model in eager PyTorch is ~40 small operations per layer, each a few
  * microseconds of dispatch, and on a 12-layer dim-768 model they cost more than the weights take
