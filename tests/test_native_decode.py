@@ -129,3 +129,25 @@ def test_generate_sends_short_prompts_without_logprobs_to_the_native_step(build)
 
 def test_bfloat16_prompts_stay_with_torchs_gemm(build):
     assert not build("gqa", dtype="bfloat16").decode_step.takes_prompt(torch.ones(1, 8, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype, method", FORMATS)
+def test_the_native_step_gives_the_same_bits_on_any_thread_count(build, dtype, method):
+    # Every output is summed by one thread in one order, however the rows are split among threads.
+    gen = build("gqa", dtype=dtype, quantize=method)
+    torch.manual_seed(2)
+    tokens = torch.randint(3, 500, (3, 10))
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(1)
+            gen.model.forward(tokens[:, :8], 0)  # the same cache for every thread count (torch's GEMMs may not be)
+            torch.set_num_threads(threads)
+            first = gen.decode_step(tokens[:, :8], 0) if gen.decode_step.takes_prompt(tokens[:, :8]) else None
+            results.append((first, gen.decode_step(tokens[:, 8:9], 8), gen.decode_step(tokens[:, 9:], 9)))
+    finally:
+        torch.set_num_threads(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert (a is None and b is None) or torch.equal(a, b)
