@@ -185,21 +185,21 @@ def _int8(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, n: int) -
     return y.to(x.dtype).reshape(*x.shape[:-1], n)
 
 
-def _bf16(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _few_rows(kernel, x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x (..., K) @ weight.T through qmatmul.c's bfloat16 or float32 row kernel, results in `dtype`."""
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     n = weight.shape[0]
-    y = torch.empty(rows.shape[0], n, dtype=torch.bfloat16)
-    check(library().llama_bf16_matmul(rows.data_ptr(), rows.shape[0], rows.shape[1], weight.data_ptr(), n,
-                                       y.data_ptr()))
+    y = torch.empty(rows.shape[0], n, dtype=dtype)
+    check(kernel(rows.data_ptr(), rows.shape[0], rows.shape[1], weight.data_ptr(), n, y.data_ptr()))
     return y.reshape(*x.shape[:-1], n)
+
+
+def _bf16(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return _few_rows(library().llama_bf16_matmul, x, weight, torch.bfloat16)
 
 
 def _f32(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    rows = x.reshape(-1, x.shape[-1]).contiguous()
-    n = weight.shape[0]
-    y = torch.empty(rows.shape[0], n)
-    check(library().llama_f32_matmul(rows.data_ptr(), rows.shape[0], rows.shape[1], weight.data_ptr(), n, y.data_ptr()))
-    return y.reshape(*x.shape[:-1], n)
+    return _few_rows(library().llama_f32_matmul, x, weight, torch.float32)
 
 
 _LIB = torch.library.Library("llama", "FRAGMENT")

@@ -72,6 +72,18 @@ static float dot(const float *x, const float *y, int64_t n) {
     return total;
 }
 
+/* x . y over n values, y bfloat16 (a cached key): as dot() */
+static float dot_bf16(const float *x, const uint16_t *y, int64_t n) {
+    float part[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) part[l] += x[i + l] * bf16_to_float(y[i + l]);
+    float total = 0.0f;
+    for (int l = 0; l < 8; l++) total += part[l];
+    for (; i < n; i++) total += x[i] * bf16_to_float(y[i]);
+    return total;
+}
+
 /* RMSNorm (model.py): the float32 x * rsqrt(mean(x^2) + eps), in the model's dtype, times the
  * weight, for each of M rows of n */
 static void rms_norm(const dmodel *md, const float *x, const void *weight, int64_t M, int64_t n, float *out) {
@@ -101,19 +113,8 @@ static void attend_head(const dmodel *md, const dlayer *L, const float *q, int64
     const float root = sqrtf((float)hd);
     float top = -INFINITY;
     for (int64_t t = 0; t <= pos; t++) {
-        float sum;
-        if (md->bf16) {
-            float part[8] = {0}; /* as dot(), converting the cached keys */
-            const uint16_t *key = (const uint16_t *)L->k + base + t * hd;
-            int64_t d = 0;
-            for (; d + 8 <= hd; d += 8)
-                for (int l = 0; l < 8; l++) part[l] += q[d + l] * bf16_to_float(key[d + l]);
-            sum = 0.0f;
-            for (int l = 0; l < 8; l++) sum += part[l];
-            for (; d < hd; d++) sum += q[d] * bf16_to_float(key[d]);
-        } else {
-            sum = dot(q, (const float *)L->k + base + t * hd, hd);
-        }
+        const float sum = md->bf16 ? dot_bf16(q, (const uint16_t *)L->k + base + t * hd, hd)
+                                   : dot(q, (const float *)L->k + base + t * hd, hd);
         scores[t] = round_to(md, round_to(md, sum) / root);
         top = fmaxf(top, scores[t]);
     }

@@ -425,45 +425,52 @@ INLINE void bf16_dots(const uint16_t *const *w, const int RS, const uint16_t *x,
     }
 }
 
-/* ---- float32, a few rows (decode): the same streams, plain FMAs ---- */
+/* ---- float32 (decode: a few rows; prompts: a few dozen) ----
+ * One vector type for both: zmm with AVX-512, else ymm. */
 #if SIMD && defined(__AVX512F__)
-#define F32_STREAMS 4 /* 16 accumulators of the 32 zmm registers */
+#define FV 16 /* floats per vector */
+#define F_WR 4
+#define F_AR 4 /* prompt tiles: 16 accumulators + 8 operands of the 32 zmm registers */
+#define F32_STREAMS 4 /* decode: 16 accumulators */
+typedef __m512 fvec;
+#define fv_zero() _mm512_setzero_ps()
+#define fv_load(p) _mm512_loadu_ps(p)
+#define fv_fma(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define fv_add(a, b) _mm512_add_ps(a, b)
+#define fv_sum(v) _mm512_reduce_add_ps(v)
+#elif SIMD
+#define FV 8
+#define F_WR 4
+#define F_AR 2 /* prompt tiles: 8 accumulators + 6 operands of the 16 ymm registers */
+#define F32_STREAMS 2 /* decode: 8 accumulators */
+typedef __m256 fvec;
+#define fv_zero() _mm256_setzero_ps()
+#define fv_load(p) _mm256_loadu_ps(p)
+#define fv_fma(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define fv_add(a, b) _mm256_add_ps(a, b)
+#define fv_sum(v) hsum(v)
 #else
 #define F32_STREAMS 2
 #endif
 #define MAX_ROW_STREAMS 4
 
-/* out[r] = w[r] . x for the RS rows w[r] (RS constant per call, <= F32_STREAMS) */
+/* out[r] = w[r] . x for the RS rows w[r] (RS constant per call, <= F32_STREAMS): the bfloat16
+ * kernel's loop with plain FMAs, 4 accumulators per row. */
 INLINE void f32_dots(const float *const *w, const int RS, const float *x, int64_t K, float *out) {
     int64_t k = 0;
     float total[F32_STREAMS];
-#if SIMD && defined(__AVX512F__)
-    __m512 a[F32_STREAMS][4];
+#if SIMD
+    fvec a[F32_STREAMS][4];
     for (int r = 0; r < RS; r++)
-        for (int u = 0; u < 4; u++) a[r][u] = _mm512_setzero_ps();
-    for (; k + 64 <= K; k += 64) {
+        for (int u = 0; u < 4; u++) a[r][u] = fv_zero();
+    for (; k + 4 * FV <= K; k += 4 * FV) {
         for (int r = 0; r < RS; r++) {
             const float *wr = w[r] + k;
-            prefetch_ahead(wr, 256);
-            for (int u = 0; u < 4; u++)
-                a[r][u] = _mm512_fmadd_ps(_mm512_loadu_ps(wr + 16 * u), _mm512_loadu_ps(x + k + 16 * u), a[r][u]);
+            prefetch_ahead(wr, 4 * FV * (int)sizeof(float));
+            for (int u = 0; u < 4; u++) a[r][u] = fv_fma(fv_load(wr + FV * u), fv_load(x + k + FV * u), a[r][u]);
         }
     }
-    for (int r = 0; r < RS; r++)
-        total[r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[r][0], a[r][1]), _mm512_add_ps(a[r][2], a[r][3])));
-#elif SIMD
-    __m256 a[F32_STREAMS][4];
-    for (int r = 0; r < RS; r++)
-        for (int u = 0; u < 4; u++) a[r][u] = _mm256_setzero_ps();
-    for (; k + 32 <= K; k += 32) {
-        for (int r = 0; r < RS; r++) {
-            const float *wr = w[r] + k;
-            prefetch_ahead(wr, 128);
-            for (int u = 0; u < 4; u++)
-                a[r][u] = _mm256_fmadd_ps(_mm256_loadu_ps(wr + 8 * u), _mm256_loadu_ps(x + k + 8 * u), a[r][u]);
-        }
-    }
-    for (int r = 0; r < RS; r++) total[r] = hsum(_mm256_add_ps(_mm256_add_ps(a[r][0], a[r][1]), _mm256_add_ps(a[r][2], a[r][3])));
+    for (int r = 0; r < RS; r++) total[r] = fv_sum(fv_add(fv_add(a[r][0], a[r][1]), fv_add(a[r][2], a[r][3])));
 #else
     for (int r = 0; r < RS; r++) total[r] = 0.0f;
 #endif
@@ -529,25 +536,6 @@ int llama_bf16_matmul(const uint16_t *x, int64_t M, int64_t K, const uint16_t *w
  * activation rows at a time in registers (WR * AR accumulators), the activations staying in L2;
  * the next weight rows are prefetched while the current ones are used, so that streaming the
  * weights overlaps the arithmetic (torch's GEMMs load them first, then compute). */
-#if SIMD && defined(__AVX512F__)
-#define FV 16 /* floats per vector */
-#define F_WR 4
-#define F_AR 4 /* 16 accumulators + 8 operands of the 32 zmm registers */
-typedef __m512 fvec;
-#define fv_zero() _mm512_setzero_ps()
-#define fv_load(p) _mm512_loadu_ps(p)
-#define fv_fma(a, b, c) _mm512_fmadd_ps(a, b, c)
-#define fv_sum(v) _mm512_reduce_add_ps(v)
-#elif SIMD
-#define FV 8
-#define F_WR 4
-#define F_AR 2 /* 8 accumulators + 6 operands of the 16 ymm registers */
-typedef __m256 fvec;
-#define fv_zero() _mm256_setzero_ps()
-#define fv_load(p) _mm256_loadu_ps(p)
-#define fv_fma(a, b, c) _mm256_fmadd_ps(a, b, c)
-#define fv_sum(v) hsum(v)
-#endif
 
 #if SIMD
 /* y[a][r] = x[a] . w[r] for WR weight rows and AR activation rows (both constant per call). */
