@@ -6,8 +6,8 @@ from dataclasses import replace
 from typing import List, Optional
 
 from llama import Dialog
-from llama.cli import run
-from llama.frontend import FLAGS, build_generator, complete
+from llama.cli.run import run
+from llama.cli.frontend import FLAGS, build_generator, complete
 
 # The reference's default: as long as the context allows.
 CHAT_FLAGS = {**FLAGS, "max_gen_len": replace(FLAGS["max_gen_len"], default="max_seq_len - 1")}

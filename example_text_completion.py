@@ -4,8 +4,8 @@
 Without --ckpt_dir/--tokenizer_path it runs the bundled demo model; --stream prints text as it comes."""
 from typing import List, Optional
 
-from llama.cli import run
-from llama.frontend import FLAGS, build_generator, complete
+from llama.cli.run import run
+from llama.cli.frontend import FLAGS, build_generator, complete
 
 
 def main(

@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description="A faithful, portable and fast reimplementation of Meta's Llama reference generators (Llama 2, 3, 3.1, 3.2)",
     packages=find_packages(include=["llama", "llama.*"]),
-    package_data={"llama": ["demo/*", "csrc/*.c", "csrc/*.h"]},  # csrc: compiled at first use by llama.native
+    package_data={"llama": ["demo/*", "kernels/csrc/*.c", "kernels/csrc/*.h"]},  # csrc: compiled at first use by llama.kernels.native
     python_requires=">=3.9",
     install_requires=["torch", "fairscale", "fire", "sentencepiece", "tiktoken", "safetensors", "tqdm"],
     extras_require={"test": ["pytest", "transformers", "llama-models==0.3.0"]},

@@ -61,7 +61,7 @@ def make_tokenizer(path: Path, vocab_size: int = VOCAB_SIZE) -> Path:
     llama.synthetic's trainer on Python's own help text; most pieces are filler symbols, which
     only the vocabulary size (the output projection's cost) makes matter.
     """
-    from llama.synthetic import train_sentencepiece
+    from llama.testing.synthetic import train_sentencepiece
 
     fillers = [f"<filler{i}>" for i in range(vocab_size - 2000)]
     path.write_bytes(train_sentencepiece(vocab_size=vocab_size, user_defined_symbols=fillers))
@@ -72,10 +72,10 @@ def make_checkpoint(args, out_dir: Path):
     """-> (checkpoint dir, tokenizer path): a random-weight checkpoint of args.shape, written or reused."""
     import torch
 
-    from llama.backend import parse_dtype
-    from llama.checkpoint import save_checkpoint
+    from llama.runtime.backend import parse_dtype
+    from llama.weights.meta import save_checkpoint
     from llama.model import ModelArgs
-    from llama.synthetic import params_dict, random_state
+    from llama.testing.synthetic import params_dict, random_state
 
     shape = dict(SHAPES[args.shape], vocab_size=VOCAB_SIZE)
     if args.n_layers:

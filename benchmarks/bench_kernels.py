@@ -16,16 +16,17 @@ import time
 
 import torch
 
-from llama import kernels, native
-from llama import kernels_quant as kq
-from llama.quantize import quantize_weight
+from llama.kernels import dense as kernels, native
+from llama.kernels import formats
+from llama.kernels import torch_quant as kq
+from llama.kernels.formats import quantize_int8
 
 
 def formats(out_features: int, in_features: int):
     """name -> (one-row matmul of x against a weight, the weight's tensors, bytes per copy)."""
     w = torch.randn(out_features, in_features)
-    packed, scales = kq.quantize_int4(w, 32)
-    q, s = quantize_weight(w)
+    packed, scales = formats.quantize_int4(w, 32)
+    q, s = quantize_int8(w)
     s = s.float()
     return {
         "float32": (lambda x, t: kernels.linear(x, t[0]), [w]),

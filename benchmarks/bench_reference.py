@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from reference_impl import RefModel, ref_generate  # noqa: E402
 
 from llama import Llama  # noqa: E402
-from llama.checkpoint import find_shards, load_shard, read_params  # noqa: E402
+from llama.weights.meta import find_shards, load_shard, read_params_json  # noqa: E402
 from llama.model import ModelArgs  # noqa: E402
 
 

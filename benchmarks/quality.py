@@ -48,7 +48,7 @@ def compare(plain, other, gen_len: int):
 
 
 def report(name: str, shards: int, ckpt: Path, tok: Path, gen_len: int, heldout: bool = False) -> None:
-    from llama.likelihood import nats_per_char
+    from llama.testing.likelihood import nats_per_char
 
     plain = build(ckpt, tok)
     texts = HELDOUT.read_text().splitlines()
@@ -68,8 +68,8 @@ def main() -> None:
     sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
     from llama import demo
-    from llama.checkpoint import save_checkpoint
-    from llama.synthetic import params_dict, random_state, tiny_args, train_sentencepiece
+    from llama.weights.meta import save_checkpoint
+    from llama.testing.synthetic import params_dict, random_state, tiny_args, train_sentencepiece
 
     print("| model | shards | vs float32 | mean abs dlogp | max abs dlogp | greedy tokens equal | held-out nats/char (float32 -> this) |")
     print("|---|---|---|---|---|---|---|")

@@ -1,8 +1,8 @@
 """Llama: build a model from a checkpoint directory, then generate, text- or chat-complete.
 
-The facade over the package: `Llama.build` decides the runtime (llama.backend), opens the
-checkpoint and loads this rank's share (llama.loading), and the methods run the decode loop
-(llama.decode) on encoded prompts (llama.tokenizer, llama.chat_format). API, signatures and
+The facade over the package: `Llama.build` decides the runtime (llama.runtime.backend), opens the
+checkpoint and loads this rank's share (llama.weights.loading), and the methods run the decode loop
+(llama.decoding.loop) on encoded prompts (llama.tokenizer, llama.chat_format). API, signatures and
 outputs are those of Meta's `meta-llama/llama` and `meta-llama/llama3` `llama/generation.py`.
 """
 import logging
@@ -11,17 +11,23 @@ from typing import Iterator, List, Optional, Tuple, TypedDict
 
 import torch
 
-from . import checkpoint, demo, loading, memory, native_decode
-from . import quantize as quant
-from .backend import Runtime, select
+from . import demo
+from .decoding import native_step
+from .kernels.formats import check_method
+from .runtime import memory
+from .weights import loading, meta
+from .runtime.backend import Runtime, select
 from .chat_format import UNSAFE_ERROR, Dialog, Message, encode_dialog, is_unsafe
-from .decode import DecodeState, StaticDecode, collect, decode_steps, sample_top_p, start_decode
-from .device_tuning import compile_options, eos_check_interval
-from .distributed import barrier_then_tighten_timeouts, init_distributed, is_main_process
+from .decoding.loop import DecodeState, collect, decode_steps, start_decode
+from .decoding.static_step import StaticDecode
+from .decoding.sampling import sample_top_p
+from .runtime.device_tuning import compile_options, eos_check_interval
+from .runtime.distributed import barrier_then_tighten_timeouts, init_distributed
+from .runtime.group import is_main_process
 from .errors import ConfigError
 from .model import ModelArgs, Transformer
-from .parallel import init_model_parallel, model_parallel_rank
-from .ranks import on_all_ranks
+from .layers.parallel import init_model_parallel, model_parallel_group, model_parallel_rank
+from .runtime.ranks import on_all_ranks
 from .tokenizer import Tokenizer
 from .validation import check_request, whole_number
 
@@ -63,23 +69,23 @@ class Llama:
         """Load a checkpoint directory on this process's share of the model-parallel group.
 
         tokenizer_path None: tokenizer.model in ckpt_dir, else ckpt_dir/original/tokenizer.model.
-        device, dtype and backend override the automatic choice made in `llama.backend`.
+        device, dtype and backend override the automatic choice made in `llama.runtime.backend`.
         compile: run one-token decode steps through torch.compile (static shapes; the first
-        generate call pays the compilation), unless they run natively (llama.native_decode, x86 CPUs). quantize="int8": int8 weight-only (llama.quantize).
+        generate call pays the compilation), unless they run natively (llama.decoding.native_step, x86 CPUs). quantize="int8": int8 weight-only (llama.layers.quantized).
         """
         whole_number("max_seq_len", max_seq_len)
         whole_number("max_batch_size", max_batch_size)
         whole_number("seed", seed, minimum=None)
-        quant.check_method(quantize)
+        check_method(quantize)
         start_time = time.time()
         ckpt = loading.open_checkpoint(ckpt_dir)
-        tokenizer = Tokenizer(model_path=checkpoint.find_tokenizer(ckpt_dir, tokenizer_path))
+        tokenizer = Tokenizer(model_path=meta.find_tokenizer(ckpt_dir, tokenizer_path))
         args = _model_args(ckpt, tokenizer, max_seq_len, max_batch_size)
 
         rt = select(device=device, dtype=dtype, backend=backend)
         mp_size = _model_parallel_size(rt, model_parallel_size)
         # Before any process joins the group: every rank fails alike, and none leaves mid-rendezvous.
-        checkpoint.check_parallelism(ckpt.n_shards, mp_size, args.n_heads, args.kv_heads)
+        meta.check_parallelism(ckpt.n_shards, mp_size, args.n_heads, args.kv_heads)
         memory.check_fits(args, mp_size, rt.device, rt.dtype)
         init_distributed(rt)
         init_model_parallel(mp_size)
@@ -87,12 +93,12 @@ class Llama:
             logger.info("runtime: %s", _describe(rt, quantize or ckpt.stored))  # also what a checkpoint is stored in
         torch.manual_seed(seed)
         model = on_all_ranks(loading.load_model_or_explain, ckpt, args, mp_size, model_parallel_rank(), rt, quantize)
-        barrier_then_tighten_timeouts(rt)
+        barrier_then_tighten_timeouts(rt, model_parallel_group())
         if is_main_process():
             print(f"Loaded in {time.time() - start_time:.2f} seconds")
         # One-token steps: on an x86 CPU one native call (faster than a compiled step, so it wins over
         # compile=True); else compiled if asked; else llama.model's forward.
-        decode_step = native_decode.for_model(model)
+        decode_step = native_step.for_model(model)
         if decode_step is None and compile:
             decode_step = StaticDecode(model, compile_options(rt.device))
         return Llama(model, tokenizer, decode_step, eos_check_interval(rt.device))
@@ -162,7 +168,7 @@ class Llama:
 
     def decode(self, prompt_tokens: List[List[int]], max_gen_len: int, temperature: float, top_p: float,
                logprobs: bool = False) -> Tuple[DecodeState, Iterator[int]]:
-        """One batch's decode state and the (lazy) loop that fills it, step by step: see llama.decode."""
+        """One batch's decode state and the (lazy) loop that fills it, step by step: see llama.decoding.loop"""
         state = start_decode(prompt_tokens, max_gen_len, self.model.params.max_seq_len, self.tokenizer.pad_id,
                              self.device, logprobs)
         steps = decode_steps(self._forward, state, temperature, top_p, self.stop_tokens, self.tokenizer.pad_id,

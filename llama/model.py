@@ -4,8 +4,8 @@ Names follow Meta's checkpoints (wq, wk, wv, wo, w1, w2, w3, tok_embeddings, att
 ffn_norm), because state-dict keys must match. This module knows nothing of processes, devices or
 files: `Transformer(ModelArgs(...))` builds anywhere (also under `torch.device("meta")`), trains
 (`forward(tokens)`: full causal attention, no cache) and decodes (`setup_caches`, then
-`forward(tokens, start_pos)`). Model parallelism (llama.parallel) and quantization
-(llama.quantize) swap its layers from outside; the head counts a layer works with are read off
+`forward(tokens, start_pos)`). Model parallelism (llama.layers.plan) and quantization
+(llama.layers.quantized) swap its layers from outside; the head counts a layer works with are read off
 its weights, so a layer holding a slice of the heads needs no further telling.
 """
 import math

@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import demo_corpus  # noqa: E402
 
 from llama.chat_format import B_INST, E_INST, fold_system  # noqa: E402
-from llama.checkpoint import save_checkpoint  # noqa: E402
+from llama.weights.meta import save_checkpoint  # noqa: E402
 from llama.generation import Llama  # noqa: E402
-from llama.likelihood import nats_per_char  # noqa: E402
+from llama.testing.likelihood import nats_per_char  # noqa: E402
 from llama.model import ModelArgs, Transformer  # noqa: E402
-from llama.synthetic import train_sentencepiece  # noqa: E402
+from llama.testing.synthetic import train_sentencepiece  # noqa: E402
 
 logger = logging.getLogger("train_demo")
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +58,7 @@ def parse_args(argv=None):
 
 
 def train_tokenizer(docs, vocab_size: int) -> bytes:
-    """A Llama-style SentencePiece BPE model (llama.synthetic's trainer) that keeps text as written:
+    """A Llama-style SentencePiece BPE model (llama.testing.synthetic's trainer) that keeps text as written:
     digits split, whitespace-only pieces, no normalisation, every sentence."""
     lines = (line for doc in docs for line in doc.splitlines() if line.strip())
     return train_sentencepiece(

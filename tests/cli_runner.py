@@ -20,7 +20,7 @@ import time
 
 import fire  # noqa: F401 - imported here so that children do not pay for it
 
-import llama.frontend  # noqa: F401 - and with it the generator
+import llama.cli.frontend  # noqa: F401 - and with it the generator
 
 
 def _become(case: dict) -> None:

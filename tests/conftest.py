@@ -6,8 +6,8 @@ import pytest
 import torch
 from llama3_tokenizer import llama3_tokenizer_path
 
-from llama.checkpoint import save_checkpoint
-from llama.synthetic import TINY_CONFIGS, TINY_VOCAB, params_dict, random_state, tiny_args, train_sentencepiece
+from llama.weights.meta import save_checkpoint
+from llama.testing.synthetic import TINY_CONFIGS, TINY_VOCAB, params_dict, random_state, tiny_args, train_sentencepiece
 
 # The test models are tiny: one thread is faster than two fighting over OpenMP barriers, and
 # subprocesses (CLIs, torchrun ranks) inherit the setting.

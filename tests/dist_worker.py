@@ -18,7 +18,7 @@ import time
 from helpers import PROMPTS
 
 from llama import Llama
-from llama.cli import run
+from llama.cli.run import run
 
 
 def generations(generator: Llama, max_gen_len: int = 6) -> dict:

@@ -8,7 +8,7 @@ import torch
 from helpers import subprocess_env
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from llama.backend import COLLECTIVE_TIMEOUT, Probe, select
+from llama.runtime.backend import COLLECTIVE_TIMEOUT, Probe, select
 from llama.errors import BackendError, ConfigError
 
 CPU = Probe(cuda_count=0, nccl=False, mps=False)
@@ -132,8 +132,8 @@ def refuse(*args, **kwargs):
     raise SystemExit("a TCP store or URL rendezvous was opened")
 
 dist.TCPStore = rdzv.TCPStore = rdzv.rendezvous = dist.distributed_c10d.rendezvous = refuse
-from llama.backend import select
-from llama.distributed import init_distributed
+from llama.runtime.backend import select
+from llama.runtime.distributed import init_distributed
 rt = select()
 init_distributed(rt)
 t = torch.ones(2)

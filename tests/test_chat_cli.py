@@ -7,8 +7,8 @@ import sys
 import pytest
 from helpers import REPO, subprocess_env
 
-from llama import chat
-from llama.chat import Conversation, enable_line_editing, strip_special_tags
+from llama.cli import chat
+from llama.cli.chat import Conversation, enable_line_editing, strip_special_tags
 from llama.chat_format import UNSAFE_ERROR, encode_dialog, has_special_tags
 from llama.errors import ConfigError
 from llama.streaming import StreamEvent
@@ -49,7 +49,7 @@ def test_end_of_input_exits_cleanly_and_answers_match_chat_completion(build, mak
 
 
 def test_oldest_exchanges_are_dropped_to_fit_max_seq_len(tokenizer_path, caplog):
-    caplog.set_level(logging.INFO, logger="llama.chat")
+    caplog.set_level(logging.INFO, logger="llama.cli.chat")
     tokenizer = Tokenizer(str(tokenizer_path))
     conversation = Conversation(tokenizer, max_seq_len=128, max_gen_len=16, system="Be brief.")
     for turn in range(6):

@@ -17,8 +17,8 @@ import torch
 from conftest import model_args
 from helpers import REPO, subprocess_env
 
-from llama.checkpoint import save_checkpoint
-from llama.synthetic import params_dict
+from llama.weights.meta import save_checkpoint
+from llama.testing.synthetic import params_dict
 
 TEXT = str(REPO / "example_text_completion.py")
 CHAT = str(REPO / "example_chat_completion.py")

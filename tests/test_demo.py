@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from llama import Llama, demo
-from llama.likelihood import nats_per_char
+from llama.testing.likelihood import nats_per_char
 
 REPO = Path(__file__).resolve().parents[1]
 HELDOUT = Path(__file__).resolve().parent / "data" / "heldout_programming.txt"

@@ -16,10 +16,10 @@ import pytest
 from helpers import REPO, subprocess_env
 from llama3_tokenizer import llama3_tokenizer_path
 
-from llama.cli import error_line
+from llama.cli.run import error_line
 from llama.errors import CheckpointError, ConfigError
-from llama.quantize import METHODS
-from llama.quantize_tool import quantize_checkpoint
+from llama.kernels.formats import METHODS
+from llama.cli.quantize import quantize_checkpoint
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 DEADLINE_S = 60  # every rank must be gone this long after one fails
@@ -61,7 +61,7 @@ def launches(make_ckpt, tokenizer_path, tmp_path_factory):
     for i in range(2):  # loading these would fail with a CheckpointError
         (unreadable / f"consolidated.{i:02d}.pth").write_bytes(b"not a checkpoint")
     # The 2-shard float checkpoint quantized by `python -m llama.quantize`, once per method.
-    stored = [tmp_path_factory.mktemp(f"mha-2shards-{method}") for method in METHODS]
+    stored = [tmp_path_factory.mktemp(f"mha-2shards-{method}") / "quantized" for method in METHODS]
     for method, dst in zip(METHODS, stored):
         quantize_checkpoint(make_ckpt("mha", 2), dst, method)
     port = _free_port()

@@ -11,10 +11,12 @@ import pytest
 import torch
 from conftest import model_args
 
-from llama import Llama, Tokenizer, loading, ranks
-from llama.checkpoint import save_checkpoint
+from llama import Llama, Tokenizer
+from llama.weights import loading
+from llama.runtime import ranks
+from llama.weights.meta import save_checkpoint
 from llama.errors import CheckpointError, ConfigError, GenerationError, LlamaError, MissingFileError, RankError
-from llama.synthetic import params_dict
+from llama.testing.synthetic import params_dict
 
 
 def build_from(ckpt_dir, tokenizer_path, max_seq_len=64, max_batch_size=4, **kw):

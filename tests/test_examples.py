@@ -7,7 +7,7 @@ import sys
 import pytest
 from helpers import REPO, subprocess_env
 
-from llama.frontend import SEPARATOR
+from llama.cli.frontend import SEPARATOR
 
 
 def run_example(script, *args):

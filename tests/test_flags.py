@@ -6,12 +6,12 @@ import sys
 import pytest
 from helpers import REPO
 
-from llama import chat, reshard
-from llama.cli import run
+from llama.cli import chat, reshard
+from llama.cli.run import run
 from llama.errors import ConfigError
-from llama.flags import check_args
-from llama.frontend import FLAGS
-from llama.quantize import METHODS
+from llama.cli.flags import check_args
+from llama.cli.frontend import FLAGS
+from llama.kernels.formats import METHODS
 
 PROG = "python example_text_completion.py"
 

@@ -5,11 +5,13 @@ import logging
 import pytest
 import torch
 
-from llama import demo, distributed, native_decode
-from llama.envvars import env_int
+from llama import demo
+from llama.runtime import distributed, group
+from llama.decoding import native_step as native_decode
+from llama.runtime.envvars import env_int
 from llama.errors import ConfigError
-from llama.frontend import build_generator, log_summary, use_one_thread_for_the_demo
-from llama.native_decode import NativeDecode
+from llama.cli.frontend import build_generator, log_summary, use_one_thread_for_the_demo
+from llama.decoding.native_step import NativeDecode
 
 
 @pytest.fixture
@@ -27,7 +29,7 @@ def test_resolving_the_demo_leaves_the_thread_count_alone(thread_counts_set, mon
 
 
 def test_the_front_end_runs_the_demo_on_one_thread_and_says_so(thread_counts_set, monkeypatch, caplog):
-    caplog.set_level(logging.INFO, logger="llama.frontend")
+    caplog.set_level(logging.INFO, logger="llama.cli.frontend")
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     use_one_thread_for_the_demo()  # the user's choice wins
     assert (thread_counts_set, caplog.messages) == ([], [])
@@ -39,7 +41,7 @@ def test_the_front_end_runs_the_demo_on_one_thread_and_says_so(thread_counts_set
 
 def test_compile_on_the_cpu_is_said_once_and_the_summary_says_what_it_timed(make_ckpt, tokenizer_path, caplog,
                                                                             monkeypatch):
-    caplog.set_level(logging.INFO, logger="llama.frontend")
+    caplog.set_level(logging.INFO, logger="llama.cli.frontend")
     # On an x86 CPU the steps run natively, faster than compiled: --compile is left unused, and said so.
     generator = build_generator(str(make_ckpt("mha")), str(tokenizer_path), 0.6, 0.9, 4, max_seq_len=32,
                                 max_batch_size=1, device="cpu", compile=True)
@@ -74,14 +76,14 @@ def test_before_a_process_group_exists_rank_comes_from_the_launcher(monkeypatch,
     monkeypatch.delenv("RANK", raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    assert distributed.is_main_process() is expected
+    assert group.is_main_process() is expected
 
 
 def test_once_a_group_exists_its_global_rank_decides(monkeypatch):
     monkeypatch.setenv("RANK", "0")  # a stale launcher variable must not win over the group
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
     monkeypatch.setattr(distributed.dist, "get_rank", lambda: 2)
-    assert distributed.is_main_process() is False
+    assert group.is_main_process() is False
 
 
 def test_integer_environment_variables_strict_or_lenient():

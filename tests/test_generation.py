@@ -8,7 +8,7 @@ from reference_impl import RefModel, ref_generate
 
 from llama import Llama
 from llama.generation import sample_top_p
-from llama.native_decode import NativeDecode
+from llama.decoding.native_step import NativeDecode
 
 PROMPTS = ["The quick brown fox", "Python is a programming language that", "A"]
 

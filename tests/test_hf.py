@@ -16,10 +16,10 @@ import pytest
 import torch
 from conftest import VOCAB_SIZE
 
-from llama import hf, hf_config
-from llama.convert import convert
+from llama.weights import hf, hf_config
+from llama.cli.convert import convert
 from llama.errors import CheckpointError, ConfigError, MissingFileError
-from llama.parallel import LLAMA2_PLAN, split_dim
+from llama.layers.plan import LLAMA2_PLAN, split_dim
 
 transformers = pytest.importorskip("transformers")
 
@@ -157,7 +157,7 @@ def test_unsupported_rope_scaling_is_refused_naming_the_key(rope, message):
 @pytest.mark.parametrize("name", ["llama2", "gqa_tied"])
 def test_two_ranks_slices_concatenate_to_the_full_load(hf_dir, name):
     ckpt, model = hf_dir(name)
-    params = hf_config.read_params(ckpt)
+    params = hf_config.params_from_hf_dir(ckpt)
     full = hf.load_rank_state(ckpt, params, SPLIT, 1, 0)
     parts = [hf.load_rank_state(ckpt, params, SPLIT, 2, rank) for rank in range(2)]
     for key, tensor in full.items():
@@ -170,7 +170,7 @@ def test_two_ranks_slices_concatenate_to_the_full_load(hf_dir, name):
 def test_loading_never_writes_to_the_checkpoint_files(hf_dir):
     ckpt, _ = hf_dir("llama2")
     before = {p.name: p.read_bytes() for p in ckpt.glob("*.safetensors")}
-    state = hf.load_rank_state(ckpt, hf_config.read_params(ckpt), SPLIT, 1, 0)
+    state = hf.load_rank_state(ckpt, hf_config.params_from_hf_dir(ckpt), SPLIT, 1, 0)
     assert state["layers.0.attention.wq.weight"].abs().sum() > 0  # q/k rows were reordered in memory
     assert {p.name: p.read_bytes() for p in ckpt.glob("*.safetensors")} == before
 
@@ -181,8 +181,8 @@ PEAK_RSS = r"""
 import sys
 from functools import partial
 from pathlib import Path
-from llama import hf, hf_config
-from llama.parallel import LLAMA2_PLAN, split_dim
+from llama.weights import hf, hf_config
+from llama.layers.plan import LLAMA2_PLAN, split_dim
 SPLIT = partial(split_dim, LLAMA2_PLAN)
 
 def rss_and_peak():
@@ -190,7 +190,7 @@ def rss_and_peak():
     return int(f["VmRSS"].split()[0]) * 1024, int(f["VmHWM"].split()[0]) * 1024
 
 def load(ckpt):
-    state = hf.load_rank_state(ckpt, hf_config.read_params(ckpt), SPLIT, 1, 0)
+    state = hf.load_rank_state(ckpt, hf_config.params_from_hf_dir(ckpt), SPLIT, 1, 0)
     return sum(float(t.sum()) for t in state.values())  # touches every weight
 
 load(sys.argv[2])  # a tiny model first: imports and allocator warm-up are not the checkpoint's cost
@@ -206,7 +206,7 @@ def test_peak_memory_while_loading_stays_within_115_percent_of_the_checkpoint(tm
     from safetensors.torch import save_file
 
     from llama.model import ModelArgs
-    from llama.synthetic import params_dict, random_state
+    from llama.testing.synthetic import params_dict, random_state
 
     # Multi-head attention: q and k are the largest share that must be reordered (16% here).
     args = ModelArgs(dim=256, n_layers=16, n_heads=4, multiple_of=32, vocab_size=VOCAB_SIZE)
@@ -464,7 +464,7 @@ def test_convert_help_describes_every_flag_and_the_tool_never_imports_the_genera
     assert result.stdout.startswith("usage: python -m llama.convert SRC DST")
     assert "  --to LAYOUT            the layout to write (choices: meta, hf; default: the other one than SRC's)" \
         in result.stdout
-    code = "import sys, llama.convert; print(sorted(m for m in sys.modules if m.startswith('llama.')))"
+    code = "import sys, llama.cli.convert; print(sorted(m for m in sys.modules if m.startswith('llama.')))"
     imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                               env={**os.environ, "PYTHONPATH": str(REPO)}, check=True).stdout
-    assert "llama.convert" in imported and "llama.generation" not in imported and "llama.decode" not in imported
+    assert "llama.cli.convert" in imported and "llama.generation" not in imported and "llama.decoding" not in imported

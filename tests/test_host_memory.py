@@ -1,7 +1,7 @@
 """llama.host_memory: what a CPU load keeps resident besides the model."""
 import platform
 
-from llama import host_memory
+from llama.runtime import host_memory
 
 
 class FakeGlibc:

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from conftest import VOCAB_SIZE
 
-from llama.checkpoint import save_checkpoint
+from llama.weights.meta import save_checkpoint
 from llama.model import ModelArgs
-from llama.synthetic import params_dict, random_state
+from llama.testing.synthetic import params_dict, random_state
 
 linux_proc = pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux /proc")
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from llama import Llama
-from llama.checkpoint import find_shards, load_shard
+from llama.weights.meta import find_shards, load_shard
 from llama.errors import CheckpointError
 
 

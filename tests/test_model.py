@@ -3,17 +3,8 @@ import pytest
 import torch
 from reference_impl import freqs_cis, rotate
 
-from llama.model import (
-    KVCache,
-    ModelArgs,
-    RMSNorm,
-    Transformer,
-    apply_rope_scaling,
-    apply_rotary_emb,
-    causal_mask,
-    rope_tables,
-)
-from llama.synthetic import tiny_args
+from llama.model import KVCache, ModelArgs, RMSNorm, Transformer, apply_rope_scaling, apply_rotary_emb, causal_mask, rope_tables
+from llama.testing.synthetic import tiny_args
 
 
 def test_model_args_defaults_match_the_reference():

@@ -9,9 +9,11 @@ import logging
 import pytest
 import torch
 
-from llama import kernels, native
-from llama import kernels_quant as kq
-from llama.quantize import REPACK_ROWS, _repacked, quantize_weight
+from llama.kernels import dense as kernels, native
+from llama.kernels import formats
+from llama.kernels import torch_quant as kq
+from llama.layers.quantized import REPACK_ROWS, _repacked
+from llama.kernels.formats import quantize_int8
 
 GEN = torch.Generator().manual_seed(0)
 
@@ -38,8 +40,8 @@ def test_the_kernels_are_built_for_this_machine():
 @pytest.mark.parametrize("rows, out_features", [(1, 64), (3, 40), (6, 13)])
 def test_int4_kernel_equals_the_dequantized_matmul_of_quantized_activations(rows, out_features):
     w, x = _randn(out_features, 96), _randn(rows, 96)
-    packed, scales = kq.quantize_int4(w, 32)
-    expected = _quantized_activations(x) @ kq.dequantize_int4(packed, scales).T
+    packed, scales = formats.quantize_int4(w, 32)
+    expected = _quantized_activations(x) @ formats.dequantize_int4(packed, scales).T
     got = native.int4_linear(x, native.int4_blocks(packed, scales), out_features)
     assert got.shape == (rows, out_features)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
@@ -48,7 +50,7 @@ def test_int4_kernel_equals_the_dequantized_matmul_of_quantized_activations(rows
 @pytest.mark.parametrize("rows, out_features", [(1, 64), (5, 21)])
 def test_int8_kernel_equals_the_dequantized_matmul_of_quantized_activations(rows, out_features):
     w, x = _randn(out_features, 64), _randn(rows, 64)
-    q, scales = quantize_weight(w)
+    q, scales = quantize_int8(w)
     expected = _quantized_activations(x, 127 * 128) @ (q.float() * scales[:, None]).T
     got = native.int8_linear(x, native.int8_blocks(q), native.pad_rows(scales), out_features)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
@@ -57,9 +59,9 @@ def test_int8_kernel_equals_the_dequantized_matmul_of_quantized_activations(rows
 def test_a_row_gives_the_same_bits_alone_and_in_any_batch():
     # Generation relies on it: a prompt decodes the same tokens alone and in a batch.
     w, x = _randn(24, 128), _randn(9, 128)
-    packed, scales = kq.quantize_int4(w, 32)
+    packed, scales = formats.quantize_int4(w, 32)
     blocks = native.int4_blocks(packed, scales)
-    q, s = quantize_weight(w)
+    q, s = quantize_int8(w)
     b8, s8 = native.int8_blocks(q), native.pad_rows(s)
     batch4, batch8 = native.int4_linear(x, blocks, 24), native.int8_linear(x, b8, s8, 24)
     for i in range(9):
@@ -73,10 +75,10 @@ def test_every_output_row_is_computed_once_whatever_the_threads_and_streams(thre
     # the last one partial) leave uneven streams and a tail on every thread count.
     n, k = 203, 64
     w, x = _randn(n, k), _randn(2, k)
-    packed, scales = kq.quantize_int4(w, 32)
-    q, s = quantize_weight(w)
+    packed, scales = formats.quantize_int4(w, 32)
+    q, s = quantize_int8(w)
     bf = w.bfloat16()
-    expected4 = _quantized_activations(x) @ kq.dequantize_int4(packed, scales).T
+    expected4 = _quantized_activations(x) @ formats.dequantize_int4(packed, scales).T
     expected8 = _quantized_activations(x, 127 * 128) @ (q.float() * s[:, None]).T
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -96,18 +98,18 @@ def test_every_output_row_is_computed_once_whatever_the_threads_and_streams(thre
 
 def test_bfloat16_activations_come_back_as_bfloat16():
     w, x = _randn(16, 64), _randn(2, 64).bfloat16()
-    packed, scales = kq.quantize_int4(w, 32)
+    packed, scales = formats.quantize_int4(w, 32)
     got = native.int4_linear(x, native.int4_blocks(packed, scales), 16)
     assert got.dtype == torch.bfloat16
-    expected = _quantized_activations(x.float()) @ kq.dequantize_int4(packed, scales).T
+    expected = _quantized_activations(x.float()) @ formats.dequantize_int4(packed, scales).T
     torch.testing.assert_close(got, expected.bfloat16())
 
 
 def test_repacking_a_big_matrix_piece_by_piece_gives_the_whole_matrix_layout():
     rows = REPACK_ROWS + 12  # two pieces, the second one not a whole block of 8
-    packed, scales = kq.quantize_int4(_randn(rows, 64), 32)
+    packed, scales = formats.quantize_int4(_randn(rows, 64), 32)
     assert torch.equal(_repacked(native.int4_blocks, packed, scales), native.int4_blocks(packed, scales))
-    q, _ = quantize_weight(_randn(rows, 64))
+    q, _ = quantize_int8(_randn(rows, 64))
     assert torch.equal(_repacked(native.int8_blocks, q), native.int8_blocks(q))
 
 
@@ -130,7 +132,7 @@ def fresh_build(monkeypatch, tmp_path):
 
 def test_without_a_compiler_torchs_kernels_are_used_and_the_log_says_so(fresh_build, monkeypatch, caplog):
     monkeypatch.setenv("CC", str(fresh_build / "no-such-cc"))
-    with caplog.at_level(logging.WARNING, logger="llama.native"):
+    with caplog.at_level(logging.WARNING, logger="llama.kernels.native"):
         assert native.library() is None
     assert "building the native CPU kernels failed" in caplog.text
     assert not list(fresh_build.glob("*.so")) and not list(fresh_build.glob("*"))  # no half-written file
@@ -175,8 +177,8 @@ def test_a_non_finite_activation_gives_non_finite_results_not_garbage(bad):
     # Generation turns non-finite logits into an error naming the dtype; rounding must not hide them.
     w, x = _randn(16, 64), _randn(1, 64)
     x[0, 5] = bad
-    packed, scales = kq.quantize_int4(w, 32)
-    q, s = quantize_weight(w)
+    packed, scales = formats.quantize_int4(w, 32)
+    q, s = quantize_int8(w)
     assert not native.int4_linear(x, native.int4_blocks(packed, scales), 16).isfinite().any()
     assert not native.int8_linear(x, native.int8_blocks(q), native.pad_rows(s), 16).isfinite().any()
 

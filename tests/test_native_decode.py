@@ -4,8 +4,9 @@ tokens: tests/test_generation.py, which decodes through it)."""
 import pytest
 import torch
 
-from llama import Llama, native_decode
-from llama.native_decode import NativeDecode
+from llama import Llama
+from llama.decoding import native_step as native_decode
+from llama.decoding.native_step import NativeDecode
 
 PROMPTS = ["The quick brown fox", "Python is a programming language that", "A"]
 METHODS = ["int4", "int8"]
@@ -83,9 +84,12 @@ def test_the_demo_model_generates_the_eager_tokens_and_logprobs_and_samples_repr
         want_tokens += one_tokens
         want_logprobs += one_logprobs
     assert tokens == want_tokens
+    # float32: 1e-6 measured, int8 3e-4; int4 reads its activations as int8 (127 levels), so a
+    # last-bit difference upstream can move one a level: 0.025 measured on an AVX2 CPU; bfloat16
+    # logits are rounded to 8 bits: 0.05.
+    atol = {("float32", None): 1e-3, ("float32", "int8"): 1e-3, ("float32", "int4"): 0.05}.get((dtype, method), 0.1)
     for got, want in zip(logprobs, want_logprobs):
-        # float32: 1e-6 measured; bfloat16 logits are rounded to 8 bits: 0.05
-        assert torch.allclose(torch.tensor(got), torch.tensor(want), atol=1e-3 if dtype == "float32" else 0.1)
+        assert torch.allclose(torch.tensor(got), torch.tensor(want), atol=atol)
     torch.manual_seed(5)
     sampled = gen.generate(prompts, max_gen_len=20, temperature=0.8, top_p=0.9)[0]
     torch.manual_seed(5)

@@ -1,7 +1,7 @@
 """Progress bars appear only for slow loads, and only on rank 0."""
 import time
 
-from llama.progress import DELAY_S, slow_progress
+from llama.runtime.progress import DELAY_S, slow_progress
 
 
 def test_fast_loads_draw_no_bar(build, capsys):

@@ -6,14 +6,15 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from llama import kernels_quant as kq
-from llama.quantize import Int4ColumnParallelLinear
+from llama.kernels import formats
+from llama.kernels import torch_quant as kq
+from llama.layers.quantized import Int4ColumnParallelLinear
 
 
 def test_gpu_bytes_hold_the_even_input_column_in_the_high_nibble():
     g = torch.Generator().manual_seed(0)
     q = torch.randint(0, 16, (8, 64), generator=g, dtype=torch.uint8)
-    gpu = kq.to_gpu_nibbles(kq.pack_nibbles(q))
+    gpu = kq.to_gpu_nibbles(formats.pack_nibbles(q))
     assert gpu.shape == (8, 32) and gpu.dtype == torch.uint8
     for n in range(8):
         for j in range(32):

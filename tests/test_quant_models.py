@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llama import Llama, demo
-from llama.likelihood import nats_per_char
+from llama.testing.likelihood import nats_per_char
 
 HELDOUT = Path(__file__).resolve().parent / "data" / "heldout_programming.txt"
 PROMPTS = ["The quick brown fox", "Python is a programming language that", "A"]

@@ -3,20 +3,15 @@ import pytest
 import torch
 
 from llama.errors import ConfigError
-from llama.quantize import (
-    Int4ColumnParallelLinear,
-    Int4RowParallelLinear,
-    Int8ColumnParallelLinear,
-    Int8RowParallelLinear,
-    quantize_weight,
-)
+from llama.layers.quantized import Int4ColumnParallelLinear, Int4RowParallelLinear, Int8ColumnParallelLinear, Int8RowParallelLinear
+from llama.kernels.formats import quantize_int8
 
 PROMPTS = ["The quick brown fox", "Python is a programming language that", "A"]
 
 
 def test_each_row_is_rounded_to_the_nearest_of_255_levels_of_its_own_scale():
     w = torch.tensor([[1.0, -0.5, 0.25, 0.0], [0.0, 0.0, 0.0, 0.0], [-3.0, 2.0, 1.0, 0.01]])
-    q, scales = quantize_weight(w)
+    q, scales = quantize_int8(w)
     assert q.dtype == torch.int8 and scales.dtype == w.dtype
     assert q.abs().max() == 127 and q[1].abs().max() == 0  # the largest entry of a row maps to +-127
     torch.testing.assert_close(scales, torch.tensor([1 / 127, 1.0, 3 / 127]))

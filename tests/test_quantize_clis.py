@@ -5,7 +5,7 @@ import sys
 
 from helpers import REPO, subprocess_env
 
-from llama.frontend import SEPARATOR
+from llama.cli.frontend import SEPARATOR
 
 MAYONNAISE = [{"role": "user", "content": "what is the recipe of mayonnaise?"}]  # example_chat_completion.py's first
 

@@ -10,7 +10,7 @@ from helpers import REPO, subprocess_env
 
 from llama import Llama
 from llama.errors import CheckpointError, ConfigError
-from llama.quantize_tool import quantize_checkpoint
+from llama.cli.quantize import quantize_checkpoint
 
 PROMPTS = ["The quick brown fox", "A"]
 
@@ -22,7 +22,7 @@ def quantized(make_ckpt, tmp_path_factory):
     for method in ("int8", "int4"):
         dirs = []
         for shards in (1, 2):
-            dst = tmp_path_factory.mktemp(f"{method}-{shards}")
+            dst = tmp_path_factory.mktemp(f"{method}-{shards}") / "quantized"
             quantize_checkpoint(make_ckpt("mha", shards), dst, method)
             dirs.append(dst)
         out[method] = dirs

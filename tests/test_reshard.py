@@ -8,13 +8,14 @@ import torch
 from helpers import PROMPTS, subprocess_env
 from llama3_tokenizer import llama3_tokenizer_path
 
-from llama import Llama, checkpoint
-from llama.checkpoint import IGNORED_KEYS, check_parallelism, load_rank_state, split_state
-from llama.cli import run
+from llama import Llama
+from llama.weights import meta as checkpoint
+from llama.weights.meta import IGNORED_KEYS, check_parallelism, load_rank_state, split_state
+from llama.cli.run import run
 from llama.errors import ConfigError
-from llama.parallel import LLAMA2_PLAN, LLAMA3_PLAN
-from llama.reshard import FLAGS, reshard
-from llama.reshard import main as reshard_main
+from llama.layers.plan import LLAMA2_PLAN, LLAMA3_PLAN
+from llama.cli.reshard import FLAGS, reshard
+from llama.cli.reshard import main as reshard_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -84,7 +85,9 @@ def _generate(ckpt_dir, tokenizer_path):
 
 
 def _check_written(dst: Path, src: Path, full: dict, n: int, plan=LLAMA2_PLAN) -> None:
-    assert sorted(p.name for p in dst.iterdir()) == [f"consolidated.{i:02d}.pth" for i in range(n)] + ["params.json"]
+    tokenizer = ["tokenizer.model"] if (src / "tokenizer.model").is_file() else []  # copied along when there is one
+    assert sorted(p.name for p in dst.iterdir()) == [f"consolidated.{i:02d}.pth" for i in range(n)] + ["params.json",
+                                                                                                   *tokenizer]
     assert (dst / "params.json").read_bytes() == (src / "params.json").read_bytes()
     source_keys = list(torch.load(src / "consolidated.00.pth", weights_only=True))
     for i, want in enumerate(split_state(full, n, plan)):
@@ -104,8 +107,8 @@ def test_reshard_cli_splits_one_shard_into_two(make_ckpt, full_state, tokenizer_
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"wrote 2 shards and params.json to {dst}\n"
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
-    assert "llama.checkpoint" in imported  # the listing works ...
-    generator = {"llama.generation", "llama.streaming", "llama.frontend"}  # ... and the offline tool needs none
+    assert "llama.weights.meta" in imported  # the listing works ...
+    generator = {"llama.generation", "llama.streaming", "llama.cli.frontend", "fairscale", "llama.kernels.native"}  # ... and the offline tool needs none
     assert not imported & generator, sorted(m for m in imported if m.startswith("llama"))
     _check_written(dst, src, full_state("mha"), 2)
     assert _greedy_and_sampled(dst, tokenizer_path) == _greedy_and_sampled(src, tokenizer_path)
@@ -176,10 +179,12 @@ def test_reshard_never_mixes_old_and_new_shards(make_ckpt, tmp_path):
     with pytest.raises(ConfigError) as info:
         reshard(src, dst, 1)
     assert str(info.value) == (
-        f"DST_DIR {str(dst)!r} already holds checkpoint files ['consolidated.00.pth', 'consolidated.01.pth', "
-        "'consolidated.02.pth']; loaders take every *.pth there, so old and new shards would mix: choose an "
-        "empty directory"
+        f"DST_DIR {str(dst)!r} already exists; pass --force to replace it, or choose a new directory"
     )
+    reshard(src, dst, 1, force=True)
+    assert sorted(p.name for p in dst.glob("*.pth")) == ["consolidated.00.pth"]
     with pytest.raises(ConfigError) as info:
         reshard(src, src, 1)
-    assert str(info.value) == f"DST_DIR {str(src)!r} is the source directory; write the new shards to another directory"
+    assert str(info.value) == (
+        f"DST_DIR {str(src)!r} is SRC_DIR {str(src)!r}; write the output to a folder outside the source"
+    )

@@ -3,14 +3,8 @@ import random
 
 import torch
 
-from llama.streaming import (
-    StreamEvent,
-    TextDeltas,
-    in_prompt_order,
-    stream_chat_completion,
-    stream_generate,
-    stream_text_completion,
-)
+from llama.streaming import StreamEvent, in_prompt_order, stream_chat_completion, stream_generate, stream_text_completion
+from llama.decoding.detokenize import TextDeltas
 
 PROMPTS = ["The with statement", "A list is", "Exceptions are raised when", "x", "Strings can be joined by"]
 MULTIBYTE = "Grüße, naïve café: 🦙 llamas ≠ 🐍 snakes  (two spaces)"

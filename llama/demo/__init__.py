@@ -25,7 +25,7 @@ def resolve(ckpt_dir: Optional[str], tokenizer_path: Optional[str]) -> Tuple[str
     sits with the weights. A tokenizer without a checkpoint is not.
 
     No side effects beyond that line: the command-line front ends choose the demo's thread
-    count (llama.frontend.use_one_thread_for_the_demo).
+    count (llama.cli.frontend.use_one_thread_for_the_demo).
     """
     if ckpt_dir is None and tokenizer_path is None:
         logger.info("no --ckpt_dir/--tokenizer_path given: using the bundled demo model in %s", CKPT_DIR)

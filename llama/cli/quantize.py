@@ -1,0 +1,92 @@
+"""Quantize a Meta checkpoint offline: `python -m llama.quantize SRC_DIR DST_DIR --int8|--int4`.
+
+DST_DIR (a new folder, or an existing one with --force; written beside and renamed into place, see
+llama.cli.destination) gets one quantized shard per source shard (the same names, consolidated.NN.pth), params.json
+with a `quantization` entry, and the tokenizer.model that sits with SRC_DIR's weights, if any. `Llama.build(DST_DIR, ...)`
+loads it directly (quantize left unset), with as many processes as it has shards. Meta's reference
+refuses it at `ModelArgs(**params)` (unexpected keyword 'quantization') instead of silently
+reading integer codes as weights.
+
+Streamed: each source shard is memory-mapped and its tensors are quantized one at a time, so
+memory peaks at about one quantized shard plus one float tensor (never the float model).
+"""
+import json
+import logging
+from pathlib import Path
+from typing import List
+
+from ..kernels.formats import INT4_GROUP, check_int4_width, check_method, quantize_rows
+from ..weights import meta
+from ..weights.quantized import MARKER, marker, read_stored_params
+from .run import run
+from ..errors import ConfigError
+from .flags import Flag
+from ..runtime.host_memory import loading_allocations
+from ..layers.plan import LINEAR_OWNERS
+from .destination import check_destination, copy_tokenizer, written_beside
+
+logger = logging.getLogger(__name__)
+
+
+def quantize_shard(state, method: str, source: str):
+    """One shard's state dict -> its quantized entries, one float tensor in flight at a time, its
+    mapped pages released as it is quantized (else the whole float shard would end up resident)."""
+    out = {}
+    for key in list(state):
+        tensor = state[key]
+        parts = key.split(".")
+        if len(parts) >= 2 and parts[-2] in LINEAR_OWNERS and parts[-1] == "weight":
+            if method == "int4":
+                check_int4_width(tensor.shape[1], f"{source}: {key}")
+            out.update({f"{key.rsplit('.', 1)[0]}.{part}": value
+                        for part, value in quantize_rows(method, tensor).items()})
+        else:
+            out[key] = tensor
+    return out
+
+
+def quantize_checkpoint(src_dir, dst_dir, method: str, force: bool = False) -> List[Path]:
+    """Write `src_dir`'s checkpoint to `dst_dir` quantized with `method`; -> the shards written."""
+    check_method(method)
+    if method is None:
+        raise ConfigError("no quantization chosen; pass --int8 or --int4")
+    src_dir, dst_dir = meta.source_dir(src_dir, "quantize", "llama-2-7b/"), Path(dst_dir)
+    sources = meta.find_shards(src_dir)
+    params, stored = read_stored_params(src_dir)
+    if stored is not None:
+        raise ConfigError(
+            f"SRC_DIR {str(src_dir)!r} is quantized to {stored} already; quantize the original float checkpoint"
+        )
+    check_destination(src_dir, dst_dir, force, "SRC_DIR", "DST_DIR")
+    with written_beside(dst_dir) as work:
+        for path in sources:
+            with loading_allocations():  # the codes stay, the float temporaries go: no heap left fragmented
+                quantized = quantize_shard(meta.load_shard(path), method, str(path))
+            meta.save_shard(quantized, work / path.name)
+            del quantized
+            logger.info("wrote %s", dst_dir / path.name)
+        (work / "params.json").write_text(json.dumps({**params, MARKER: marker(method)}, indent=2) + "\n")
+        copy_tokenizer(src_dir, work, "meta")
+    return [dst_dir / path.name for path in sources]
+
+
+FLAGS = {
+    "src_dir": Flag("the float checkpoint folder to read: params.json and consolidated.*.pth", "DIR"),
+    "dst_dir": Flag("a new folder for the quantized checkpoint (an existing one only with --force)", "DIR"),
+    "int8": Flag("int8 weights, one scale per output channel (about 1/4 of float32)"),
+    "int4": Flag(f"int4 weights in groups of {INT4_GROUP} along the input (about 1/7 of float32)"),
+    "force": Flag("replace an existing DST_DIR (only once the new one is complete)"),
+}
+
+
+def main(src_dir: str, dst_dir: str, *, int8: bool = False, int4: bool = False, force: bool = False):
+    if int8 == int4:
+        raise ConfigError("choose one quantization: --int8 or --int4")
+    method = "int8" if int8 else "int4"
+    written = quantize_checkpoint(src_dir, dst_dir, method, force)
+    print(f"wrote {len(written)} {method} shard(s) and params.json to {dst_dir}")
+
+
+def cli() -> None:
+    """`python -m llama.quantize`."""
+    run(main, FLAGS, prog="python -m llama.quantize")
