@@ -47,7 +47,7 @@ def test_compile_on_the_cpu_is_said_once_and_the_summary_says_what_it_timed(make
                                 max_batch_size=1, device="cpu", compile=True)
     assert isinstance(generator.decode_step, NativeDecode)
     assert caplog.messages == ["--compile is not used: this model's one-token steps run natively "
-                               "(llama.native_decode), faster than a compiled step"]
+                               "(llama.decoding.native_step), faster than a compiled step"]
     caplog.clear()
     monkeypatch.setattr(native_decode, "for_model", lambda model: None)  # elsewhere (no compiler, Apple silicon)
     build_generator(str(make_ckpt("mha")), str(tokenizer_path), 0.6, 0.9, 4, max_seq_len=32, max_batch_size=1,
