@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test install clean test-tools
+.PHONY: demo test test-fast lint install clean test-tools
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,19 @@ test-tools:
 		|| echo "note: could not install$$missing; tests that need them will skip"; \
 	fi
 
-test: $(TEST_STAMP) test-tools
+# ruff (lint and format) and mypy over the package, as configured in pyproject.toml.
+lint: $(TEST_STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+# What CI runs (.ci/run): the lint, then the whole suite.
+test: lint test-tools
 	$(PY) -m pytest -q tests
+
+# The inner loop: the suite without the tests marked slow.
+test-fast: $(TEST_STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
 
 # The bundled demo model (llama/demo/): both reference examples, streamed; then how to chat with it.
 demo: $(STAMP)

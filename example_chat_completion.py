@@ -2,12 +2,13 @@
 `torchrun --nproc_per_node MP example_chat_completion.py ...`
 (or plain `python example_chat_completion.py ...` on one process: CPU, CUDA or Apple MPS).
 Without --ckpt_dir/--tokenizer_path it runs the bundled demo model; --stream prints answers as they come."""
+
 from dataclasses import replace
 from typing import List, Optional
 
 from llama import Dialog
-from llama.cli.run import run
 from llama.cli.frontend import FLAGS, build_generator, complete
+from llama.cli.run import run
 
 # The reference's default: as long as the context allows.
 CHAT_FLAGS = {**FLAGS, "max_gen_len": replace(FLAGS["max_gen_len"], default="max_seq_len - 1")}
@@ -23,12 +24,26 @@ def main(
     max_gen_len: Optional[int] = None,
     # This project's additions (described in llama.frontend.FLAGS); after the `*`, flags only, so
     # that positional arguments keep the reference's meaning.
-    device: Optional[str] = None, dtype: Optional[str] = None,
-    *, stream: bool = False, compile: bool = False, quantize: Optional[str] = None,
+    device: Optional[str] = None,
+    dtype: Optional[str] = None,
+    *,
+    stream: bool = False,
+    compile: bool = False,
+    quantize: Optional[str] = None,
 ):
-    generator = build_generator(ckpt_dir, tokenizer_path, temperature, top_p, max_gen_len, max_seq_len=max_seq_len,
-                                max_batch_size=max_batch_size, device=device, dtype=dtype, compile=compile,
-                                quantize=quantize)
+    generator = build_generator(
+        ckpt_dir,
+        tokenizer_path,
+        temperature,
+        top_p,
+        max_gen_len,
+        max_seq_len=max_seq_len,
+        max_batch_size=max_batch_size,
+        device=device,
+        dtype=dtype,
+        compile=compile,
+        quantize=quantize,
+    )
 
     dialogs: List[Dialog] = [
         [{"role": "user", "content": "what is the recipe of mayonnaise?"}],

@@ -2,10 +2,11 @@
 `torchrun --nproc_per_node MP example_text_completion.py ...`
 (or plain `python example_text_completion.py ...` on one process: CPU, CUDA or Apple MPS).
 Without --ckpt_dir/--tokenizer_path it runs the bundled demo model; --stream prints text as it comes."""
+
 from typing import List, Optional
 
-from llama.cli.run import run
 from llama.cli.frontend import FLAGS, build_generator, complete
+from llama.cli.run import run
 
 
 def main(
@@ -18,12 +19,26 @@ def main(
     max_batch_size: int = 4,
     # This project's additions (described in llama.frontend.FLAGS); after the `*`, flags only, so
     # that positional arguments keep the reference's meaning.
-    device: Optional[str] = None, dtype: Optional[str] = None,
-    *, stream: bool = False, compile: bool = False, quantize: Optional[str] = None,
+    device: Optional[str] = None,
+    dtype: Optional[str] = None,
+    *,
+    stream: bool = False,
+    compile: bool = False,
+    quantize: Optional[str] = None,
 ):
-    generator = build_generator(ckpt_dir, tokenizer_path, temperature, top_p, max_gen_len, max_seq_len=max_seq_len,
-                                max_batch_size=max_batch_size, device=device, dtype=dtype, compile=compile,
-                                quantize=quantize)
+    generator = build_generator(
+        ckpt_dir,
+        tokenizer_path,
+        temperature,
+        top_p,
+        max_gen_len,
+        max_seq_len=max_seq_len,
+        max_batch_size=max_batch_size,
+        device=device,
+        dtype=dtype,
+        compile=compile,
+        quantize=quantize,
+    )
 
     prompts: List[str] = [
         # For these prompts, the expected answer is the natural continuation of the prompt

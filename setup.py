@@ -8,5 +8,8 @@ setup(
     package_data={"llama": ["demo/*", "kernels/csrc/*.c", "kernels/csrc/*.h"]},  # csrc: compiled at first use by llama.kernels.native
     python_requires=">=3.9",
     install_requires=["torch", "fairscale", "fire", "sentencepiece", "tiktoken", "safetensors", "tqdm"],
-    extras_require={"test": ["pytest", "transformers", "llama-models==0.3.0"]},
+    extras_require={
+        # the test suite, and `make lint`: ruff and mypy pinned so that "zero findings" means the same everywhere
+        "test": ["pytest", "transformers", "llama-models==0.3.0", "ruff==0.17.6", "mypy==2.4.1"],
+    },
 )

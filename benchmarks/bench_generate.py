@@ -13,6 +13,7 @@ position), so decode can be no faster than bandwidth / bytes-per-step. Bandwidth
 here, on the target device, as a large tensor copy (bytes read + bytes written) and, for
 reference, as a read-only sum.
 """
+
 import argparse
 import json
 import os
@@ -25,8 +26,9 @@ from pathlib import Path
 SHAPES = {  # Llama 2 layer shapes (params.json of the released models), and a small CPU model
     "7B": dict(dim=4096, n_layers=32, n_heads=32, multiple_of=256, norm_eps=1e-5),
     "13B": dict(dim=5120, n_layers=40, n_heads=40, multiple_of=256, norm_eps=1e-5),
-    "70B": dict(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, multiple_of=4096,
-                ffn_dim_multiplier=1.3, norm_eps=1e-5),
+    "70B": dict(
+        dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, multiple_of=4096, ffn_dim_multiplier=1.3, norm_eps=1e-5
+    ),
     "cpu-330M": dict(dim=768, n_layers=12, n_heads=12, multiple_of=256, norm_eps=1e-5),
 }
 VOCAB_SIZE = 32000
@@ -39,7 +41,9 @@ def parse_args(argv=None):
     src.add_argument("--ckpt_dir", help="a Meta checkpoint directory (params.json, consolidated.*.pth)")
     p.add_argument("--tokenizer_path", help="tokenizer.model (default with --shape: a made-up 32000-piece one)")
     p.add_argument("--n_layers", type=int, help="with --shape: fewer layers than the real model")
-    p.add_argument("--ckpt_dtype", default=None, help="with --shape: dtype written to disk (default: --dtype, else float32)")
+    p.add_argument(
+        "--ckpt_dtype", default=None, help="with --shape: dtype written to disk (default: --dtype, else float32)"
+    )
     p.add_argument("--cache_dir", help="with --shape: keep the written checkpoint here and reuse it")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: as Llama.build picks)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: as Llama.build picks)")
@@ -72,10 +76,10 @@ def make_checkpoint(args, out_dir: Path):
     """-> (checkpoint dir, tokenizer path): a random-weight checkpoint of args.shape, written or reused."""
     import torch
 
-    from llama.runtime.backend import parse_dtype
-    from llama.weights.meta import save_checkpoint
     from llama.model import ModelArgs
+    from llama.runtime.backend import parse_dtype
     from llama.testing.synthetic import params_dict, random_state
+    from llama.weights.meta import save_checkpoint
 
     shape = dict(SHAPES[args.shape], vocab_size=VOCAB_SIZE)
     if args.n_layers:
@@ -174,9 +178,14 @@ def measure_batch(generator, args, bsz: int, bandwidth) -> dict:
     best = max(decodes)
     steps_per_s = best / bsz
     return dict(
-        batch=bsz, ttft_ms=1e3 * min(firsts), prefill_tok_s=bsz * args.prompt_len / min(firsts),
-        decode_tok_s=best, decode_tok_s_median=sorted(decodes)[len(decodes) // 2],
-        step_ms=1e3 / steps_per_s, weight_mb=weights / 1e6, kv_mb=kv / 1e6,
+        batch=bsz,
+        ttft_ms=1e3 * min(firsts),
+        prefill_tok_s=bsz * args.prompt_len / min(firsts),
+        decode_tok_s=best,
+        decode_tok_s_median=sorted(decodes)[len(decodes) // 2],
+        step_ms=1e3 / steps_per_s,
+        weight_mb=weights / 1e6,
+        kv_mb=kv / 1e6,
         achieved_gb_s=(weights + kv) * steps_per_s / 1e9,
         roofline_copy=weights * steps_per_s / 1e9 / bandwidth[0],
         roofline_read=weights * steps_per_s / 1e9 / bandwidth[1],
@@ -197,8 +206,13 @@ def worker(args) -> dict:
     start = time.perf_counter()
     extra = {k: v for k, v in (("compile", args.compile), ("quantize", args.quantize)) if v}
     generator = Llama.build(
-        args.ckpt_dir, args.tokenizer_path, max_seq_len=args.prompt_len + args.gen_len,
-        max_batch_size=max(batch_sizes), device=args.device, dtype=args.dtype, **extra,
+        args.ckpt_dir,
+        args.tokenizer_path,
+        max_seq_len=args.prompt_len + args.gen_len,
+        max_batch_size=max(batch_sizes),
+        device=args.device,
+        dtype=args.dtype,
+        **extra,
     )
     load_s = time.perf_counter() - start
     _, hwm_build = memory_kb()
@@ -210,13 +224,20 @@ def worker(args) -> dict:
     device = generator.device
     bandwidth = measure_bandwidth(device, 1 << 30 if device.type == "cuda" else 512 << 20)
     rows = [measure_batch(generator, args, b, bandwidth) for b in batch_sizes]
-    kv_cache = sum(l.attention.cache.k.nbytes + l.attention.cache.v.nbytes for l in generator.model.layers)
+    kv_cache = sum(layer.attention.cache.k.nbytes + layer.attention.cache.v.nbytes for layer in generator.model.layers)
     return dict(
-        load_s=load_s, warmup_s=warmup_s, rss_build_mb=(hwm_build - rss0) / 1024, rss_run_mb=(hwm_run - rss0) / 1024,
-        kv_cache_mb=kv_cache / 1e6, threads=torch.get_num_threads(), device=str(device),
+        load_s=load_s,
+        warmup_s=warmup_s,
+        rss_build_mb=(hwm_build - rss0) / 1024,
+        rss_run_mb=(hwm_run - rss0) / 1024,
+        kv_cache_mb=kv_cache / 1e6,
+        threads=torch.get_num_threads(),
+        device=str(device),
         dtype=str(generator.model.tok_embeddings.weight.dtype).replace("torch.", ""),
         cuda_peak_mb=torch.cuda.max_memory_allocated() / 1e6 if device.type == "cuda" else None,
-        copy_gb_s=bandwidth[0], read_gb_s=bandwidth[1], rows=rows,
+        copy_gb_s=bandwidth[0],
+        read_gb_s=bandwidth[1],
+        rows=rows,
     )
 
 
@@ -227,7 +248,7 @@ def machine() -> str:
 
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
@@ -237,23 +258,46 @@ def machine() -> str:
 def print_report(args, ckpt_bytes: int, r: dict) -> None:
     mb = ckpt_bytes / 1e6
     print(f"machine: {machine()}")
-    print(f"checkpoint: {args.ckpt_dir} ({mb:.0f} MB), device {r['device']}, dtype {r['dtype']}, "
-          f"threads {r['threads']}, compile {args.compile}, quantize {args.quantize}")
+    print(
+        f"checkpoint: {args.ckpt_dir} ({mb:.0f} MB), device {r['device']}, dtype {r['dtype']}, "
+        f"threads {r['threads']}, compile {args.compile}, quantize {args.quantize}"
+    )
     print(f"bandwidth: copy {r['copy_gb_s']:.1f} GB/s (read+write), read-only {r['read_gb_s']:.1f} GB/s")
-    print(f"load: {r['load_s']:.2f} s; host RSS growth: during build {r['rss_build_mb']:.0f} MB "
-          f"({r['rss_build_mb'] / mb:.2f}x checkpoint), peak incl. generation {r['rss_run_mb']:.0f} MB "
-          f"({r['rss_run_mb'] / mb:.2f}x; KV cache {r['kv_cache_mb']:.0f} MB); warm-up {r['warmup_s']:.1f} s")
+    print(
+        f"load: {r['load_s']:.2f} s; host RSS growth: during build {r['rss_build_mb']:.0f} MB "
+        f"({r['rss_build_mb'] / mb:.2f}x checkpoint), peak incl. generation {r['rss_run_mb']:.0f} MB "
+        f"({r['rss_run_mb'] / mb:.2f}x; KV cache {r['kv_cache_mb']:.0f} MB); warm-up {r['warmup_s']:.1f} s"
+    )
     if r["cuda_peak_mb"] is not None:
         print(f"GPU peak allocated: {r['cuda_peak_mb']:.0f} MB")
     print(f"prompt {args.prompt_len} tokens, {args.gen_len} generated, best of {args.repeats}")
-    head = ("batch", "TTFT ms", "prefill tok/s", "decode tok/s", "(median)", "ms/step", "MB/step w+kv",
-            "GB/s", "roofline copy", "roofline read")
+    head = (
+        "batch",
+        "TTFT ms",
+        "prefill tok/s",
+        "decode tok/s",
+        "(median)",
+        "ms/step",
+        "MB/step w+kv",
+        "GB/s",
+        "roofline copy",
+        "roofline read",
+    )
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for x in r["rows"]:
-        cells = (x["batch"], f"{x['ttft_ms']:.1f}", f"{x['prefill_tok_s']:.0f}", f"{x['decode_tok_s']:.1f}",
-                 f"{x['decode_tok_s_median']:.1f}", f"{x['step_ms']:.2f}", f"{x['weight_mb']:.0f}+{x['kv_mb']:.0f}",
-                 f"{x['achieved_gb_s']:.1f}", f"{100 * x['roofline_copy']:.0f}%", f"{100 * x['roofline_read']:.0f}%")
+        cells = (
+            x["batch"],
+            f"{x['ttft_ms']:.1f}",
+            f"{x['prefill_tok_s']:.0f}",
+            f"{x['decode_tok_s']:.1f}",
+            f"{x['decode_tok_s_median']:.1f}",
+            f"{x['step_ms']:.2f}",
+            f"{x['weight_mb']:.0f}+{x['kv_mb']:.0f}",
+            f"{x['achieved_gb_s']:.1f}",
+            f"{100 * x['roofline_copy']:.0f}%",
+            f"{100 * x['roofline_read']:.0f}%",
+        )
         print("| " + " | ".join(map(str, cells)) + " |")
 
 
@@ -272,10 +316,10 @@ def main(argv=None) -> None:
         ckpt_bytes = sum(p.stat().st_size for p in Path(args.ckpt_dir).glob("*.pth"))
         cmd = [sys.executable, __file__, "--ckpt_dir", args.ckpt_dir, "--worker", json.dumps(vars(args))]
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-        lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode or not lines:
             sys.exit(f"error: the measuring process failed (exit {proc.returncode})")
-        result = json.loads(lines[-1][len("RESULT "):])
+        result = json.loads(lines[-1][len("RESULT ") :])
     print_report(args, ckpt_bytes, result)
     if args.json:
         Path(args.json).write_text(json.dumps(dict(args=vars(args), machine=machine(), **result), indent=1))

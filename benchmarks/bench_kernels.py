@@ -11,28 +11,31 @@ float32 runs llama.kernels.linear (MKL or oneDNN by CPU vendor); bfloat16, int8 
 native kernels of llama.native (or torch's where those are unavailable). Rounds alternate the
 formats, so that a shared host's slow phases hit all of them.
 """
+
 import argparse
 import time
 
 import torch
 
-from llama.kernels import dense as kernels, native
-from llama.kernels import formats
-from llama.kernels import torch_quant as kq
+from llama.kernels import dense as kernels
+from llama.kernels import formats as quant_formats
+from llama.kernels import native
 from llama.kernels.formats import quantize_int8
 
 
 def formats(out_features: int, in_features: int):
     """name -> (one-row matmul of x against a weight, the weight's tensors, bytes per copy)."""
     w = torch.randn(out_features, in_features)
-    packed, scales = formats.quantize_int4(w, 32)
+    packed, scales = quant_formats.quantize_int4(w, 32)
     q, s = quantize_int8(w)
     s = s.float()
     return {
         "float32": (lambda x, t: kernels.linear(x, t[0]), [w]),
         "bfloat16": (lambda x, t: kernels.linear(x.bfloat16(), t[0]), [w.bfloat16()]),
-        "int8": (lambda x, t: native.int8_linear(x, t[0], t[1], out_features),
-                 [native.int8_blocks(q), native.pad_rows(s)]),
+        "int8": (
+            lambda x, t: native.int8_linear(x, t[0], t[1], out_features),
+            [native.int8_blocks(q), native.pad_rows(s)],
+        ),
         "int4": (lambda x, t: native.int4_linear(x, t[0], out_features), [native.int4_blocks(packed, scales)]),
     }
 

@@ -10,6 +10,7 @@ same prompt, and the decode rate is (gen_len - 1) tokens over the time after the
 
     python benchmarks/bench_reference.py --ckpt_dir CACHE/cpu-330M-12L-float32 --tokenizer_path CACHE/tokenizer.model
 """
+
 import argparse
 import statistics
 import sys
@@ -19,11 +20,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from reference_impl import RefModel, ref_generate  # noqa: E402
-
 from llama import Llama  # noqa: E402
-from llama.weights.meta import find_shards, load_shard, read_params_json  # noqa: E402
 from llama.model import ModelArgs  # noqa: E402
+from llama.weights.meta import find_shards, load_shard, read_params_json  # noqa: E402
+from reference_impl import RefModel, ref_generate  # noqa: E402
 
 
 def timed(fn) -> float:
@@ -46,7 +46,7 @@ def main() -> None:
     ours = Llama.build(a.ckpt_dir, a.tokenizer_path, max_seq_len, 1, device="cpu", dtype="float32")
     vocab = ours.model.params.vocab_size
     prompt = [list(torch.randint(3, vocab, (a.prompt_len,), generator=torch.Generator().manual_seed(0)).tolist())]
-    params = read_params(a.ckpt_dir)
+    params = read_params_json(a.ckpt_dir)
     (shard,) = find_shards(a.ckpt_dir)
     state = load_shard(shard)
     args = ModelArgs(**{**params, "vocab_size": vocab}, max_batch_size=1, max_seq_len=max_seq_len)
@@ -63,8 +63,8 @@ def main() -> None:
     rates = {"reference": [], "this project": []}
     for _ in range(a.rounds):
         for name, run in (("reference", reference), ("this project", project)):
-            first = timed(lambda: run(1))
-            total = timed(lambda: run(a.gen_len))
+            first = timed(lambda run=run: run(1))
+            total = timed(lambda run=run: run(a.gen_len))
             rates[name].append((a.gen_len - 1) / (total - first))
     print(f"{a.ckpt_dir}: prompt {a.prompt_len}, {a.gen_len} generated, {a.threads} threads, greedy tokens equal")
     for name, r in rates.items():

@@ -10,6 +10,7 @@ per-token log-probabilities, and how many greedy tokens the other model reproduc
 For the demo it also scores tests/data/heldout_programming.txt (llama.likelihood.nats_per_char,
 one text per line; higher is better).
 """
+
 import argparse
 import sys
 import tempfile
@@ -38,11 +39,13 @@ def compare(plain, other, gen_len: int):
     diffs = []
     for row in tokens:
         x = torch.tensor([row])
-        lp = [torch.log_softmax(m.model.forward(x, 0)[0, :-1].float(), -1).gather(-1, x[0, 1:, None])
-              for m in (plain, other)]
+        lp = [
+            torch.log_softmax(m.model.forward(x, 0)[0, :-1].float(), -1).gather(-1, x[0, 1:, None])
+            for m in (plain, other)
+        ]
         diffs.append((lp[0] - lp[1]).abs().flatten())
     diffs = torch.cat(diffs)
-    generated = [(r[len(p):], s[len(p):]) for r, s, p in zip(tokens, o_tokens, prompts)]
+    generated = [(r[len(p) :], s[len(p) :]) for r, s, p in zip(tokens, o_tokens, prompts)]
     same = sum(a == b for r, s in generated for a, b in zip(r, s))
     return diffs.mean().item(), diffs.max().item(), same, sum(len(r) for r, _ in generated)
 
@@ -68,10 +71,13 @@ def main() -> None:
     sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
     from llama import demo
-    from llama.weights.meta import save_checkpoint
     from llama.testing.synthetic import params_dict, random_state, tiny_args, train_sentencepiece
+    from llama.weights.meta import save_checkpoint
 
-    print("| model | shards | vs float32 | mean abs dlogp | max abs dlogp | greedy tokens equal | held-out nats/char (float32 -> this) |")
+    print(
+        "| model | shards | vs float32 | mean abs dlogp | max abs dlogp | greedy tokens equal "
+        "| held-out nats/char (float32 -> this) |"
+    )
     print("|---|---|---|---|---|---|---|")
     report("bundled demo (trained)", 1, demo.CKPT_DIR, demo.TOKENIZER_PATH, args.gen_len, heldout=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,7 +86,9 @@ def main() -> None:
         tok.write_bytes(train_sentencepiece())
         for name in ("mha", "gqa"):  # the tiny Llama 2 configs of llama.synthetic (the SentencePiece ones)
             for shards in (1, 2):
-                ckpt = save_checkpoint(random_state(tiny_args(name)), params_dict(tiny_args(name)), tmp / f"{name}{shards}", shards)
+                ckpt = save_checkpoint(
+                    random_state(tiny_args(name)), params_dict(tiny_args(name)), tmp / f"{name}{shards}", shards
+                )
                 report(f"test {name} (random)", shards, ckpt, tok, args.gen_len)
         if args.cpu330:
             from bench_generate import make_checkpoint, parse_args

@@ -4,12 +4,19 @@ and numbers, also from Hugging Face directories, on any device.
 The public names are imported on first use, so that tools which need none of them
 (`python -m llama.reshard`) do not load the generator.
 """
+
 import importlib
 from typing import TYPE_CHECKING
 
 __all__ = ["Llama", "Dialog", "ModelArgs", "Transformer", "Tokenizer", "ChatFormat"]
-_HOMES = {"Llama": "generation", "Dialog": "generation", "ModelArgs": "model", "Transformer": "model",
-          "Tokenizer": "tokenizer", "ChatFormat": "chat_format"}
+_HOMES = {
+    "Llama": "generation",
+    "Dialog": "generation",
+    "ModelArgs": "model",
+    "Transformer": "model",
+    "Tokenizer": "tokenizer",
+    "ChatFormat": "chat_format",
+}
 
 if TYPE_CHECKING:
     from .chat_format import ChatFormat

@@ -4,6 +4,7 @@ Llama 2 (SentencePiece tokenizer): `[INST]` tags (`meta-llama/llama`, `llama/gen
 Llama 3, 3.1, 3.2 (tiktoken tokenizer): header tokens and `<|eot_id|>` (`meta-llama/llama3`,
 `llama/tokenizer.py`, `ChatFormat`). `encode_dialog` and `is_unsafe` pick the family from the tokenizer.
 """
+
 from typing import List, Literal, Sequence, TypedDict
 
 from .errors import ConfigError

@@ -5,6 +5,7 @@ checkpoint and loads this rank's share (llama.weights.loading), and the methods 
 (llama.decoding.loop) on encoded prompts (llama.tokenizer, llama.chat_format). API, signatures and
 outputs are those of Meta's `meta-llama/llama` and `meta-llama/llama3` `llama/generation.py`.
 """
+
 import logging
 import time
 from typing import Iterator, List, Optional, Tuple, TypedDict
@@ -12,24 +13,24 @@ from typing import Iterator, List, Optional, Tuple, TypedDict
 import torch
 
 from . import demo
-from .decoding import native_step
-from .kernels.formats import check_method
-from .runtime import memory
-from .weights import loading, meta
-from .runtime.backend import Runtime, select
 from .chat_format import UNSAFE_ERROR, Dialog, Message, encode_dialog, is_unsafe
+from .decoding import native_step
 from .decoding.loop import DecodeState, collect, decode_steps, start_decode
-from .decoding.static_step import StaticDecode
 from .decoding.sampling import sample_top_p
+from .decoding.static_step import StaticDecode
+from .errors import ConfigError
+from .kernels.formats import check_method
+from .layers.parallel import init_model_parallel, model_parallel_group, model_parallel_rank
+from .model import ModelArgs, Transformer
+from .runtime import memory
+from .runtime.backend import Runtime, select
 from .runtime.device_tuning import compile_options, eos_check_interval
 from .runtime.distributed import barrier_then_tighten_timeouts, init_distributed
 from .runtime.group import is_main_process
-from .errors import ConfigError
-from .model import ModelArgs, Transformer
-from .layers.parallel import init_model_parallel, model_parallel_group, model_parallel_rank
 from .runtime.ranks import on_all_ranks
 from .tokenizer import Tokenizer
 from .validation import check_request, whole_number
+from .weights import loading, meta
 
 __all__ = ["Llama", "Dialog", "Message", "CompletionPrediction", "ChatPrediction", "sample_top_p"]
 
@@ -71,7 +72,8 @@ class Llama:
         tokenizer_path None: tokenizer.model in ckpt_dir, else ckpt_dir/original/tokenizer.model.
         device, dtype and backend override the automatic choice made in `llama.runtime.backend`.
         compile: run one-token decode steps through torch.compile (static shapes; the first
-        generate call pays the compilation), unless they run natively (llama.decoding.native_step, x86 CPUs). quantize="int8": int8 weight-only (llama.layers.quantized).
+        generate call pays the compilation), unless they run natively (llama.decoding.native_step, x86
+        CPUs). quantize="int8" | "int4": weight-only (llama.layers.quantized).
         """
         whole_number("max_seq_len", max_seq_len)
         whole_number("max_batch_size", max_batch_size)
@@ -164,15 +166,27 @@ class Llama:
 
     def check_request(self, prompt_tokens, temperature: float, top_p: float, max_gen_len: int) -> None:
         """What generate checks before decoding (the streams check the same, before their first event)."""
-        check_request(prompt_tokens, temperature, top_p, max_gen_len, self.tokenizer.n_words, self.model.params.max_seq_len)
+        check_request(
+            prompt_tokens, temperature, top_p, max_gen_len, self.tokenizer.n_words, self.model.params.max_seq_len
+        )
 
-    def decode(self, prompt_tokens: List[List[int]], max_gen_len: int, temperature: float, top_p: float,
-               logprobs: bool = False) -> Tuple[DecodeState, Iterator[int]]:
+    def decode(
+        self, prompt_tokens: List[List[int]], max_gen_len: int, temperature: float, top_p: float, logprobs: bool = False
+    ) -> Tuple[DecodeState, Iterator[int]]:
         """One batch's decode state and the (lazy) loop that fills it, step by step: see llama.decoding.loop"""
-        state = start_decode(prompt_tokens, max_gen_len, self.model.params.max_seq_len, self.tokenizer.pad_id,
-                             self.device, logprobs)
-        steps = decode_steps(self._forward, state, temperature, top_p, self.stop_tokens, self.tokenizer.pad_id,
-                             self.model.tok_embeddings.weight.dtype, self.eos_check_every)
+        state = start_decode(
+            prompt_tokens, max_gen_len, self.model.params.max_seq_len, self.tokenizer.pad_id, self.device, logprobs
+        )
+        steps = decode_steps(
+            self._forward,
+            state,
+            temperature,
+            top_p,
+            self.stop_tokens,
+            self.tokenizer.pad_id,
+            self.model.tok_embeddings.weight.dtype,
+            self.eos_check_every,
+        )
         return state, steps
 
     def _forward(self, tokens: torch.Tensor, start_pos: int, last_only: bool = False) -> torch.Tensor:
@@ -189,12 +203,14 @@ class Llama:
         return tokens, self._gen_len(max_gen_len)
 
     def encode_dialogs(self, dialogs: List[Dialog], max_gen_len: Optional[int]) -> Tuple[List[List[int]], int]:
-        """chat_completion's dialogs -> (token lists in the model family's chat format, max_gen_len with its default)."""
+        """chat_completion's dialogs -> (token lists in the model family's chat format, max_gen_len with
+        its default)."""
         tokens = [encode_dialog(self.tokenizer, d, i) for i, d in enumerate(dialogs)]
         return tokens, self._gen_len(max_gen_len)
 
     def unsafe(self, dialog: Dialog) -> bool:
-        """Whether the answer to `dialog` is replaced by UNSAFE_ERROR (Llama 2's special-tag rule; never for Llama 3)."""
+        """Whether the answer to `dialog` is replaced by UNSAFE_ERROR (Llama 2's special-tag rule; never for
+        Llama 3)."""
         return is_unsafe(self.tokenizer, dialog)
 
     def _gen_len(self, max_gen_len: Optional[int]) -> int:
@@ -273,8 +289,11 @@ def _model_args(ckpt: "loading.Checkpoint", tokenizer: Tokenizer, max_seq_len: i
     args.vocab_size = tokenizer.n_words
     trained = _trained_context(args, tokenizer)
     if max_seq_len > trained and is_main_process():
-        logger.warning("max_seq_len=%d is beyond the %d tokens this model was trained for; text past that "
-                       "point degrades", max_seq_len, trained)
+        logger.warning(
+            "max_seq_len=%d is beyond the %d tokens this model was trained for; text past that point degrades",
+            max_seq_len,
+            trained,
+        )
     return args
 
 

@@ -8,6 +8,7 @@ files: `Transformer(ModelArgs(...))` builds anywhere (also under `torch.device("
 (llama.layers.quantized) swap its layers from outside; the head counts a layer works with are read off
 its weights, so a layer holding a slice of the heads needs no further telling.
 """
+
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -278,8 +279,14 @@ class Transformer(nn.Module):
         p = self.params
         for layer in self.layers:
             attn = layer.attention
-            attn.cache = KVCache(p.max_batch_size, p.max_seq_len, attn.local_kv_heads, attn.head_dim,
-                                 dtype=weight.dtype, device=weight.device)
+            attn.cache = KVCache(
+                p.max_batch_size,
+                p.max_seq_len,
+                attn.local_kv_heads,
+                attn.head_dim,
+                dtype=weight.dtype,
+                device=weight.device,
+            )
 
     def forward(self, tokens: torch.Tensor, start_pos: Optional[int] = None, last_only: bool = False) -> torch.Tensor:
         """tokens (bsz, seqlen) at positions start_pos.. -> float32 logits (bsz, seqlen, vocab).

@@ -4,6 +4,7 @@ The events carry text deltas whose concatenation (per prompt) is exactly what th
 call returns: `text_completion(...)[i]["generation"]`, or the chat answer's content. Prompts
 beyond max_batch_size are run in later batches, so their events come after the earlier ones.
 """
+
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import DefaultDict, Iterable, Iterator, List, Optional
@@ -19,6 +20,7 @@ class StreamEvent:
     token: Optional[int]  # the token just generated; None on the closing event
     text: str  # text this event adds ("" while a multi-byte character is still incomplete)
     done: bool = False  # the prompt's last event: its generation is complete
+
 
 def stream_generate(
     generator: Llama,

@@ -5,6 +5,7 @@
 `pad_id`, `stop_tokens`, `encode(s, bos=..., eos=...)` and `decode(ids)`, with the ids and text of
 Meta's references (`meta-llama/llama`, `meta-llama/llama3`: `llama/tokenizer.py`).
 """
+
 import base64
 import binascii
 import logging
@@ -33,9 +34,18 @@ PAT_STR = (
 )
 NUM_RESERVED_SPECIAL_TOKENS = 256
 _NAMED_SPECIALS = [
-    "<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>",
-    "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>", "<|end_header_id|>",
-    "<|eom_id|>", "<|eot_id|>", "<|python_tag|>", "<|image|>",
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|reserved_special_token_0|>",
+    "<|reserved_special_token_1|>",
+    "<|finetune_right_pad_id|>",
+    "<|step_id|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eom_id|>",
+    "<|eot_id|>",
+    "<|python_tag|>",
+    "<|image|>",
 ]
 SPECIAL_TOKEN_NAMES = _NAMED_SPECIALS + [
     f"<|reserved_special_token_{i}|>" for i in range(2, 2 + NUM_RESERVED_SPECIAL_TOKENS - len(_NAMED_SPECIALS))
@@ -192,7 +202,7 @@ def split_for_encoding(s: str) -> Iterator[str]:
     each cut so that no run of whitespace or of non-whitespace is longer than MAX_RUN_CHARS
     (a run longer than that is cut every MAX_RUN_CHARS characters from its start)."""
     for chunk_start in range(0, len(s), MAX_ENCODE_CHARS):
-        chunk = s[chunk_start:chunk_start + MAX_ENCODE_CHARS]
+        chunk = s[chunk_start : chunk_start + MAX_ENCODE_CHARS]
         if len(chunk) <= MAX_RUN_CHARS:  # no run can be too long: the usual case costs nothing
             yield chunk
             continue
@@ -217,7 +227,9 @@ def _encoding(model_path: str) -> tiktoken.Encoding:
         if len(_ENCODINGS) >= 4:  # a long-lived process must not collect every table it ever read
             del _ENCODINGS[next(iter(_ENCODINGS))]
         _ENCODINGS[key] = tiktoken.Encoding(
-            name=os.path.basename(model_path), pat_str=PAT_STR, mergeable_ranks=ranks,
+            name=os.path.basename(model_path),
+            pat_str=PAT_STR,
+            mergeable_ranks=ranks,
             special_tokens=special_token_ids(len(ranks)),
         )
     return _ENCODINGS[key]

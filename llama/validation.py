@@ -1,5 +1,6 @@
 """Checks of user-supplied values, in one place: each raises a typed error naming the value, the rule
 and the fix, where the value is first seen."""
+
 import math
 from numbers import Integral
 from typing import Optional, Sequence
@@ -63,8 +64,9 @@ def check_prompt_tokens(prompt_tokens: Sequence, n_words: int, max_seq_len: int)
             )
 
 
-def check_request(prompt_tokens: Sequence, temperature: float, top_p: float, max_gen_len: int,
-                  n_words: int, max_seq_len: int) -> None:
+def check_request(
+    prompt_tokens: Sequence, temperature: float, top_p: float, max_gen_len: int, n_words: int, max_seq_len: int
+) -> None:
     """Everything generate and the streams check before decoding."""
     check_sampling(temperature, top_p, None)
     whole_number("max_gen_len", max_gen_len, minimum=0)

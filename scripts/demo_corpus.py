@@ -8,6 +8,7 @@ Python version (the bundled model was trained on CPython 3.11.7):
 From the same text we also make short question/answer dialogs in the Llama 2 chat format, so
 the demo answers `[INST] ... [/INST]` prompts with a paragraph and then stops (eos).
 """
+
 import ast
 import os
 import random
@@ -19,10 +20,16 @@ from typing import Iterator, List, Tuple
 
 UNDERLINE = re.compile(r"^[*=\-~^]{3,}$")
 QUESTIONS = (
-    "What is {}?", "Tell me about {}.", "Explain {}.", "Can you describe {}?", "What should I know about {}?",
+    "What is {}?",
+    "Tell me about {}.",
+    "Explain {}.",
+    "Can you describe {}?",
+    "What should I know about {}?",
 )
 SYSTEM_PROMPTS = (
-    "Answer briefly.", "You are a helpful assistant who knows Python well.", "Be precise.",
+    "Answer briefly.",
+    "You are a helpful assistant who knows Python well.",
+    "Be precise.",
     "Always answer in one paragraph.",
 )
 # Parts of the standard library that are tests, demos or vendored code, not documentation.

@@ -5,6 +5,7 @@ its own SentencePiece tokenizer, trained on the English programming text of demo
 Seeded: the same Python (its docs are the data), torch, thread count and flags give the same weights.
 The run that produced the committed files is recorded in llama/demo/TRAINING.md.
 """
+
 import argparse
 import json
 import logging
@@ -25,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import demo_corpus  # noqa: E402
 
 from llama.chat_format import B_INST, E_INST, fold_system  # noqa: E402
-from llama.weights.meta import save_checkpoint  # noqa: E402
 from llama.generation import Llama  # noqa: E402
-from llama.testing.likelihood import nats_per_char  # noqa: E402
 from llama.model import ModelArgs, Transformer  # noqa: E402
+from llama.testing.likelihood import nats_per_char  # noqa: E402
 from llama.testing.synthetic import train_sentencepiece  # noqa: E402
+from llama.weights.meta import save_checkpoint  # noqa: E402
 
 logger = logging.getLogger("train_demo")
 REPO = Path(__file__).resolve().parents[1]
@@ -62,8 +63,15 @@ def train_tokenizer(docs, vocab_size: int) -> bytes:
     digits split, whitespace-only pieces, no normalisation, every sentence."""
     lines = (line for doc in docs for line in doc.splitlines() if line.strip())
     return train_sentencepiece(
-        lines, vocab_size, split_digits=True, allow_whitespace_only_pieces=True, remove_extra_whitespaces=False,
-        normalization_rule_name="identity", max_sentence_length=16384, input_sentence_size=0, num_threads=1,
+        lines,
+        vocab_size,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        max_sentence_length=16384,
+        input_sentence_size=0,
+        num_threads=1,
     )
 
 
@@ -151,7 +159,8 @@ def train(model, sp, train_ids, valid_ids, heldout, args) -> dict:
     keep = [p for n, p in model.named_parameters() if n.endswith("norm.weight")]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": keep, "weight_decay": 0.0}],
-        lr=args.lr, betas=(0.9, 0.95),
+        lr=args.lr,
+        betas=(0.9, 0.95),
     )
     g = torch.Generator().manual_seed(args.seed)
     start, smooth = time.time(), None
@@ -189,16 +198,19 @@ def save(model, tokenizer_bytes: bytes, out: Path) -> None:
 
 def score_saved(out: Path, heldout) -> float:
     """The held-out score of the files as shipped (float16 weights), through the public API."""
-    generator = Llama.build(str(out), str(out / "tokenizer.model"), max_seq_len=256, max_batch_size=4,
-                            device="cpu", dtype="float32")
+    generator = Llama.build(
+        str(out), str(out / "tokenizer.model"), max_seq_len=256, max_batch_size=4, device="cpu", dtype="float32"
+    )
     return nats_per_char(generator, heldout)
 
 
 def write_record(out: Path, args, stats: dict, argv) -> None:
     """TRAINING.md next to the weights: how they were made and how well they do."""
     lines = [
-        "# How the demo model was trained", "",
-        f"Command: `{' '.join(['python scripts/train_demo.py', *argv])}`", "",
+        "# How the demo model was trained",
+        "",
+        f"Command: `{' '.join(['python scripts/train_demo.py', *argv])}`",
+        "",
         f"- model: {json.dumps(MODEL)}, vocab {args.vocab_size}, {stats.pop('parameters')} parameters",
         f"- data: pydoc_data topics + standard-library docstrings and comments of Python "
         f"{platform.python_version()}, plus question/answer dialogs made from them "
@@ -208,7 +220,8 @@ def write_record(out: Path, args, stats: dict, argv) -> None:
         f"{args.threads} thread(s), torch {torch.__version__}",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs while training)",
         "",
-        "| figure | value |", "|---|---|",
+        "| figure | value |",
+        "|---|---|",
     ]
     lines += [f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in stats.items()]
     (out / "TRAINING.md").write_text("\n".join(lines) + "\n")
@@ -223,7 +236,9 @@ def main(argv=None) -> None:
     tok_bytes = train_tokenizer(demo_corpus.documents(), args.vocab_size)
     sp = spm.SentencePieceProcessor(model_proto=tok_bytes)
     train_ids, valid_ids = token_streams(sp, args.seed)
-    logger.info("tokenizer and data: %.0f s; %d train / %d valid tokens", time.time() - t0, len(train_ids), len(valid_ids))
+    logger.info(
+        "tokenizer and data: %.0f s; %d train / %d valid tokens", time.time() - t0, len(train_ids), len(valid_ids)
+    )
     model = build_model(sp.vocab_size(), args.seq_len, args.seed)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("model: %.2fM parameters", n_params / 1e6)
@@ -237,6 +252,7 @@ def main(argv=None) -> None:
     logger.info("done: %s", _fmt(stats))
     write_record(out, args, {"parameters": n_params, "train_tokens": len(train_ids), **stats}, argv)
     logger.info("saved to %s", out)
+
 
 if __name__ == "__main__":
     main()

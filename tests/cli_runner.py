@@ -10,6 +10,7 @@ every page shared with the parent). The parent answers one JSON line, {"rc": exi
 never runs torch code, so each child starts as clean as a fresh interpreter. Linux only (fork
 after importing torch is not safe on macOS); test_cli_errors.py uses plain subprocesses elsewhere.
 """
+
 import atexit
 import json
 import os
@@ -28,8 +29,11 @@ def _become(case: dict) -> None:
     os.chdir(case["cwd"])
     os.environ.clear()
     os.environ.update(case["env"])
-    for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, case["stdout"], os.O_WRONLY | os.O_CREAT),
-                            (2, case["stderr"], os.O_WRONLY | os.O_CREAT)):
+    for fd, path, flags in (
+        (0, os.devnull, os.O_RDONLY),
+        (1, case["stdout"], os.O_WRONLY | os.O_CREAT),
+        (2, case["stderr"], os.O_WRONLY | os.O_CREAT),
+    ):
         os.dup2(os.open(path, flags), fd)
     sys.argv = [case["script"], *case["args"]]
     sys.path[0] = os.path.dirname(case["script"])

@@ -1,13 +1,14 @@
 """Shared fixtures: a tiny SentencePiece tokenizer and tiny random Meta-layout checkpoints."""
+
 import os
 from pathlib import Path
 
 import pytest
 import torch
-from llama3_tokenizer import llama3_tokenizer_path
 
-from llama.weights.meta import save_checkpoint
 from llama.testing.synthetic import TINY_CONFIGS, TINY_VOCAB, params_dict, random_state, tiny_args, train_sentencepiece
+from llama.weights.meta import save_checkpoint
+from llama3_tokenizer import llama3_tokenizer_path
 
 # The test models are tiny: one thread is faster than two fighting over OpenMP barriers, and
 # subprocesses (CLIs, torchrun ranks) inherit the setting.
@@ -74,7 +75,8 @@ def _deterministic():
 
 @pytest.fixture
 def one_thread():
-    # Even where OMP_NUM_THREADS asks for more: tiny matmuls gain nothing from threads, and on a shared CPU OpenMP's spinning makes them crawl.
+    # Even where OMP_NUM_THREADS asks for more: tiny matmuls gain nothing from threads, and on a shared
+    # CPU OpenMP's spinning makes them crawl.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

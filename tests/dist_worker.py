@@ -9,6 +9,7 @@ Several models from one launch (each launch costs seconds): `--quantize int8,int
 checkpoint once per method, quantized while loading, and `--also DIR,DIR` then builds more
 checkpoints as stored; one JSON line per model, in that order.
 """
+
 import json
 import os
 import signal
@@ -16,7 +17,6 @@ import sys
 import time
 
 from helpers import PROMPTS
-
 from llama import Llama
 from llama.cli.run import run
 
@@ -54,8 +54,15 @@ def _listed(value) -> list:
     return value.split(",") if isinstance(value, str) else [str(v) for v in value]
 
 
-def main(ckpt_dir: str, tokenizer_path: str, fail_rank: int = -1, fail_step: int = 3, fail_how: str = "raise",
-         quantize="", also=""):
+def main(
+    ckpt_dir: str,
+    tokenizer_path: str,
+    fail_rank: int = -1,
+    fail_step: int = 3,
+    fail_how: str = "raise",
+    quantize="",
+    also="",
+):
     builds = [(ckpt_dir, method) for method in _listed(quantize) or [None]] + [(d, None) for d in _listed(also)]
     for directory, method in builds:
         generator = Llama.build(directory, tokenizer_path, max_seq_len=64, max_batch_size=len(PROMPTS), quantize=method)

@@ -1,5 +1,6 @@
 """What several tests share: where the repository is, the environment for a subprocess that runs
 this checkout, and the reference's prompts."""
+
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ PROMPTS = ["I believe the meaning of life is", "Simply put, the theory of relati
 def subprocess_env(**extra: str) -> dict:
     """This environment without launcher, LLAMA_* or TORCHELASTIC_* settings, importing this checkout
     on one OpenMP thread (the test models are tiny), plus `extra`."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in LAUNCH_VARS and not k.startswith(("LLAMA_", "TORCHELASTIC_"))}
+    env = {
+        k: v for k, v in os.environ.items() if k not in LAUNCH_VARS and not k.startswith(("LLAMA_", "TORCHELASTIC_"))
+    }
     return {**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **extra}

@@ -2,6 +2,7 @@
 
 The file ships in the `llama-models==0.3.0` wheel (a test-only dependency): nothing is downloaded.
 """
+
 from pathlib import Path
 from typing import List
 

@@ -5,6 +5,7 @@ Written from the spec with plain tensors and the reference's COMPLEX rotary embe
 llama.model's real-valued form and llama.generation's loop are checked against something that
 shares none of their code. Single process, full (unsharded) weights.
 """
+
 import math
 
 import torch
@@ -82,8 +83,9 @@ def ref_top_p(probs, p):
     return torch.gather(order.indices, -1, torch.multinomial(kept, 1))
 
 
-def ref_generate(model, prompts, max_gen_len, max_seq_len, pad_id, eos_id, temperature=0.0, top_p=0.9,
-                 logprobs=False, echo=False):
+def ref_generate(
+    model, prompts, max_gen_len, max_seq_len, pad_id, eos_id, temperature=0.0, top_p=0.9, logprobs=False, echo=False
+):
     """The reference decode loop, restated (including its prompt-fills-everything logprob bug: NOT fixed here).
 
     eos_id: Llama 2's eos id, or a list of Llama 3's stop tokens (a row stops at any; output cut at the first).

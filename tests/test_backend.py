@@ -1,15 +1,16 @@
 """llama.backend: which process group, device and dtype each machine gets, and the errors for impossible choices."""
+
 import subprocess
 import sys
 from datetime import timedelta
 
 import pytest
 import torch
-from helpers import subprocess_env
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from llama.runtime.backend import COLLECTIVE_TIMEOUT, Probe, select
+from helpers import subprocess_env
 from llama.errors import BackendError, ConfigError
+from llama.runtime.backend import COLLECTIVE_TIMEOUT, Probe, select
 
 CPU = Probe(cuda_count=0, nccl=False, mps=False)
 MAC = Probe(cuda_count=0, nccl=False, mps=True)
@@ -25,35 +26,94 @@ SINGLE = "one process, no launcher -> private single-rank gloo group (no TCP sto
     [
         (CPU, {}, {}, f"backend=gloo device=cpu dtype=float32 world_size=1 rank=0 (no CUDA or MPS -> cpu; {SINGLE})"),
         (MAC, {}, {}, f"backend=gloo device=mps dtype=float16 world_size=1 rank=0 (Apple MPS -> mps; {SINGLE})"),
-        (LINUX_GPUS, {}, {},
-         f"backend=gloo device=cuda:0 dtype=bfloat16 world_size=1 rank=0 (CUDA -> cuda:0; {SINGLE})"),
+        (
+            LINUX_GPUS,
+            {},
+            {},
+            f"backend=gloo device=cuda:0 dtype=bfloat16 world_size=1 rank=0 (CUDA -> cuda:0; {SINGLE})",
+        ),
         (OLD_GPU, {}, {}, f"backend=gloo device=cuda:0 dtype=float16 world_size=1 rank=0 (CUDA -> cuda:0; {SINGLE})"),
-        (LINUX_GPUS, TORCHRUN, {},
-         "backend=nccl device=cuda:1 dtype=bfloat16 world_size=2 rank=1 (CUDA -> cuda:1; CUDA with NCCL -> nccl)"),
-        (WINDOWS_GPUS, TORCHRUN, {},
-         "backend=gloo device=cuda:1 dtype=bfloat16 world_size=2 rank=1 "
-         "(CUDA -> cuda:1; NCCL is not available in this torch build -> gloo)"),
-        (CPU, TORCHRUN, {},
-         "backend=gloo device=cpu dtype=float32 world_size=2 rank=1 (no CUDA or MPS -> cpu; no CUDA -> gloo)"),
-        (MAC, TORCHRUN, {},
-         "backend=gloo device=cpu dtype=float32 world_size=2 rank=1 "
-         "(MPS serves one process, 2 were launched -> cpu; no CUDA -> gloo)"),
-        (MAC, {"RANK": "0", "WORLD_SIZE": "1"}, {},
-         "backend=gloo device=mps dtype=float16 world_size=1 rank=0 (Apple MPS -> mps; no CUDA -> gloo)"),
-        (LINUX_GPUS, {**TORCHRUN, "LLAMA_DEVICE": "cpu"}, {},
-         "backend=gloo device=cpu dtype=float32 world_size=2 rank=1 (LLAMA_DEVICE=cpu; device cpu, not CUDA -> gloo)"),
-        (LINUX_GPUS, {**TORCHRUN, "LLAMA_BACKEND": "gloo", "LLAMA_DTYPE": "fp16"}, {},
-         "backend=gloo device=cuda:1 dtype=float16 world_size=2 rank=1 (CUDA -> cuda:1; LLAMA_BACKEND=gloo)"),
-        (MAC, {"LLAMA_DEVICE": "mps"}, {"device": "cpu", "dtype": torch.bfloat16},  # the argument beats the env
-         f"backend=gloo device=cpu dtype=bfloat16 world_size=1 rank=0 (device='cpu'; {SINGLE})"),
-        (LINUX_GPUS, TORCHRUN, {"device": "cuda"},  # a bare "cuda" means this rank's own GPU
-         "backend=nccl device=cuda:1 dtype=bfloat16 world_size=2 rank=1 (device='cuda'; CUDA with NCCL -> nccl)"),
-        (Probe(cuda_count=0, nccl=False, mps=False, group=("gloo", 3, 4)), {}, {},
-         "backend=gloo device=cpu dtype=float32 world_size=4 rank=3 "
-         "(no CUDA or MPS -> cpu; process group gloo already initialized by the caller)"),
+        (
+            LINUX_GPUS,
+            TORCHRUN,
+            {},
+            "backend=nccl device=cuda:1 dtype=bfloat16 world_size=2 rank=1 (CUDA -> cuda:1; CUDA with NCCL -> nccl)",
+        ),
+        (
+            WINDOWS_GPUS,
+            TORCHRUN,
+            {},
+            "backend=gloo device=cuda:1 dtype=bfloat16 world_size=2 rank=1 "
+            "(CUDA -> cuda:1; NCCL is not available in this torch build -> gloo)",
+        ),
+        (
+            CPU,
+            TORCHRUN,
+            {},
+            "backend=gloo device=cpu dtype=float32 world_size=2 rank=1 (no CUDA or MPS -> cpu; no CUDA -> gloo)",
+        ),
+        (
+            MAC,
+            TORCHRUN,
+            {},
+            "backend=gloo device=cpu dtype=float32 world_size=2 rank=1 "
+            "(MPS serves one process, 2 were launched -> cpu; no CUDA -> gloo)",
+        ),
+        (
+            MAC,
+            {"RANK": "0", "WORLD_SIZE": "1"},
+            {},
+            "backend=gloo device=mps dtype=float16 world_size=1 rank=0 (Apple MPS -> mps; no CUDA -> gloo)",
+        ),
+        (
+            LINUX_GPUS,
+            {**TORCHRUN, "LLAMA_DEVICE": "cpu"},
+            {},
+            "backend=gloo device=cpu dtype=float32 world_size=2 rank=1 "
+            "(LLAMA_DEVICE=cpu; device cpu, not CUDA -> gloo)",
+        ),
+        (
+            LINUX_GPUS,
+            {**TORCHRUN, "LLAMA_BACKEND": "gloo", "LLAMA_DTYPE": "fp16"},
+            {},
+            "backend=gloo device=cuda:1 dtype=float16 world_size=2 rank=1 (CUDA -> cuda:1; LLAMA_BACKEND=gloo)",
+        ),
+        (
+            MAC,
+            {"LLAMA_DEVICE": "mps"},
+            {"device": "cpu", "dtype": torch.bfloat16},  # the argument beats the env
+            f"backend=gloo device=cpu dtype=bfloat16 world_size=1 rank=0 (device='cpu'; {SINGLE})",
+        ),
+        (
+            LINUX_GPUS,
+            TORCHRUN,
+            {"device": "cuda"},  # a bare "cuda" means this rank's own GPU
+            "backend=nccl device=cuda:1 dtype=bfloat16 world_size=2 rank=1 (device='cuda'; CUDA with NCCL -> nccl)",
+        ),
+        (
+            Probe(cuda_count=0, nccl=False, mps=False, group=("gloo", 3, 4)),
+            {},
+            {},
+            "backend=gloo device=cpu dtype=float32 world_size=4 rank=3 "
+            "(no CUDA or MPS -> cpu; process group gloo already initialized by the caller)",
+        ),
     ],
-    ids=["cpu", "mac", "gpu-single", "gpu-old", "torchrun-nccl", "torchrun-windows", "torchrun-cpu", "torchrun-mac",
-         "torchrun-mac-1proc", "env-device", "env-backend-dtype", "arg-beats-env", "bare-cuda", "existing-group"],
+    ids=[
+        "cpu",
+        "mac",
+        "gpu-single",
+        "gpu-old",
+        "torchrun-nccl",
+        "torchrun-windows",
+        "torchrun-cpu",
+        "torchrun-mac",
+        "torchrun-mac-1proc",
+        "env-device",
+        "env-backend-dtype",
+        "arg-beats-env",
+        "bare-cuda",
+        "existing-group",
+    ],
 )
 def test_select_decides_backend_device_dtype_and_says_why(probe, env, kwargs, expected):
     assert select(env=env, probe=probe, **kwargs).describe() == expected
@@ -69,49 +129,139 @@ def test_single_process_needs_no_launcher_and_torchrun_is_recognised():
 @pytest.mark.parametrize(
     "probe, env, kwargs, error, message",
     [
-        (MAC, {}, {"backend": "nccl"}, BackendError,
-         "backend 'nccl' (from backend argument) is not available: this torch build has no NCCL (macOS and Windows "
-         "builds never do); use backend gloo, or leave it unset"),
-        (LINUX_GPUS, {"LLAMA_BACKEND": "nccl"}, {"device": "cpu"}, BackendError,
-         "backend 'nccl' (from LLAMA_BACKEND) only moves CUDA tensors, but the device is cpu; use backend gloo, "
-         "or leave it unset"),
-        (CPU, {}, {"device": "cuda"}, BackendError,
-         "device 'cuda' (from device argument) requested, but CUDA is not available in this torch build or on this "
-         "machine; use device cpu (or mps on Apple silicon)"),
-        (CPU, {"LLAMA_DEVICE": "mps"}, {}, BackendError,
-         "device 'mps' (from LLAMA_DEVICE) requested, but Apple MPS is not available here; use device cpu"),
-        (MAC, TORCHRUN, {"device": "mps"}, BackendError,
-         "device 'mps' (from device argument) runs one process, but 2 were launched; run without torchrun, or use "
-         "device cpu for a multi-process run over gloo"),
-        (LINUX_GPUS, {}, {"device": "cuda:5"}, BackendError,
-         "device 'cuda:5' (from device argument) does not exist: this machine has 2 GPUs (cuda:0 .. cuda:1)"),
-        (LINUX_GPUS, {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3"}, {}, BackendError,
-         "LOCAL_RANK=3 needs GPU cuda:3, but this machine has 2; launch at most 2 processes per node "
-         "(--nproc_per_node), or use device cpu"),
-        (OLD_GPU, {}, {"dtype": "bf16"}, BackendError,
-         "bfloat16 requested but this GPU does not support it; use dtype float16"),
-        (CPU, {}, {"backend": "mpi"}, ConfigError,
-         "unknown backend 'mpi' (from backend argument); use one of nccl, gloo"),
-        (CPU, {}, {"device": "tpu"}, ConfigError,
-         "unknown device 'tpu' (from device argument); use cpu, cuda, cuda:N or mps"),
-        (CPU, {}, {"dtype": "float64"}, ConfigError,
-         "unknown dtype 'float64'; use one of float32, bfloat16, float16 (or fp32, bf16, fp16)"),
-        (CPU, {"RANK": "2", "WORLD_SIZE": "2"}, {}, ConfigError,
-         "inconsistent launcher environment: RANK=2 LOCAL_RANK=0 WORLD_SIZE=2; start the script with torchrun, "
-         "or unset these variables for a single process"),
+        (
+            MAC,
+            {},
+            {"backend": "nccl"},
+            BackendError,
+            "backend 'nccl' (from backend argument) is not available: this torch build has no NCCL (macOS and Windows "
+            "builds never do); use backend gloo, or leave it unset",
+        ),
+        (
+            LINUX_GPUS,
+            {"LLAMA_BACKEND": "nccl"},
+            {"device": "cpu"},
+            BackendError,
+            "backend 'nccl' (from LLAMA_BACKEND) only moves CUDA tensors, but the device is cpu; use backend gloo, "
+            "or leave it unset",
+        ),
+        (
+            CPU,
+            {},
+            {"device": "cuda"},
+            BackendError,
+            "device 'cuda' (from device argument) requested, but CUDA is not available in this torch build or on this "
+            "machine; use device cpu (or mps on Apple silicon)",
+        ),
+        (
+            CPU,
+            {"LLAMA_DEVICE": "mps"},
+            {},
+            BackendError,
+            "device 'mps' (from LLAMA_DEVICE) requested, but Apple MPS is not available here; use device cpu",
+        ),
+        (
+            MAC,
+            TORCHRUN,
+            {"device": "mps"},
+            BackendError,
+            "device 'mps' (from device argument) runs one process, but 2 were launched; run without torchrun, or use "
+            "device cpu for a multi-process run over gloo",
+        ),
+        (
+            LINUX_GPUS,
+            {},
+            {"device": "cuda:5"},
+            BackendError,
+            "device 'cuda:5' (from device argument) does not exist: this machine has 2 GPUs (cuda:0 .. cuda:1)",
+        ),
+        (
+            LINUX_GPUS,
+            {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3"},
+            {},
+            BackendError,
+            "LOCAL_RANK=3 needs GPU cuda:3, but this machine has 2; launch at most 2 processes per node "
+            "(--nproc_per_node), or use device cpu",
+        ),
+        (
+            OLD_GPU,
+            {},
+            {"dtype": "bf16"},
+            BackendError,
+            "bfloat16 requested but this GPU does not support it; use dtype float16",
+        ),
+        (
+            CPU,
+            {},
+            {"backend": "mpi"},
+            ConfigError,
+            "unknown backend 'mpi' (from backend argument); use one of nccl, gloo",
+        ),
+        (
+            CPU,
+            {},
+            {"device": "tpu"},
+            ConfigError,
+            "unknown device 'tpu' (from device argument); use cpu, cuda, cuda:N or mps",
+        ),
+        (
+            CPU,
+            {},
+            {"dtype": "float64"},
+            ConfigError,
+            "unknown dtype 'float64'; use one of float32, bfloat16, float16 (or fp32, bf16, fp16)",
+        ),
+        (
+            CPU,
+            {"RANK": "2", "WORLD_SIZE": "2"},
+            {},
+            ConfigError,
+            "inconsistent launcher environment: RANK=2 LOCAL_RANK=0 WORLD_SIZE=2; start the script with torchrun, "
+            "or unset these variables for a single process",
+        ),
         (CPU, {"RANK": "x", "WORLD_SIZE": "2"}, {}, ConfigError, "environment variable RANK='x' is not an integer"),
-        (CPU, {"LLAMA_COLLECTIVE_TIMEOUT": "soon"}, {}, ConfigError,
-         "environment variable LLAMA_COLLECTIVE_TIMEOUT='soon' must be a number of seconds > 0, "
-         "e.g. LLAMA_COLLECTIVE_TIMEOUT=60"),
-        (CPU, {"LLAMA_LOAD_TIMEOUT": "0"}, {}, ConfigError,
-         "environment variable LLAMA_LOAD_TIMEOUT='0' must be a number of seconds > 0, e.g. LLAMA_LOAD_TIMEOUT=60"),
-        (Probe(cuda_count=2, nccl=True, mps=False, group=("gloo", 0, 2)), {}, {"backend": "nccl"}, BackendError,
-         "backend 'nccl' (from backend argument) requested, but this process already has a gloo process group; "
-         "leave the backend unset"),
+        (
+            CPU,
+            {"LLAMA_COLLECTIVE_TIMEOUT": "soon"},
+            {},
+            ConfigError,
+            "environment variable LLAMA_COLLECTIVE_TIMEOUT='soon' must be a number of seconds > 0, "
+            "e.g. LLAMA_COLLECTIVE_TIMEOUT=60",
+        ),
+        (
+            CPU,
+            {"LLAMA_LOAD_TIMEOUT": "0"},
+            {},
+            ConfigError,
+            "environment variable LLAMA_LOAD_TIMEOUT='0' must be a number of seconds > 0, e.g. LLAMA_LOAD_TIMEOUT=60",
+        ),
+        (
+            Probe(cuda_count=2, nccl=True, mps=False, group=("gloo", 0, 2)),
+            {},
+            {"backend": "nccl"},
+            BackendError,
+            "backend 'nccl' (from backend argument) requested, but this process already has a gloo process group; "
+            "leave the backend unset",
+        ),
     ],
-    ids=["nccl-on-mac", "nccl-on-cpu", "cuda-missing", "mps-missing", "mps-multiprocess", "no-such-gpu",
-         "too-many-ranks", "bf16-old-gpu", "bad-backend", "bad-device", "bad-dtype", "bad-rank", "rank-not-int",
-         "bad-timeout", "zero-timeout", "group-mismatch"],
+    ids=[
+        "nccl-on-mac",
+        "nccl-on-cpu",
+        "cuda-missing",
+        "mps-missing",
+        "mps-multiprocess",
+        "no-such-gpu",
+        "too-many-ranks",
+        "bf16-old-gpu",
+        "bad-backend",
+        "bad-device",
+        "bad-dtype",
+        "bad-rank",
+        "rank-not-int",
+        "bad-timeout",
+        "zero-timeout",
+        "group-mismatch",
+    ],
 )
 def test_impossible_choices_raise_clear_errors(probe, env, kwargs, error, message):
     with pytest.raises(error) as info:
@@ -143,8 +293,9 @@ print(rt.describe(), dist.get_world_size(), t.tolist())
 
 
 def test_single_process_opens_no_tcp_store_and_needs_no_master_addr():
-    done = subprocess.run([sys.executable, "-c", NO_TCP_STORE], env=subprocess_env(), capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", NO_TCP_STORE], env=subprocess_env(), capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == (
         f"backend=gloo device=cpu dtype=float32 world_size=1 rank=0 (no CUDA or MPS -> cpu; {SINGLE}) 1 [1.0, 1.0]"

@@ -1,4 +1,5 @@
 """text_completion and chat_completion take any number of prompts; generate keeps its strict limit."""
+
 import pytest
 
 from llama.errors import ConfigError

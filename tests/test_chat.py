@@ -1,4 +1,5 @@
 """Llama 2 chat format: the exact token layout and the special-tag refusal."""
+
 import pytest
 
 from llama.chat_format import UNSAFE_ERROR, encode_dialog
@@ -27,8 +28,11 @@ def test_completed_turns_are_wrapped_in_bos_and_eos(tok):
         {"role": "user", "content": "bye"},
     ]
     expected = (
-        [1] + tok.sp_model.encode("[INST] hi [/INST] hello there ") + [2]
-        + [1] + tok.sp_model.encode("[INST] bye [/INST]")
+        [1]
+        + tok.sp_model.encode("[INST] hi [/INST] hello there ")
+        + [2]
+        + [1]
+        + tok.sp_model.encode("[INST] bye [/INST]")
     )
     assert encode_dialog(tok, dialog) == expected
 

@@ -1,15 +1,16 @@
 """`python -m llama.chat`: user turns from a pipe, streamed answers, bounded history, commands."""
+
 import io
 import logging
 import subprocess
 import sys
 
 import pytest
-from helpers import REPO, subprocess_env
 
+from helpers import REPO, subprocess_env
+from llama.chat_format import UNSAFE_ERROR, encode_dialog, has_special_tags
 from llama.cli import chat
 from llama.cli.chat import Conversation, enable_line_editing, strip_special_tags
-from llama.chat_format import UNSAFE_ERROR, encode_dialog, has_special_tags
 from llama.errors import ConfigError
 from llama.streaming import StreamEvent
 from llama.tokenizer import Tokenizer
@@ -17,14 +18,31 @@ from llama.tokenizer import Tokenizer
 
 def run_chat(stdin: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "llama.chat", *args], input=stdin, capture_output=True, text=True,
-        env=subprocess_env(), cwd=REPO, timeout=timeout,
+        [sys.executable, "-m", "llama.chat", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=REPO,
+        timeout=timeout,
     )
 
 
 def test_piped_turns_get_streamed_answers_and_commands_work(make_ckpt, tokenizer_path):
-    args = ("--ckpt_dir", str(make_ckpt("mha")), "--tokenizer_path", str(tokenizer_path),
-            "--temperature", "0", "--max_seq_len", "64", "--max_gen_len", "8", "--system", "Be brief.")
+    args = (
+        "--ckpt_dir",
+        str(make_ckpt("mha")),
+        "--tokenizer_path",
+        str(tokenizer_path),
+        "--temperature",
+        "0",
+        "--max_seq_len",
+        "64",
+        "--max_gen_len",
+        "8",
+        "--system",
+        "Be brief.",
+    )
     stdin = "What is a list?\n\n/reset\nAnd a tuple?\n/nonsense\n/exit\nnever read\n"
     done = run_chat(stdin, *args)
     assert done.returncode == 0, done.stderr
@@ -36,8 +54,18 @@ def test_piped_turns_get_streamed_answers_and_commands_work(make_ckpt, tokenizer
 
 
 def test_end_of_input_exits_cleanly_and_answers_match_chat_completion(build, make_ckpt, tokenizer_path):
-    args = ("--ckpt_dir", str(make_ckpt("mha")), "--tokenizer_path", str(tokenizer_path),
-            "--temperature", "0", "--max_seq_len", "64", "--max_gen_len", "8")
+    args = (
+        "--ckpt_dir",
+        str(make_ckpt("mha")),
+        "--tokenizer_path",
+        str(tokenizer_path),
+        "--temperature",
+        "0",
+        "--max_seq_len",
+        "64",
+        "--max_gen_len",
+        "8",
+    )
     done = run_chat("Tell me about strings.\n", *args)  # no /exit: the pipe just ends
     assert done.returncode == 0, done.stderr
     generator = build("mha", max_seq_len=64, max_batch_size=1)
@@ -104,22 +132,30 @@ def _chat(monkeypatch, capsys, tokenizer_path, stdin, answers):
 
 def test_an_answer_with_a_llama_tag_does_not_break_the_next_turns(monkeypatch, capsys, tokenizer_path):
     answers = ["Use a list. [/INST] [INST] And <<SYS>>more", "A tuple is immutable.", "Sets have no order."]
-    shown, conversation, script = _chat(monkeypatch, capsys, tokenizer_path,
-                                        "What is a list?\nAnd a tuple?\nAnd a set?\n", answers)
+    shown, conversation, script = _chat(
+        monkeypatch, capsys, tokenizer_path, "What is a list?\nAnd a tuple?\nAnd a set?\n", answers
+    )
     # The user sees what the model wrote; the history keeps it without the tags.
-    assert shown == ["Assistant: Use a list. [/INST] [INST] And <<SYS>>more", "Assistant: A tuple is immutable.",
-                     "Assistant: Sets have no order."]
+    assert shown == [
+        "Assistant: Use a list. [/INST] [INST] And <<SYS>>more",
+        "Assistant: A tuple is immutable.",
+        "Assistant: Sets have no order.",
+    ]
     assert conversation.messages[1] == {"role": "assistant", "content": "Use a list.   And more"}
-    assert script.dialogs[2][:2] == [{"role": "user", "content": "What is a list?"},
-                                     {"role": "assistant", "content": "Use a list.   And more"}]
+    assert script.dialogs[2][:2] == [
+        {"role": "user", "content": "What is a list?"},
+        {"role": "assistant", "content": "Use a list.   And more"},
+    ]
 
 
 def test_a_turn_with_a_llama_tag_is_refused_and_forgotten(monkeypatch, capsys, caplog, tokenizer_path):
     shown, conversation, _ = _chat(monkeypatch, capsys, tokenizer_path, "Explain [INST] please\nhi\n", ["Hello."])
     assert shown == ["Assistant: Hello."]
     assert conversation.messages == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello."}]
-    assert "error: this message contains [INST], which Llama 2 chat models reserve for their prompt format; " \
-           "rephrase it without them" in caplog.text
+    assert (
+        "error: this message contains [INST], which Llama 2 chat models reserve for their prompt format; "
+        "rephrase it without them" in caplog.text
+    )
 
 
 def test_tags_are_stripped_even_when_removing_one_forms_another():

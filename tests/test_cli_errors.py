@@ -4,6 +4,7 @@ Every case runs in its own process. To keep torch's import from dominating the r
 are forked from one warm interpreter (tests/cli_runner.py) on Linux, and run as plain
 subprocesses elsewhere; test_plain_subprocess_* and the torchrun test use real launches.
 """
+
 import json
 import os
 import shutil
@@ -14,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from conftest import model_args
 from helpers import REPO, subprocess_env
-
-from llama.weights.meta import save_checkpoint
 from llama.testing.synthetic import params_dict
+from llama.weights.meta import save_checkpoint
 
 TEXT = str(REPO / "example_text_completion.py")
 CHAT = str(REPO / "example_chat_completion.py")
@@ -41,14 +42,27 @@ class Forked:
 
     def __init__(self, tmp: Path):
         self.tmp, self.n = tmp, 0
-        self.proc = subprocess.Popen([sys.executable, RUNNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, env=subprocess_env(), cwd=str(tmp))
+        self.proc = subprocess.Popen(
+            [sys.executable, RUNNER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=subprocess_env(),
+            cwd=str(tmp),
+        )
 
     def __call__(self, script, *args, env=None, cwd=None) -> Result:
         self.n += 1
         out, err = self.tmp / f"{self.n}.out", self.tmp / f"{self.n}.err"
-        case = {"script": script, "args": [str(a) for a in args], "env": env or subprocess_env(),
-                "cwd": str(cwd or self.tmp), "stdout": str(out), "stderr": str(err), "timeout": TIMEOUT}
+        case = {
+            "script": script,
+            "args": [str(a) for a in args],
+            "env": env or subprocess_env(),
+            "cwd": str(cwd or self.tmp),
+            "stdout": str(out),
+            "stderr": str(err),
+            "timeout": TIMEOUT,
+        }
         self.proc.stdin.write(json.dumps(case) + "\n")
         self.proc.stdin.flush()
         rc = json.loads(self.proc.stdout.readline())["rc"]
@@ -62,8 +76,14 @@ class Forked:
 def launch(script, *args, env=None, cwd=None, launcher=()) -> Result:
     """A real `python script args...` (or `launcher... script args...`)."""
     cmd = list(launcher) or [sys.executable]
-    done = subprocess.run([*cmd, script, *map(str, args)], capture_output=True, text=True,
-                          env=env or subprocess_env(), cwd=cwd, timeout=TIMEOUT)
+    done = subprocess.run(
+        [*cmd, script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env or subprocess_env(),
+        cwd=cwd,
+        timeout=TIMEOUT,
+    )
     return Result(done.returncode, done.stdout, done.stderr)
 
 
@@ -118,9 +138,13 @@ def ckpts(tmp_path_factory, full_state):
 
 # --- checkpoint directory and tokenizer ---------------------------------------------------------
 
+
 def test_missing_ckpt_dir(cli, tokenizer_path, tmp_path):
-    assert_one_error(cli(TEXT, tmp_path / "llama-2-7b", tokenizer_path),
-                     f"checkpoint directory '{tmp_path / 'llama-2-7b'}' not found", "name a folder with params.json and consolidated.*.pth")
+    assert_one_error(
+        cli(TEXT, tmp_path / "llama-2-7b", tokenizer_path),
+        f"checkpoint directory '{tmp_path / 'llama-2-7b'}' not found",
+        "name a folder with params.json and consolidated.*.pth",
+    )
 
 
 def test_ckpt_dir_without_pth(cli, ckpts, tokenizer_path):
@@ -136,8 +160,11 @@ def test_params_json_inconsistent(cli, ckpts, tokenizer_path):
 
 
 def test_missing_tokenizer(cli, ckpts, tmp_path):
-    assert_one_error(cli(TEXT, ckpts["good"], tmp_path / "tokenizer.model"),
-                     f"tokenizer file '{tmp_path / 'tokenizer.model'}' not found", "--tokenizer_path")
+    assert_one_error(
+        cli(TEXT, ckpts["good"], tmp_path / "tokenizer.model"),
+        f"tokenizer file '{tmp_path / 'tokenizer.model'}' not found",
+        "--tokenizer_path",
+    )
 
 
 def test_tokenizer_that_is_not_sentencepiece(cli, ckpts):
@@ -146,9 +173,12 @@ def test_tokenizer_that_is_not_sentencepiece(cli, ckpts):
 
 # --- shards -------------------------------------------------------------------------------------
 
+
 def test_truncated_shard_is_named(cli, ckpts, tokenizer_path):
-    assert_one_error(cli(TEXT, ckpts["truncated"], tokenizer_path),
-                     f"cannot read checkpoint '{ckpts['truncated'] / 'consolidated.01.pth'}' (2000 bytes)")
+    assert_one_error(
+        cli(TEXT, ckpts["truncated"], tokenizer_path),
+        f"cannot read checkpoint '{ckpts['truncated'] / 'consolidated.01.pth'}' (2000 bytes)",
+    )
 
 
 def test_missing_weight_is_named(cli, ckpts, tokenizer_path):
@@ -173,9 +203,11 @@ def test_hostile_shard_is_refused_and_its_code_never_runs(cli, tmp_path, tokeniz
 
 # --- arguments ----------------------------------------------------------------------------------
 
+
 def test_non_positive_max_seq_len(cli, ckpts, tokenizer_path):
-    assert_one_error(cli(TEXT, ckpts["good"], tokenizer_path, "--max_seq_len", 0),
-                     "max_seq_len must be a whole number > 0, got 0")
+    assert_one_error(
+        cli(TEXT, ckpts["good"], tokenizer_path, "--max_seq_len", 0), "max_seq_len must be a whole number > 0, got 0"
+    )
 
 
 def test_sampling_flags_are_checked_before_the_model_loads(cli, ckpts, tokenizer_path):
@@ -197,8 +229,12 @@ def test_unknown_flag_is_refused_before_anything_runs(cli, ckpts, tokenizer_path
 def test_a_checkpoint_without_its_tokenizer_names_the_places_looked(cli, ckpts):
     # Without --tokenizer_path the tokenizer.model beside the weights is used; here there is none.
     good = ckpts["good"]
-    assert_one_error(cli(CHAT, "--ckpt_dir", good), "no tokenizer given and none found with the weights (looked for "
-                     f"{good}/tokenizer.model, {good}/original/tokenizer.model)", "--tokenizer_path")
+    assert_one_error(
+        cli(CHAT, "--ckpt_dir", good),
+        "no tokenizer given and none found with the weights (looked for "
+        f"{good}/tokenizer.model, {good}/original/tokenizer.model)",
+        "--tokenizer_path",
+    )
 
 
 def test_surplus_positional_arguments(cli, ckpts, tokenizer_path):
@@ -208,9 +244,9 @@ def test_surplus_positional_arguments(cli, ckpts, tokenizer_path):
 
 # --- generation ---------------------------------------------------------------------------------
 
+
 def test_fp16_overflow_names_the_dtype(cli, ckpts, tokenizer_path):
-    res = cli(TEXT, ckpts["overflow"], tokenizer_path, "--device", "cpu", "--dtype", "float16",
-              "--max_gen_len", 2)
+    res = cli(TEXT, ckpts["overflow"], tokenizer_path, "--device", "cpu", "--dtype", "float16", "--max_gen_len", 2)
     assert_one_error(res, "non-finite logits", "float16", "--dtype bfloat16 or --dtype float32")
 
 
@@ -221,6 +257,7 @@ def test_a_good_run_still_works(cli, ckpts, tokenizer_path):
 
 
 # --- debugging ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("how", ["flag", "env"])
 def test_debug_shows_the_traceback(cli, ckpts, tmp_path, how):
@@ -233,6 +270,7 @@ def test_debug_shows_the_traceback(cli, ckpts, tmp_path, how):
 
 # --- real launches ------------------------------------------------------------------------------
 
+
 def test_plain_subprocess_gives_one_error_line(ckpts, tmp_path):
     assert_one_error(launch(TEXT, ckpts["good"], tmp_path / "tokenizer.model"), "tokenizer file")
 
@@ -241,8 +279,13 @@ def test_plain_subprocess_gives_one_error_line(ckpts, tmp_path):
 def test_torchrun_reports_a_failure_of_rank_1_once_from_rank_0(ckpts, tokenizer_path, tmp_path):
     """consolidated.01.pth is read by rank 1 only; rank 0 learns of it and speaks for both."""
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    res = launch(TEXT, ckpts["truncated"], tokenizer_path, cwd=tmp_path,
-                 launcher=[torchrun, "--standalone", "--nproc_per_node", "2"])
+    res = launch(
+        TEXT,
+        ckpts["truncated"],
+        tokenizer_path,
+        cwd=tmp_path,
+        launcher=[torchrun, "--standalone", "--nproc_per_node", "2"],
+    )
     assert res.rc != 0
     lines = res.error_lines()
     assert lines == [lines[0]] and lines[0].startswith("error: rank 1: cannot read checkpoint"), res.err

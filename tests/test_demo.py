@@ -1,4 +1,5 @@
 """The bundled demo model: a real trained Llama that the examples run out of the box."""
+
 import os
 import re
 import subprocess
@@ -50,8 +51,9 @@ def test_demo_chat_answers_and_stops_by_itself(demo_model):
 
 def run_example(script: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env=env, cwd=REPO,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, script, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert "using the bundled demo model" in done.stderr
     assert re.search(r"generated \d+ tokens in [\d.]+ s \([\d.]+ tokens/s\)", done.stderr)

@@ -1,5 +1,6 @@
 """Model parallelism over several processes on the CPU (gloo): torchrun with 1, 2 and 4 processes,
 two launchers acting as two nodes, ranks that die or hang mid-generation, and who reports what."""
+
 import importlib.util
 import json
 import re
@@ -13,13 +14,13 @@ from pathlib import Path
 from typing import List, Tuple
 
 import pytest
-from helpers import REPO, subprocess_env
-from llama3_tokenizer import llama3_tokenizer_path
 
+from helpers import REPO, subprocess_env
+from llama.cli.quantize import quantize_checkpoint
 from llama.cli.run import error_line
 from llama.errors import CheckpointError, ConfigError
 from llama.kernels.formats import METHODS
-from llama.cli.quantize import quantize_checkpoint
+from llama3_tokenizer import llama3_tokenizer_path
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 DEADLINE_S = 60  # every rank must be gone this long after one fails
@@ -27,14 +28,36 @@ HANG_TIMEOUT_S = 10  # LLAMA_COLLECTIVE_TIMEOUT for the hang test: well above an
 
 
 def _torchrun(nproc: int, script: Path, *args) -> List[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-            str(script), *map(str, args)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        str(script),
+        *map(str, args),
+    ]
 
 
 def _node(node_rank: int, port: int, script: Path, *args) -> List[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
-            "--node_rank", str(node_rank), "--master_addr", "127.0.0.1", "--master_port", str(port),
-            str(script), *map(str, args)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "2",
+        "--nproc_per_node",
+        "1",
+        "--node_rank",
+        str(node_rank),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        str(script),
+        *map(str, args),
+    ]
 
 
 def _free_port() -> int:
@@ -66,16 +89,35 @@ def launches(make_ckpt, tokenizer_path, tmp_path_factory):
         quantize_checkpoint(make_ckpt("mha", 2), dst, method)
     port = _free_port()
     jobs = {  # "hang" mostly waits out its timeout: started first, it overlaps the busy launches
-        "hang": ([_torchrun(2, WORKER, make_ckpt("mha", 1), tok, "--fail_rank", 1, "--fail_how", "hang")],
-                 {"LLAMA_COLLECTIVE_TIMEOUT": str(HANG_TIMEOUT_S)}),
+        "hang": (
+            [_torchrun(2, WORKER, make_ckpt("mha", 1), tok, "--fail_rank", 1, "--fail_how", "hang")],
+            {"LLAMA_COLLECTIVE_TIMEOUT": str(HANG_TIMEOUT_S)},
+        ),
         # One launch, four models: every method quantized while loading, then every stored checkpoint.
-        "2procs-quantized": ([_torchrun(2, WORKER, make_ckpt("mha", 2), tok, "--quantize", ",".join(METHODS),
-                                        "--also", ",".join(map(str, stored)))], {}),
+        "2procs-quantized": (
+            [
+                _torchrun(
+                    2,
+                    WORKER,
+                    make_ckpt("mha", 2),
+                    tok,
+                    "--quantize",
+                    ",".join(METHODS),
+                    "--also",
+                    ",".join(map(str, stored)),
+                )
+            ],
+            {},
+        ),
         "1proc-4shards-sampled": ([_torchrun(1, example, make_ckpt("mha", 4), tok, "--max_gen_len", 4)], {}),
         "2procs-gqa-greedy": (
-            [_torchrun(2, example, make_ckpt("gqa", 2), tok, "--max_gen_len", 4, "--temperature", 0)], {}),
+            [_torchrun(2, example, make_ckpt("gqa", 2), tok, "--max_gen_len", 4, "--temperature", 0)],
+            {},
+        ),
         "2procs-llama3-vocab-split-sampled": (  # the tokenizer.model is found in the checkpoint folder
-            [_torchrun(2, example, llama3_ckpt(make_ckpt("llama3.1", 2)), "--max_gen_len", 4)], {}),
+            [_torchrun(2, example, llama3_ckpt(make_ckpt("llama3.1", 2)), "--max_gen_len", 4)],
+            {},
+        ),
         "4procs-2shards-sampled": ([_torchrun(4, example, make_ckpt("mha", 2), tok, "--max_gen_len", 4)], {}),
         "kill": ([_torchrun(2, WORKER, make_ckpt("mha", 4), tok, "--fail_rank", 1, "--fail_how", "kill")], {}),
         "two-nodes": ([_node(n, port, WORKER, make_ckpt("gqa", 2), tok, "--fail_rank", 1) for n in (0, 1)], {}),
@@ -119,8 +161,12 @@ def llama3_ckpt(ckpt: Path) -> Path:
 
 @pytest.mark.parametrize(
     "name, nproc, config, temperature",
-    [("1proc-4shards-sampled", 1, "mha", 0.6), ("2procs-gqa-greedy", 2, "gqa", 0),
-     ("4procs-2shards-sampled", 4, "mha", 0.6), ("2procs-llama3-vocab-split-sampled", 2, "llama3.1", 0.6)],
+    [
+        ("1proc-4shards-sampled", 1, "mha", 0.6),
+        ("2procs-gqa-greedy", 2, "gqa", 0),
+        ("4procs-2shards-sampled", 4, "mha", 0.6),
+        ("2procs-llama3-vocab-split-sampled", 2, "llama3.1", 0.6),
+    ],
 )
 def test_torchrun_example_prints_the_single_process_text(
     launches, example, make_ckpt, tokenizer_path, capsys, name, nproc, config, temperature
@@ -203,8 +249,10 @@ def test_torchrun_quantized_models_generate_the_single_process_tokens(launches, 
     runtime = [line for line in run.stderr.splitlines() if line.startswith("runtime: ")]
     assert len(results) == len(runtime) == 2 * len(METHODS)
     live, stored = (results[i * len(METHODS) + METHODS.index(method)] for i in (0, 1))
-    line = ("runtime: backend=gloo device=cpu dtype=float32 world_size=2 rank=0 (no CUDA or MPS -> cpu; no CUDA -> gloo) "
-            f"quantize={method}")
+    line = (
+        "runtime: backend=gloo device=cpu dtype=float32 world_size=2 rank=0 (no CUDA or MPS -> cpu; no CUDA -> gloo) "
+        f"quantize={method}"
+    )
     assert [runtime[i * len(METHODS) + METHODS.index(method)] for i in (0, 1)] == [line, line]
     # The same weights whichever way they were quantized, so the same tokens, sampled ones too.
     assert stored == live
@@ -215,16 +263,23 @@ def test_torchrun_quantized_models_generate_the_single_process_tokens(launches, 
     assert live == single
 
 
-PEER_LOST = RuntimeError("[../third_party/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:5. "
-                         "This is typically caused by a remote worker crashing.")
-LOST_LINE = ("lost contact with another rank (Connection closed by peer [127.0.0.1]:5); the rank that failed "
-             "prints its own error, and torchrun's failure report names it (Root Cause)")
+PEER_LOST = RuntimeError(
+    "[../third_party/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:5. "
+    "This is typically caused by a remote worker crashing."
+)
+LOST_LINE = (
+    "lost contact with another rank (Connection closed by peer [127.0.0.1]:5); the rank that failed "
+    "prints its own error, and torchrun's failure report names it (Root Cause)"
+)
 
-PEER_SILENT = RuntimeError("[../gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 30000ms for recv operation "
-                           "to complete")
-SILENT_LINE = ("another rank stopped answering (Timed out waiting 30000ms for recv operation to complete): it hung, "
-               "or its machine or network went away; if it is only slow, raise LLAMA_COLLECTIVE_TIMEOUT or "
-               "LLAMA_LOAD_TIMEOUT (seconds)")
+PEER_SILENT = RuntimeError(
+    "[../gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 30000ms for recv operation to complete"
+)
+SILENT_LINE = (
+    "another rank stopped answering (Timed out waiting 30000ms for recv operation to complete): it hung, "
+    "or its machine or network went away; if it is only slow, raise LLAMA_COLLECTIVE_TIMEOUT or "
+    "LLAMA_LOAD_TIMEOUT (seconds)"
+)
 
 
 @pytest.mark.parametrize(
@@ -241,8 +296,18 @@ SILENT_LINE = ("another rank stopped answering (Timed out waiting 30000ms for re
         (0, 0, 1, PEER_LOST, f"error: RuntimeError: {PEER_LOST}"),
         (0, 0, 2, PEER_SILENT, f"error: rank 0: {SILENT_LINE}"),
     ],
-    ids=["single", "rank0-user", "rank1-user", "node-leader-user", "rank-local-crash", "rank1-checkpoint",
-         "rank0-peer-lost", "rank1-peer-lost", "single-runtime", "rank0-peer-silent"],
+    ids=[
+        "single",
+        "rank0-user",
+        "rank1-user",
+        "node-leader-user",
+        "rank-local-crash",
+        "rank1-checkpoint",
+        "rank0-peer-lost",
+        "rank1-peer-lost",
+        "single-runtime",
+        "rank0-peer-silent",
+    ],
 )
 def test_which_rank_prints_which_error(monkeypatch, rank, local_rank, world, exc, line):
     for name, value in (("RANK", rank), ("LOCAL_RANK", local_rank), ("WORLD_SIZE", world)):

@@ -49,20 +49,17 @@ TOP_FILES = {
 QUERY = "Policy=eyJTdGF0ZW1lbnQiOlt7fV19&Signature=c2lnbmF0dXJl~abc_&Key-Pair-Id=K3TESTPAIR"
 
 # Tools the script may use besides the downloader and the MD5 tool.
-BASE_TOOLS = ["bash", "env", "cat", "cut", "mkdir", "mktemp", "rm", "sed", "sleep",
-              "tail", "tee", "tr"]
+BASE_TOOLS = ["bash", "env", "cat", "cut", "mkdir", "mktemp", "rm", "sed", "sleep", "tail", "tee", "tr"]
 OPTIONAL_TOOLS = ["wget", "curl", "md5sum", "md5"]
 ORIGINAL_PATH = os.environ.get("PATH", os.defpath)
 FOUND = {t: shutil.which(t, path=ORIGINAL_PATH) for t in BASE_TOOLS + OPTIONAL_TOOLS}
 DOWNLOADERS = [t for t in ("wget", "curl") if FOUND[t]]
 
-needs_downloader = pytest.mark.skipif(
-    not DOWNLOADERS, reason="neither wget nor curl is installed")
+needs_downloader = pytest.mark.skipif(not DOWNLOADERS, reason="neither wget nor curl is installed")
 
 
 def tool_param(name):
-    return pytest.param(name, marks=pytest.mark.skipif(
-        not FOUND[name], reason=f"{name} is not installed"))
+    return pytest.param(name, marks=pytest.mark.skipif(not FOUND[name], reason=f"{name} is not installed"))
 
 
 each_downloader = pytest.mark.parametrize("tool", [tool_param("wget"), tool_param("curl")])
@@ -90,6 +87,7 @@ def md5(data):
 
 # ------------------------------------------------------------------ server --
 
+
 class Bucket:
     """Files, behaviour switches, and a log of every request received."""
 
@@ -98,22 +96,24 @@ class Bucket:
         self.files = {}
         self.requests = []
         self.lock = threading.Lock()
-        self.expired = False   # answer 403 to everything
-        self.fail = {}         # rel path -> number of 500 answers to give first
-        self.cut = {}          # rel path -> number of answers to break off midway
+        self.expired = False  # answer 403 to everything
+        self.fail = {}  # rel path -> number of 500 answers to give first
+        self.cut = {}  # rel path -> number of answers to break off midway
         self.files["LICENSE"] = f"LLAMA {family} COMMUNITY LICENSE AGREEMENT (test copy)\n".encode()
         if family == 2:
             self.files["USE_POLICY.md"] = b"# Llama 2 Acceptable Use Policy (test copy)\n"
             self.files["tokenizer.model"] = rng.randbytes(3000)
-            self.files["tokenizer_checklist.chk"] = (
-                f"{md5(self.files['tokenizer.model'])}  tokenizer.model\n".encode())
+            self.files["tokenizer_checklist.chk"] = f"{md5(self.files['tokenizer.model'])}  tokenizer.model\n".encode()
         else:
             self.files["USE_POLICY"] = b"Meta Llama 3 Acceptable Use Policy (test copy)\n"
         for remote, _, shards in MODELS[family].values():
             lines = []
             for name in checked_files(family, shards):
-                data = (b'{"dim": 64, "n_layers": 2, "n_heads": 4}\n' if name == "params.json"
-                        else rng.randbytes(20000 + rng.randrange(5000)))
+                data = (
+                    b'{"dim": 64, "n_layers": 2, "n_heads": 4}\n'
+                    if name == "params.json"
+                    else rng.randbytes(20000 + rng.randrange(5000))
+                )
                 self.files[f"{remote}/{name}"] = data
                 lines.append(f"{md5(data)}  {name}\n")
             self.files[f"{remote}/checklist.chk"] = "".join(lines).encode()
@@ -168,7 +168,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         start = 0
         if rng:
             assert rng.startswith("bytes=") and rng.endswith("-"), rng
-            start = int(rng[len("bytes="):-1])
+            start = int(rng[len("bytes=") : -1])
             if start >= len(data):
                 return answer(416, headers=[("Content-Range", f"bytes */{len(data)}")])
         body = data[start:]
@@ -193,8 +193,7 @@ def serve(request, family):
     handler = type("BoundHandler", (Handler,), {"bucket": b})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     b.url = f"http://127.0.0.1:{server.server_address[1]}/*?{QUERY}"
     yield b
@@ -215,6 +214,7 @@ def bucket3(request):
 
 
 # ------------------------------------------------------------- running it --
+
 
 def make_bin(directory, exclude=(), extra=None):
     """A PATH directory with symlinks to the tools the script may use."""
@@ -242,7 +242,7 @@ def run(work, bin_dir, env=None, stdin=None, args=(), tty=False):
     has `stdin` typed into it, so bash shows the `read -p` prompts on stderr."""
     full_env = {
         "PATH": str(bin_dir),
-        "HOME": str(work / "home"),   # no ~/.wgetrc or ~/.curlrc
+        "HOME": str(work / "home"),  # no ~/.wgetrc or ~/.curlrc
         "TMPDIR": str(work / "tmp"),
         "LC_ALL": "C",
         "LLAMA_DOWNLOAD_RETRY_DELAY": "0",
@@ -250,13 +250,13 @@ def run(work, bin_dir, env=None, stdin=None, args=(), tty=False):
     full_env.update(env or {})
     command = [str(bin_dir / "bash"), str(SCRIPT), *args]
     if not tty:
-        return subprocess.run(command, cwd=work, env=full_env, input=stdin or "",
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            command, cwd=work, env=full_env, input=stdin or "", capture_output=True, text=True, timeout=60
+        )
     master, slave = os.openpty()
     try:
         os.write(master, (stdin or "").encode())
-        return subprocess.run(command, cwd=work, env=full_env, stdin=slave,
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(command, cwd=work, env=full_env, stdin=slave, capture_output=True, text=True, timeout=60)
     finally:
         os.close(master)
         os.close(slave)
@@ -272,8 +272,7 @@ def any_bin(work, **kw):
 
 
 def run_models(work, bucket, bin_dir, models, **env):
-    return run(work, bin_dir, {"PRESIGNED_URL": bucket.url, "MODEL_SIZE": models,
-                               "TARGET_FOLDER": "out", **env})
+    return run(work, bin_dir, {"PRESIGNED_URL": bucket.url, "MODEL_SIZE": models, "TARGET_FOLDER": "out", **env})
 
 
 def assert_downloaded(bucket, target, models):
@@ -293,6 +292,7 @@ def assert_error(result, *needles):
 
 
 # ------------------------------------------------------------------- tests --
+
 
 @each_downloader
 def test_two_models(work, bucket, tool):
@@ -415,8 +415,9 @@ def test_missing_file_404(work, bucket, tool):
 
 def test_unknown_model_rejected_before_download(work, bucket):
     result = run_models(work, bucket, any_bin(work), "7B,9B,13b-chat")
-    assert_error(result, "unknown model name '9B'", "Llama 2: 7B,13B,70B,7B-chat,",
-                 "Llama 3: 8B,8B-instruct,70B,70B-instruct")
+    assert_error(
+        result, "unknown model name '9B'", "Llama 2: 7B,13B,70B,7B-chat,", "Llama 3: 8B,8B-instruct,70B,70B-instruct"
+    )
     assert bucket.requests == []
     assert not (work / "out").exists()
 
@@ -426,8 +427,7 @@ def test_missing_url(work, bucket):
     assert_error(result, "PRESIGNED_URL")
     result = run(work, any_bin(work / "again"), {"MODEL_SIZE": "7B"}, stdin="")
     assert_error(result, "URL")
-    result = run(work, any_bin(work / "again2"),
-                 {"PRESIGNED_URL": bucket.url.replace("*", "x"), "MODEL_SIZE": "7B"})
+    result = run(work, any_bin(work / "again2"), {"PRESIGNED_URL": bucket.url.replace("*", "x"), "MODEL_SIZE": "7B"})
     assert_error(result, "'*'")
     assert bucket.requests == []
 
@@ -451,8 +451,7 @@ def test_interactive_answers_on_stdin(work, bucket):
 @needs_downloader
 def test_interactive_enter_means_all(work, bucket):
     # Enter = all models, of the family asked for next (never guessed).
-    result = run(work, any_bin(work), {"TARGET_FOLDER": "out"},
-                 stdin=f"  {bucket.url}  \n\n2\n")
+    result = run(work, any_bin(work), {"TARGET_FOLDER": "out"}, stdin=f"  {bucket.url}  \n\n2\n")
     assert result.returncode == 0, result.stderr
     assert_downloaded(bucket, work / "out", list(MODELS[2]))
     assert (work / "out/llama-2-70b-chat/consolidated.07.pth").exists()
@@ -476,11 +475,13 @@ def test_md5_python_fallback(work, bucket):
 @needs_downloader
 def test_md5_dash_r_as_on_macos(work, bucket):
     log = work / "md5.log"
-    fake_md5 = (f"#!{os.path.realpath(sys.executable)}\n"
-                "import hashlib, sys\n"
-                "assert sys.argv[1] == '-r', sys.argv\n"
-                f"open({str(log)!r}, 'a').write(sys.argv[2] + '\\n')\n"
-                "print(hashlib.md5(open(sys.argv[2], 'rb').read()).hexdigest(), sys.argv[2])\n")
+    fake_md5 = (
+        f"#!{os.path.realpath(sys.executable)}\n"
+        "import hashlib, sys\n"
+        "assert sys.argv[1] == '-r', sys.argv\n"
+        f"open({str(log)!r}, 'a').write(sys.argv[2] + '\\n')\n"
+        "print(hashlib.md5(open(sys.argv[2], 'rb').read()).hexdigest(), sys.argv[2])\n"
+    )
     bin_dir = any_bin(work, exclude=("md5sum", "md5"), extra={"md5": fake_md5})
     result = run_models(work, bucket, bin_dir, "13B")
     assert result.returncode == 0, result.stderr
@@ -500,6 +501,7 @@ def test_shellcheck():
 
 # ---------------------------------------------------------------- Llama 3 --
 
+
 @each_downloader
 def test_llama3_8b(work, bucket3, tool):
     result = run_models(work, bucket3, only_bin(work, tool), "8b")
@@ -509,9 +511,13 @@ def test_llama3_8b(work, bucket3, tool):
     assert "Meta-Llama-3-8B/tokenizer.model: OK" in result.stdout
     assert_downloaded(bucket3, work / "out", ["8B"])
     assert [r["path"] for r in bucket3.requests] == [
-        "LICENSE", "USE_POLICY", "8b_pre_trained/consolidated.00.pth",
-        "8b_pre_trained/params.json", "8b_pre_trained/tokenizer.model",
-        "8b_pre_trained/checklist.chk"]
+        "LICENSE",
+        "USE_POLICY",
+        "8b_pre_trained/consolidated.00.pth",
+        "8b_pre_trained/params.json",
+        "8b_pre_trained/tokenizer.model",
+        "8b_pre_trained/checklist.chk",
+    ]
     assert all(r["status"] == 200 for r in bucket3.requests)
 
 
@@ -522,8 +528,9 @@ def test_llama3_instruct_spellings_and_eight_shards(work, bucket3):
     assert_downloaded(bucket3, work / "out", ["70B-instruct", "8B-instruct"])
     shards = sorted(p.name for p in (work / "out/Meta-Llama-3-70B-Instruct").glob("*.pth"))
     assert shards == [f"consolidated.{i:02d}.pth" for i in range(8)]
-    order = [line.split("Downloading ")[1] for line in result.stdout.splitlines()
-             if line.startswith("Downloading Meta")]
+    order = [
+        line.split("Downloading ")[1] for line in result.stdout.splitlines() if line.startswith("Downloading Meta")
+    ]
     assert order == ["Meta-Llama-3-70B-Instruct", "Meta-Llama-3-8B-Instruct"]
 
 
@@ -551,8 +558,7 @@ def test_llama3_corrupted_tokenizer_in_model_folder(work, bucket3):
 def test_llama3_resume_then_rerun(work, bucket3, tool):
     rel = "8b_instruction_tuned/consolidated.00.pth"
     (work / "out/Meta-Llama-3-8B-Instruct").mkdir(parents=True)
-    (work / "out/Meta-Llama-3-8B-Instruct/consolidated.00.pth").write_bytes(
-        bucket3.files[rel][:4321])
+    (work / "out/Meta-Llama-3-8B-Instruct/consolidated.00.pth").write_bytes(bucket3.files[rel][:4321])
     bin_dir = only_bin(work, tool)
     result = run_models(work, bucket3, bin_dir, "8B-instruct")
     assert result.returncode == 0, result.stderr
@@ -569,31 +575,38 @@ def test_llama3_resume_then_rerun(work, bucket3, tool):
 def test_llama3_missing_file_names_the_family(work, bucket3):
     del bucket3.files["8b_pre_trained/params.json"]
     result = run_models(work, bucket3, any_bin(work), "8B")
-    assert_error(result, "HTTP 404 Not Found: 8b_pre_trained/params.json is not at",
-                 "the URL is for Llama 3")
+    assert_error(result, "HTTP 404 Not Found: 8b_pre_trained/params.json is not at", "the URL is for Llama 3")
 
 
 # ----------------------------------------------------------------- family --
 
-@pytest.mark.parametrize("models, why", [
-    ("70B", "'70B' exists in both Llama 2 and Llama 3"),
-    ("70b,70B", "'70b', '70B' exists in both Llama 2 and Llama 3"),
-    ("", "an empty list means all models of one family"),
-])
+
+@pytest.mark.parametrize(
+    "models, why",
+    [
+        ("70B", "'70B' exists in both Llama 2 and Llama 3"),
+        ("70b,70B", "'70b', '70B' exists in both Llama 2 and Llama 3"),
+        ("", "an empty list means all models of one family"),
+    ],
+)
 def test_family_ambiguity_refused_without_a_prompt(work, bucket, models, why):
     result = run_models(work, bucket, any_bin(work), models)
-    assert result.stderr == (f"error: cannot tell the Llama family: {why}; set LLAMA_FAMILY=2 "
-                             "or LLAMA_FAMILY=3 to match the presigned URL\n")
+    assert result.stderr == (
+        f"error: cannot tell the Llama family: {why}; set LLAMA_FAMILY=2 or LLAMA_FAMILY=3 to match the presigned URL\n"
+    )
     assert bucket.requests == []
     assert not (work / "out").exists()
 
 
 @needs_downloader
-@pytest.mark.parametrize("family, models, expected", [
-    ("2", "70B", ["70B"]),
-    ("3", "70B", ["70B"]),
-    (" 3 ", "", ["8B", "8B-instruct", "70B", "70B-instruct"]),
-])
+@pytest.mark.parametrize(
+    "family, models, expected",
+    [
+        ("2", "70B", ["70B"]),
+        ("3", "70B", ["70B"]),
+        (" 3 ", "", ["8B", "8B-instruct", "70B", "70B-instruct"]),
+    ],
+)
 def test_family_chosen_by_env(work, bucket, bucket3, family, models, expected):
     served = bucket if family.strip() == "2" else bucket3
     result = run_models(work, served, any_bin(work), models, LLAMA_FAMILY=family)
@@ -604,36 +617,37 @@ def test_family_chosen_by_env(work, bucket, bucket3, family, models, expected):
 
 def test_family_env_must_match_the_names(work, bucket3):
     result = run_models(work, bucket3, any_bin(work), "70B,7B-chat", LLAMA_FAMILY="3")
-    assert_error(result, "'7B-chat' is a Llama 2 model but LLAMA_FAMILY=3;",
-                 "set LLAMA_FAMILY=2 if the URL is for Llama 2")
+    assert_error(
+        result, "'7B-chat' is a Llama 2 model but LLAMA_FAMILY=3;", "set LLAMA_FAMILY=2 if the URL is for Llama 2"
+    )
     result = run_models(work, bucket3, any_bin(work / "b"), "8B", LLAMA_FAMILY="2")
     assert_error(result, "'8B' is a Llama 3 model but LLAMA_FAMILY=2;")
     # A bad value is refused before anything is asked.
     result = run(work, any_bin(work / "c"), {"LLAMA_FAMILY": "3.1"}, stdin="x\n", tty=True)
-    assert result.stderr == ("error: LLAMA_FAMILY must be 2 (Llama 2) or 3 (Llama 3), got '3.1'; "
-                             "unset it to let the model names decide\n")
+    assert result.stderr == (
+        "error: LLAMA_FAMILY must be 2 (Llama 2) or 3 (Llama 3), got '3.1'; unset it to let the model names decide\n"
+    )
     assert bucket3.requests == []
 
 
 def test_mixed_families_refused(work, bucket):
     result = run_models(work, bucket, any_bin(work), "7B,8B-instruct,13B-chat")
-    assert_error(result, "mixes Llama 2 ('7B', '13B-chat') and Llama 3 ('8B-instruct')",
-                 "one family")
+    assert_error(result, "mixes Llama 2 ('7B', '13B-chat') and Llama 3 ('8B-instruct')", "one family")
     assert bucket.requests == []
 
 
 @needs_downloader
 def test_family_asked_after_the_model_list(work, bucket3):
-    result = run(work, any_bin(work), {"TARGET_FOLDER": "out"},
-                 stdin=f"{bucket3.url}\n70B\n3\n")
+    result = run(work, any_bin(work), {"TARGET_FOLDER": "out"}, stdin=f"{bucket3.url}\n70B\n3\n")
     assert result.returncode == 0, result.stderr
     assert_downloaded(bucket3, work / "out", ["70B"])
 
 
 def test_family_answer_must_be_2_or_3(work, bucket):
     result = run(work, any_bin(work), stdin=f"{bucket.url}\n70B\n")
-    assert_error(result, "no Llama family given ('70B' exists in both Llama 2 and Llama 3)",
-                 "answer 2 or 3, or set LLAMA_FAMILY")
+    assert_error(
+        result, "no Llama family given ('70B' exists in both Llama 2 and Llama 3)", "answer 2 or 3, or set LLAMA_FAMILY"
+    )
     result = run(work, any_bin(work / "b"), stdin=f"{bucket.url}\n\nllama\n")
     assert_error(result, "the Llama family must be 2 or 3, got 'llama'")
     assert bucket.requests == []
@@ -641,15 +655,20 @@ def test_family_answer_must_be_2_or_3(work, bucket):
 
 @needs_downloader
 def test_family_asked_at_a_terminal(work, bucket):
-    result = run(work, any_bin(work), {"PRESIGNED_URL": bucket.url, "MODEL_SIZE": "70B",
-                                       "TARGET_FOLDER": "out"}, stdin="2\n", tty=True)
+    result = run(
+        work,
+        any_bin(work),
+        {"PRESIGNED_URL": bucket.url, "MODEL_SIZE": "70B", "TARGET_FOLDER": "out"},
+        stdin="2\n",
+        tty=True,
+    )
     assert result.returncode == 0, result.stderr
-    assert result.stderr == ("Which family is the URL for ('70B' exists in both Llama 2 and "
-                             "Llama 3)? Enter 2 or 3: ")
+    assert result.stderr == ("Which family is the URL for ('70B' exists in both Llama 2 and Llama 3)? Enter 2 or 3: ")
     assert_downloaded(bucket, work / "out", ["70B"])
 
 
 # ---------------------------------------------------- newcomer usability --
+
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])
 def test_help(work, flag):
@@ -659,15 +678,23 @@ def test_help(work, flag):
     assert result.stderr == ""
     out = result.stdout
     assert out.startswith("Usage: ./download.sh [-h | --help]\n")
-    for needle in ["Llama 2: 7B,13B,70B,7B-chat,13B-chat,70B-chat",
-                   "Llama 3: 8B,8B-instruct,70B,70B-instruct",
-                   "Meta-Llama-3-8B/", "llama-2-7b/",
-                   "PRESIGNED_URL ", "MODEL_SIZE ", "LLAMA_FAMILY ", "TARGET_FOLDER ",
-                   "LLAMA_DOWNLOAD_RETRIES ", "LLAMA_DOWNLOAD_RETRY_DELAY ",
-                   "70B exists in both", "LLAMA_FAMILY=2 or LLAMA_FAMILY=3 decides it",
-                   "MODEL_SIZE=7B,7B-chat ./download.sh",
-                   "MODEL_SIZE=8B,8B-instruct ./download.sh",
-                   "LLAMA_FAMILY=3 MODEL_SIZE=70B ./download.sh"]:
+    for needle in [
+        "Llama 2: 7B,13B,70B,7B-chat,13B-chat,70B-chat",
+        "Llama 3: 8B,8B-instruct,70B,70B-instruct",
+        "Meta-Llama-3-8B/",
+        "llama-2-7b/",
+        "PRESIGNED_URL ",
+        "MODEL_SIZE ",
+        "LLAMA_FAMILY ",
+        "TARGET_FOLDER ",
+        "LLAMA_DOWNLOAD_RETRIES ",
+        "LLAMA_DOWNLOAD_RETRY_DELAY ",
+        "70B exists in both",
+        "LLAMA_FAMILY=2 or LLAMA_FAMILY=3 decides it",
+        "MODEL_SIZE=7B,7B-chat ./download.sh",
+        "MODEL_SIZE=8B,8B-instruct ./download.sh",
+        "LLAMA_FAMILY=3 MODEL_SIZE=70B ./download.sh",
+    ]:
         assert needle in out, needle
     assert max(len(line) for line in out.splitlines()) <= 80
     assert not list(work.glob("LICENSE*"))
@@ -682,8 +709,10 @@ def test_header_points_to_existing_docs():
 
 def test_unexpected_argument(work):
     result = run(work, any_bin(work), args=["7B"])
-    assert result.stderr == ("error: unexpected argument '7B'; the only option is --help "
-                             "(answers come from prompts or environment variables)\n")
+    assert result.stderr == (
+        "error: unexpected argument '7B'; the only option is --help "
+        "(answers come from prompts or environment variables)\n"
+    )
 
 
 @pytest.mark.parametrize("typed", ["\n7B\n", "   \n7B\n"])
@@ -692,16 +721,20 @@ def test_empty_url_rejected_before_the_model_list(work, typed):
     assert result.returncode == 1
     assert result.stderr == (
         "Enter the URL from the e-mail: error: no presigned URL given: set PRESIGNED_URL "
-        "or paste the URL from Meta's e-mail when asked\n")
+        "or paste the URL from Meta's e-mail when asked\n"
+    )
 
 
 def test_model_prompt_lists_both_families_or_the_chosen_one(work):
     result = run(work, any_bin(work), {"PRESIGNED_URL": "https://x/*?a"}, stdin="9B\n", tty=True)
     assert result.stderr.startswith(
         "Enter the models to download, comma-separated (Llama 2: 7B,13B,70B,7B-chat,13B-chat,"
-        "70B-chat; Llama 3: 8B,8B-instruct,70B,70B-instruct), or press Enter for all: error: ")
-    result = run(work, any_bin(work / "b"), {"PRESIGNED_URL": "https://x/*?a", "LLAMA_FAMILY": "3"},
-                 stdin="9B\n", tty=True)
+        "70B-chat; Llama 3: 8B,8B-instruct,70B,70B-instruct), or press Enter for all: error: "
+    )
+    result = run(
+        work, any_bin(work / "b"), {"PRESIGNED_URL": "https://x/*?a", "LLAMA_FAMILY": "3"}, stdin="9B\n", tty=True
+    )
     assert result.stderr.startswith(
         "Enter the models to download, comma-separated (8B,8B-instruct,70B,70B-instruct), "
-        "or press Enter for all: error: ")
+        "or press Enter for all: error: "
+    )

@@ -1,23 +1,39 @@
 """Both example CLIs end to end, as a user runs them: plain `python`, no launcher, CPU."""
+
 import re
 import shutil
 import subprocess
 import sys
 
 import pytest
-from helpers import REPO, subprocess_env
 
+from helpers import REPO, subprocess_env
 from llama.cli.frontend import SEPARATOR
 
 
 def run_example(script, *args):
-    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], capture_output=True,
-                          text=True, env=subprocess_env(), timeout=120, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+        cwd=REPO,
+    )
 
 
 def test_text_completion_example_prints_four_prompts_and_answers(make_ckpt, tokenizer_path):
-    proc = run_example("example_text_completion.py", "--ckpt_dir", make_ckpt("gqa", 2),
-                       "--tokenizer_path", tokenizer_path, "--max_gen_len", 8, "--temperature", 0)
+    proc = run_example(
+        "example_text_completion.py",
+        "--ckpt_dir",
+        make_ckpt("gqa", 2),
+        "--tokenizer_path",
+        tokenizer_path,
+        "--max_gen_len",
+        8,
+        "--temperature",
+        0,
+    )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert out.startswith("Loaded in ")
@@ -32,8 +48,17 @@ def test_text_completion_example_prints_four_prompts_and_answers(make_ckpt, toke
 
 def test_chat_completion_example_prints_dialogs_and_the_unsafe_error(make_ckpt, tokenizer_path):
     # The tiny test tokenizer needs more tokens than Llama 2's for the long system prompt.
-    proc = run_example("example_chat_completion.py", "--ckpt_dir", make_ckpt("mha", 1),
-                       "--tokenizer_path", tokenizer_path, "--max_gen_len", 4, "--max_seq_len", 1024)
+    proc = run_example(
+        "example_chat_completion.py",
+        "--ckpt_dir",
+        make_ckpt("mha", 1),
+        "--tokenizer_path",
+        tokenizer_path,
+        "--max_gen_len",
+        4,
+        "--max_seq_len",
+        1024,
+    )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert out.count(SEPARATOR) == 6
@@ -45,9 +70,19 @@ def test_chat_completion_example_prints_dialogs_and_the_unsafe_error(make_ckpt, 
 def test_chat_example_runs_a_llama3_checkpoint_in_its_own_format(make_ckpt):
     from llama3_tokenizer import llama3_tokenizer_path
 
-    proc = run_example("example_chat_completion.py", "--ckpt_dir", make_ckpt("llama3.1", 2),
-                       "--tokenizer_path", llama3_tokenizer_path(), "--max_gen_len", 4, "--temperature", 0,
-                       "--quantize", "int8")
+    proc = run_example(
+        "example_chat_completion.py",
+        "--ckpt_dir",
+        make_ckpt("llama3.1", 2),
+        "--tokenizer_path",
+        llama3_tokenizer_path(),
+        "--max_gen_len",
+        4,
+        "--temperature",
+        0,
+        "--quantize",
+        "int8",
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count(SEPARATOR) == 6
     # Llama 3 has no special-tag rule: the dialog with [INST] in it is answered like the others.
@@ -56,9 +91,19 @@ def test_chat_example_runs_a_llama3_checkpoint_in_its_own_format(make_ckpt):
 
 
 def test_examples_accept_device_and_dtype_overrides(make_ckpt, tokenizer_path):
-    proc = run_example("example_text_completion.py", "--ckpt_dir", make_ckpt("mha", 1),
-                       "--tokenizer_path", tokenizer_path, "--max_gen_len", 2,
-                       "--device", "cpu", "--dtype", "bfloat16")
+    proc = run_example(
+        "example_text_completion.py",
+        "--ckpt_dir",
+        make_ckpt("mha", 1),
+        "--tokenizer_path",
+        tokenizer_path,
+        "--max_gen_len",
+        2,
+        "--device",
+        "cpu",
+        "--dtype",
+        "bfloat16",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "dtype=bfloat16" in proc.stderr
 
@@ -66,8 +111,9 @@ def test_examples_accept_device_and_dtype_overrides(make_ckpt, tokenizer_path):
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make")
 def test_make_demo_installs_the_package_without_the_test_extras(tmp_path):
     def planned(target):  # what `make` would run on a fresh machine (-n: print, run nothing)
-        done = subprocess.run(["make", "-n", target, f"VENV={tmp_path / 'venv'}"], cwd=REPO, capture_output=True,
-                              text=True, timeout=60)
+        done = subprocess.run(
+            ["make", "-n", target, f"VENV={tmp_path / 'venv'}"], cwd=REPO, capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 0, done.stderr
         return [line for line in done.stdout.splitlines() if "pip install" in line]
 

@@ -1,13 +1,14 @@
 """Every fast path computes the same greedy tokens as the plain path, on the test checkpoints."""
+
 import pytest
 import torch
 
 from llama import Llama
-from llama.kernels import dense as kernels
 from llama.decoding import native_step as native_decode
 from llama.decoding.static_step import StaticDecode
-from llama.model import apply_rotary_emb, attend, rope_tables
+from llama.kernels import dense as kernels
 from llama.layers.parallel import ColumnParallelLinear, ParallelEmbedding, RowParallelLinear
+from llama.model import apply_rotary_emb, attend, rope_tables
 
 PROMPTS = ["The quick brown fox", "Python is a programming language that", "A"]
 SHAPES = [("mha", 1), ("mha", 2), ("gqa", 1), ("gqa", 2)]

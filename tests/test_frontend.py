@@ -1,17 +1,18 @@
 """llama.frontend: what the example scripts and the chat do around generation (threads, the
 --compile notice, the summary line), and llama.distributed's rule for who speaks."""
+
 import logging
 
 import pytest
 import torch
 
 from llama import demo
-from llama.runtime import distributed, group
-from llama.decoding import native_step as native_decode
-from llama.runtime.envvars import env_int
-from llama.errors import ConfigError
 from llama.cli.frontend import build_generator, log_summary, use_one_thread_for_the_demo
+from llama.decoding import native_step as native_decode
 from llama.decoding.native_step import NativeDecode
+from llama.errors import ConfigError
+from llama.runtime import distributed, group
+from llama.runtime.envvars import env_int
 
 
 @pytest.fixture
@@ -39,38 +40,63 @@ def test_the_front_end_runs_the_demo_on_one_thread_and_says_so(thread_counts_set
     assert caplog.messages == ["the demo model runs on 1 CPU thread (set OMP_NUM_THREADS to choose another count)"]
 
 
-def test_compile_on_the_cpu_is_said_once_and_the_summary_says_what_it_timed(make_ckpt, tokenizer_path, caplog,
-                                                                            monkeypatch):
+def test_compile_on_the_cpu_is_said_once_and_the_summary_says_what_it_timed(
+    make_ckpt, tokenizer_path, caplog, monkeypatch
+):
     caplog.set_level(logging.INFO, logger="llama.cli.frontend")
     # On an x86 CPU the steps run natively, faster than compiled: --compile is left unused, and said so.
-    generator = build_generator(str(make_ckpt("mha")), str(tokenizer_path), 0.6, 0.9, 4, max_seq_len=32,
-                                max_batch_size=1, device="cpu", compile=True)
+    generator = build_generator(
+        str(make_ckpt("mha")),
+        str(tokenizer_path),
+        0.6,
+        0.9,
+        4,
+        max_seq_len=32,
+        max_batch_size=1,
+        device="cpu",
+        compile=True,
+    )
     assert isinstance(generator.decode_step, NativeDecode)
-    assert caplog.messages == ["--compile is not used: this model's one-token steps run natively "
-                               "(llama.decoding.native_step), faster than a compiled step"]
+    assert caplog.messages == [
+        "--compile is not used: this model's one-token steps run natively "
+        "(llama.decoding.native_step), faster than a compiled step"
+    ]
     caplog.clear()
     monkeypatch.setattr(native_decode, "for_model", lambda model: None)  # elsewhere (no compiler, Apple silicon)
-    build_generator(str(make_ckpt("mha")), str(tokenizer_path), 0.6, 0.9, 4, max_seq_len=32, max_batch_size=1,
-                    device="cpu", compile=True)
+    build_generator(
+        str(make_ckpt("mha")),
+        str(tokenizer_path),
+        0.6,
+        0.9,
+        4,
+        max_seq_len=32,
+        max_batch_size=1,
+        device="cpu",
+        compile=True,
+    )
     assert caplog.messages == [
         "--compile on the CPU: the first generation compiles the decode step (seconds); it pays off for small "
-        "models, not for 7B-sized ones (see BENCHMARKS.md)"]
+        "models, not for 7B-sized ones (see BENCHMARKS.md)"
+    ]
     caplog.clear()
     log_summary(12, 1.5, compiled=True)
     log_summary(12, 1.5)
     assert caplog.messages == [
         "generated 12 tokens in 1.50 s (8.0 tokens/s, including the decode step's compilation)",
-        "generated 12 tokens in 1.50 s (8.0 tokens/s)"]
+        "generated 12 tokens in 1.50 s (8.0 tokens/s)",
+    ]
 
 
 def test_sampling_flags_are_checked_before_anything_loads(tmp_path):
     with pytest.raises(ConfigError, match=r"^top_p must be a number in \(0, 1\], got 2"):
-        build_generator(str(tmp_path / "missing"), str(tmp_path / "missing.model"), 0.6, 2, 4, max_seq_len=32,
-                        max_batch_size=1)
+        build_generator(
+            str(tmp_path / "missing"), str(tmp_path / "missing.model"), 0.6, 2, 4, max_seq_len=32, max_batch_size=1
+        )
 
 
-@pytest.mark.parametrize("env, expected", [({}, True), ({"RANK": "0"}, True), ({"RANK": "1"}, False),
-                                           ({"RANK": "x"}, True)])
+@pytest.mark.parametrize(
+    "env, expected", [({}, True), ({"RANK": "0"}, True), ({"RANK": "1"}, False), ({"RANK": "x"}, True)]
+)
 def test_before_a_process_group_exists_rank_comes_from_the_launcher(monkeypatch, env, expected):
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
     monkeypatch.delenv("RANK", raising=False)

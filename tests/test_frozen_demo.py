@@ -5,6 +5,7 @@ here. Regenerate EXPECTED only on purpose (a retrained demo model, a deliberate 
 and say why in the commit: `python -c "from tests.test_frozen_demo import regenerate; regenerate()"`.
 Recorded 2026-11-28 with the demo model of llama/demo/TRAINING.md, CPU float32, one thread.
 """
+
 import pytest
 import torch
 
@@ -12,12 +13,18 @@ from llama import Llama
 
 MAX_GEN_LEN = 40
 EXPECTED = [
-    ('A list comprehension',
-     's from a list of tuples.\n\n* If the value is not given, the expression list is a tuple, the expression list is a tuple of the expressions.\n\n* If'),
-    ('The function returns',
-     'a new value for the resulting object.\n\nThe function is called with the return value of the function object.\n\nThe return value is the value of the object.\n\nThe return'),
-    ('To open a file in Python,',
-     'and the file system paths in the archive.\n\nThe file is a file object that will be a file object.  The file is a file object, the file object is a file object'),
+    (
+        "A list comprehension",
+        "s from a list of tuples.\n\n* If the value is not given, the expression list is a tuple, the expression list is a tuple of the expressions.\n\n* If",
+    ),
+    (
+        "The function returns",
+        "a new value for the resulting object.\n\nThe function is called with the return value of the function object.\n\nThe return value is the value of the object.\n\nThe return",
+    ),
+    (
+        "To open a file in Python,",
+        "and the file system paths in the archive.\n\nThe file is a file object that will be a file object.  The file is a file object, the file object is a file object",
+    ),
 ]
 
 

@@ -1,14 +1,15 @@
 """generate / text_completion against the semantics of Meta's `meta-llama/llama` `llama/generation.py` (generate)."""
+
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import model_args
-from reference_impl import RefModel, ref_generate
 
+from conftest import model_args
 from llama import Llama
-from llama.generation import sample_top_p
 from llama.decoding.native_step import NativeDecode
+from llama.generation import sample_top_p
+from reference_impl import RefModel, ref_generate
 
 PROMPTS = ["The quick brown fox", "Python is a programming language that", "A"]
 
@@ -20,8 +21,9 @@ def encode_all(llama, prompts=PROMPTS):
 def reference(full_state, llama, config, prompts, **kw):
     p = llama.model.params
     ref = RefModel(full_state(config), model_args(config), p.max_batch_size, p.max_seq_len)
-    return ref_generate(ref, prompts, max_seq_len=p.max_seq_len, pad_id=llama.tokenizer.pad_id,
-                        eos_id=llama.tokenizer.eos_id, **kw)
+    return ref_generate(
+        ref, prompts, max_seq_len=p.max_seq_len, pad_id=llama.tokenizer.pad_id, eos_id=llama.tokenizer.eos_id, **kw
+    )
 
 
 @pytest.mark.parametrize("config,n_shards", [("mha", 1), ("mha", 2), ("gqa", 1), ("gqa", 2)])
@@ -63,6 +65,7 @@ def test_one_and_two_shards_generate_the_same_text(build, config):
 
 
 # --- sample_top_p ------------------------------------------------------------------------------
+
 
 def recording_multinomial(monkeypatch, pick):
     seen = []
@@ -107,6 +110,7 @@ def test_top_p_draws_are_deterministic_per_seed():
 
 
 # --- the decode loop, driven by a scripted model -------------------------------------------------
+
 
 class ScriptedModel(torch.nn.Module):
     """Predicts script[row][pos + 1] after the token at position pos; counts forward calls."""
@@ -177,6 +181,7 @@ def test_generation_is_limited_by_max_gen_len_and_max_seq_len():
 
 
 # --- logprobs and echo on the real model ---------------------------------------------------------
+
 
 def test_echo_returns_the_prompt_with_its_logprobs(build):
     llama = build("mha")

@@ -3,6 +3,7 @@
 The Hugging Face directories are written by transformers itself (save_pretrained), from small
 random configs whose weights are scaled up so that greedy decoding has clear winners.
 """
+
 import json
 import math
 import os
@@ -14,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import VOCAB_SIZE
 
-from llama.weights import hf, hf_config
+from conftest import VOCAB_SIZE
 from llama.cli.convert import convert
 from llama.errors import CheckpointError, ConfigError, MissingFileError
 from llama.layers.plan import LLAMA2_PLAN, split_dim
+from llama.weights import hf, hf_config
 
 transformers = pytest.importorskip("transformers")
 
@@ -29,18 +30,39 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Llama 2's shape (multi-head attention), and GQA with tied embeddings as in Llama 3.2 1B.
 HF_CONFIGS = {
-    "llama2": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=4, rms_norm_eps=1e-5, tie_word_embeddings=False),
-    "gqa_tied": dict(hidden_size=64, intermediate_size=224, num_hidden_layers=2, num_attention_heads=8,
-                     num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=True),
+    "llama2": dict(
+        hidden_size=64,
+        intermediate_size=192,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+    ),
+    "gqa_tied": dict(
+        hidden_size=64,
+        intermediate_size=224,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        tie_word_embeddings=True,
+    ),
 }
-LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 8192}
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
 
 
 def hf_model(name: str, seed: int = 0, **overrides):
-    config = transformers.LlamaConfig(vocab_size=VOCAB_SIZE, **{"max_position_embeddings": 128, **HF_CONFIGS[name],
-                                                                **overrides})
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB_SIZE, **{"max_position_embeddings": 128, **HF_CONFIGS[name], **overrides}
+    )
     torch.manual_seed(seed)
     model = transformers.LlamaForCausalLM(config).eval()
     model.config._attn_implementation = "eager"
@@ -95,21 +117,25 @@ def hf_greedy(model, prompt, n):
             nxt = int(logits.argmax())
             logprobs.append(float(torch.log_softmax(logits, -1)[nxt]))
             seq.append(nxt)
-    return seq[len(prompt):], logprobs
+    return seq[len(prompt) :], logprobs
 
 
 # -- config.json -> params.json ------------------------------------------------------------------
 
-@pytest.mark.parametrize("dim, hidden, expected", [
-    (4096, 11008, {"multiple_of": 256}),  # Llama 2 7B
-    (8192, 28672, {"multiple_of": 4096, "ffn_dim_multiplier": 1.3}),  # Llama 2 / 3 70B
-    (4096, 14336, {"multiple_of": 1024, "ffn_dim_multiplier": 1.3}),  # Llama 3 8B
-    (2048, 8192, {"multiple_of": 256, "ffn_dim_multiplier": 1.5}),  # Llama 3.2 1B
-    (64, 224, {"multiple_of": 32, "ffn_dim_multiplier": 1.3}),
-    (3072, 8192, {"multiple_of": 256, "ffn_dim_multiplier": 1.0}),  # Llama 3.2 3B
-    (16384, 53248, {"multiple_of": 4096, "ffn_dim_multiplier": 1.2}),  # Llama 3.1 405B
-    (64, 100, {"multiple_of": 4, "ffn_dim_multiplier": 0.59}),  # no Meta model: the shortest exact multiplier
-])
+
+@pytest.mark.parametrize(
+    "dim, hidden, expected",
+    [
+        (4096, 11008, {"multiple_of": 256}),  # Llama 2 7B
+        (8192, 28672, {"multiple_of": 4096, "ffn_dim_multiplier": 1.3}),  # Llama 2 / 3 70B
+        (4096, 14336, {"multiple_of": 1024, "ffn_dim_multiplier": 1.3}),  # Llama 3 8B
+        (2048, 8192, {"multiple_of": 256, "ffn_dim_multiplier": 1.5}),  # Llama 3.2 1B
+        (64, 224, {"multiple_of": 32, "ffn_dim_multiplier": 1.3}),
+        (3072, 8192, {"multiple_of": 256, "ffn_dim_multiplier": 1.0}),  # Llama 3.2 3B
+        (16384, 53248, {"multiple_of": 4096, "ffn_dim_multiplier": 1.2}),  # Llama 3.1 405B
+        (64, 100, {"multiple_of": 4, "ffn_dim_multiplier": 0.59}),  # no Meta model: the shortest exact multiplier
+    ],
+)
 def test_intermediate_size_becomes_meta_ffn_params_that_reproduce_it(dim, hidden, expected):
     params = hf_config.ffn_params(dim, hidden)
     assert params == expected
@@ -121,14 +147,30 @@ def test_llama3_rope_scaling_config_becomes_params_json_with_use_scaled_rope(hf_
     model.save_pretrained(tmp_path / "hf", safe_serialization=True)
     convert(tmp_path / "hf", tmp_path / "meta")
     assert json.loads((tmp_path / "meta" / "params.json").read_text()) == {
-        "dim": 64, "n_layers": 2, "n_heads": 8, "n_kv_heads": 2, "vocab_size": VOCAB_SIZE, "multiple_of": 32,
-        "ffn_dim_multiplier": 1.3, "norm_eps": 1e-5, "rope_theta": 500000.0, "use_scaled_rope": True}
+        "dim": 64,
+        "n_layers": 2,
+        "n_heads": 8,
+        "n_kv_heads": 2,
+        "vocab_size": VOCAB_SIZE,
+        "multiple_of": 32,
+        "ffn_dim_multiplier": 1.3,
+        "norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "use_scaled_rope": True,
+    }
     assert hf_config.tie_word_embeddings(tmp_path / "hf") is True
 
 
 def base_config(**overrides):
-    config = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": 2,
-              "num_attention_heads": 4, "vocab_size": 512, "rope_scaling": dict(LLAMA3_ROPE)}
+    config = {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "intermediate_size": 192,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "vocab_size": 512,
+        "rope_scaling": dict(LLAMA3_ROPE),
+    }
     config.update(overrides)
     return config
 
@@ -138,14 +180,24 @@ def test_rope_factor_other_than_metas_8_is_kept_as_rope_scaling_factor():
     assert params["use_scaled_rope"] is True and params["rope_scaling_factor"] == 32.0
 
 
-@pytest.mark.parametrize("rope, message", [
-    ({**LLAMA3_ROPE, "low_freq_factor": 2.0},
-     "config.json: rope_scaling.low_freq_factor is 2.0; this version supports only Meta's Llama 3.1 value 1"),
-    ({**LLAMA3_ROPE, "original_max_position_embeddings": 4096}, "config.json: rope_scaling."
-     "original_max_position_embeddings is 4096; this version supports only Meta's Llama 3.1 value 8192"),
-    ({"rope_type": "yarn", "factor": 4.0},
-     "config.json: rope_scaling type 'yarn' is not supported; Meta's Llama uses no scaling or type 'llama3'"),
-])
+@pytest.mark.parametrize(
+    "rope, message",
+    [
+        (
+            {**LLAMA3_ROPE, "low_freq_factor": 2.0},
+            "config.json: rope_scaling.low_freq_factor is 2.0; this version supports only Meta's Llama 3.1 value 1",
+        ),
+        (
+            {**LLAMA3_ROPE, "original_max_position_embeddings": 4096},
+            "config.json: rope_scaling."
+            "original_max_position_embeddings is 4096; this version supports only Meta's Llama 3.1 value 8192",
+        ),
+        (
+            {"rope_type": "yarn", "factor": 4.0},
+            "config.json: rope_scaling type 'yarn' is not supported; Meta's Llama uses no scaling or type 'llama3'",
+        ),
+    ],
+)
 def test_unsupported_rope_scaling_is_refused_naming_the_key(rope, message):
     with pytest.raises(ConfigError) as err:
         hf_config.params_from_config(base_config(rope_scaling=rope), "config.json")
@@ -153,6 +205,7 @@ def test_unsupported_rope_scaling_is_refused_naming_the_key(rope, message):
 
 
 # -- loading per rank ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["llama2", "gqa_tied"])
 def test_two_ranks_slices_concatenate_to_the_full_load(hf_dir, name):
@@ -217,8 +270,12 @@ def test_peak_memory_while_loading_stays_within_115_percent_of_the_checkpoint(tm
     size = (tmp_path / "model.safetensors").stat().st_size
     assert size > 50e6
     out = subprocess.run(
-        [sys.executable, "-c", PEAK_RSS, str(tmp_path), str(hf_dir("gqa_tied")[0])], capture_output=True,
-        text=True, check=True, cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "", "OMP_NUM_THREADS": "1"},
+        [sys.executable, "-c", PEAK_RSS, str(tmp_path), str(hf_dir("gqa_tied")[0])],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "PATH": "", "OMP_NUM_THREADS": "1"},
     ).stdout
     growth = int(next(line for line in out.splitlines() if line.startswith("GROWTH")).split()[1])
     print(f"peak load growth {growth / size:.3f}x the checkpoint")
@@ -227,12 +284,16 @@ def test_peak_memory_while_loading_stays_within_115_percent_of_the_checkpoint(tm
 
 # -- conversion and parity with transformers -----------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["llama2", "gqa_tied"])
 def test_converted_hf_checkpoint_decodes_like_transformers(hf_dir, tokenizer_path, tmp_path, name):
     ckpt, model = hf_dir(name)
     convert(ckpt, tmp_path / "meta", shards=2)
     assert sorted(p.name for p in (tmp_path / "meta").iterdir()) == [
-        "consolidated.00.pth", "consolidated.01.pth", "params.json"]
+        "consolidated.00.pth",
+        "consolidated.01.pth",
+        "params.json",
+    ]
     llama = llama_build(tmp_path / "meta", tokenizer_path)
     prompt = llama.tokenizer.encode(PROMPT, bos=True, eos=False)
     tokens, logprobs = llama.generate([prompt], max_gen_len=10, temperature=0, logprobs=True)
@@ -299,10 +360,12 @@ def test_tokenizer_is_copied_from_original_folder(hf_dir, tokenizer_path, tmp_pa
 
 # -- refusals: one clear error, nothing written --------------------------------------------------
 
+
 def run_convert(*args):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "llama.convert", *map(str, args)], capture_output=True,
-                          text=True, cwd=REPO, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "llama.convert", *map(str, args)], capture_output=True, text=True, cwd=REPO, env=env
+    )
 
 
 def assert_nothing_written(dst: Path):
@@ -317,7 +380,8 @@ def test_cli_refuses_a_directory_of_neither_layout_with_one_error_line(tmp_path)
     assert result.stderr == (
         f"error: checkpoint directory '{tmp_path / 'src'}' holds neither layout: expected a Hugging Face "
         "directory (config.json + model.safetensors or model.safetensors.index.json) or a Meta one "
-        "(params.json + consolidated.*.pth)\n")
+        "(params.json + consolidated.*.pth)\n"
+    )
     assert_nothing_written(tmp_path / "dst")
 
 
@@ -347,30 +411,49 @@ def add_unknown_tensor(ckpt):
 
 
 BAD_INPUTS = {
-    "model_type": (break_model_type, ConfigError,
-                   "'{ckpt}/config.json' describes model_type 'mistral', not 'llama'; only Llama checkpoints can be "
-                   "loaded or converted"),
-    "missing_shard": (lambda ckpt: index_file(ckpt, "lm_head.weight").unlink(), MissingFileError,
-                      "'{lm_head}', named in '{ckpt}/model.safetensors.index.json', not found; the download is "
-                      "incomplete: fetch that file"),
-    "wrong_shape": (break_shape, CheckpointError,
-                    "'{gate}': tensor 'model.layers.0.mlp.gate_proj.weight' has shape [192, 64] but config.json "
-                    "implies [256, 64]; does config.json belong to these weights?"),
-    "truncated": (lambda ckpt: os.truncate(index_file(ckpt, "lm_head.weight"), 1000), CheckpointError,
-                  "cannot read '{lm_head}' (1000 bytes): truncated, corrupted or not a safetensors file (Error "
-                  "while deserializing header: incomplete metadata, file not fully covered); download it again"),
-    "unknown_tensor": (add_unknown_tensor, CheckpointError,
-                       "'{norm}' holds tensor 'model.layers.0.self_attn.q_norm.weight', which is not part of a "
-                       "Llama model of this config.json; only unmodified Llama checkpoints (LlamaForCausalLM) can "
-                       "be loaded"),
+    "model_type": (
+        break_model_type,
+        ConfigError,
+        "'{ckpt}/config.json' describes model_type 'mistral', not 'llama'; only Llama checkpoints can be "
+        "loaded or converted",
+    ),
+    "missing_shard": (
+        lambda ckpt: index_file(ckpt, "lm_head.weight").unlink(),
+        MissingFileError,
+        "'{lm_head}', named in '{ckpt}/model.safetensors.index.json', not found; the download is "
+        "incomplete: fetch that file",
+    ),
+    "wrong_shape": (
+        break_shape,
+        CheckpointError,
+        "'{gate}': tensor 'model.layers.0.mlp.gate_proj.weight' has shape [192, 64] but config.json "
+        "implies [256, 64]; does config.json belong to these weights?",
+    ),
+    "truncated": (
+        lambda ckpt: os.truncate(index_file(ckpt, "lm_head.weight"), 1000),
+        CheckpointError,
+        "cannot read '{lm_head}' (1000 bytes): truncated, corrupted or not a safetensors file (Error "
+        "while deserializing header: incomplete metadata, file not fully covered); download it again",
+    ),
+    "unknown_tensor": (
+        add_unknown_tensor,
+        CheckpointError,
+        "'{norm}' holds tensor 'model.layers.0.self_attn.q_norm.weight', which is not part of a "
+        "Llama model of this config.json; only unmodified Llama checkpoints (LlamaForCausalLM) can "
+        "be loaded",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_hf_input_is_refused_naming_the_file_and_nothing_is_written(hf_dir, tmp_path, case):
     ckpt = copy_of(hf_dir("llama2")[0], tmp_path)
-    names = {"ckpt": ckpt, "lm_head": index_file(ckpt, "lm_head.weight"), "norm": index_file(ckpt, "model.norm.weight"),
-             "gate": index_file(ckpt, "model.layers.0.mlp.gate_proj.weight")}
+    names = {
+        "ckpt": ckpt,
+        "lm_head": index_file(ckpt, "lm_head.weight"),
+        "norm": index_file(ckpt, "model.norm.weight"),
+        "gate": index_file(ckpt, "model.layers.0.mlp.gate_proj.weight"),
+    }
     damage, error, message = BAD_INPUTS[case]
     damage(ckpt)
     with pytest.raises(error) as err:
@@ -414,12 +497,15 @@ def test_a_failure_while_writing_leaves_no_half_written_dst(make_ckpt, tmp_path,
 def test_converting_to_the_layout_src_already_has_is_refused(make_ckpt, tmp_path):
     with pytest.raises(ConfigError) as err:
         convert(make_ckpt("mha"), tmp_path / "dst", to="meta")
-    assert str(err.value) == ("SRC is already a Meta checkpoint (--to meta): nothing to convert; to change its shard "
-                              "count use python -m llama.reshard")
+    assert str(err.value) == (
+        "SRC is already a Meta checkpoint (--to meta): nothing to convert; to change its shard "
+        "count use python -m llama.reshard"
+    )
     assert_nothing_written(tmp_path / "dst")
 
 
 # -- Llama.build straight from a Hugging Face directory ---------------------------------------------
+
 
 def _direct_parity(ckpt_dir, model, tokenizer_path, n_new=10):
     llama = llama_build(ckpt_dir, tokenizer_path)
@@ -450,8 +536,11 @@ def test_build_finds_the_tokenizer_next_to_the_weights_or_under_original(hf_dir,
     from llama import Llama
 
     ckpt = copy_of(hf_dir("gqa_tied")[0], tmp_path)
-    with pytest.raises(MissingFileError, match=r"no tokenizer given and none found with the weights \(looked for "
-                                               rf"{ckpt}/tokenizer.model, {ckpt}/original/tokenizer.model\)"):
+    with pytest.raises(
+        MissingFileError,
+        match=r"no tokenizer given and none found with the weights \(looked for "
+        rf"{ckpt}/tokenizer.model, {ckpt}/original/tokenizer.model\)",
+    ):
         Llama.build(str(ckpt), None, 64, 2, device="cpu", dtype="float32")
     (ckpt / "original").mkdir()
     shutil.copy(tokenizer_path, ckpt / "original" / "tokenizer.model")
@@ -462,9 +551,17 @@ def test_convert_help_describes_every_flag_and_the_tool_never_imports_the_genera
     result = run_convert("--help")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: python -m llama.convert SRC DST")
-    assert "  --to LAYOUT            the layout to write (choices: meta, hf; default: the other one than SRC's)" \
+    assert (
+        "  --to LAYOUT            the layout to write (choices: meta, hf; default: the other one than SRC's)"
         in result.stdout
+    )
     code = "import sys, llama.cli.convert; print(sorted(m for m in sys.modules if m.startswith('llama.')))"
-    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                              env={**os.environ, "PYTHONPATH": str(REPO)}, check=True).stdout
+    imported = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=True,
+    ).stdout
     assert "llama.cli.convert" in imported and "llama.generation" not in imported and "llama.decoding" not in imported

@@ -1,4 +1,5 @@
 """llama.host_memory: what a CPU load keeps resident besides the model."""
+
 import platform
 
 from llama.runtime import host_memory

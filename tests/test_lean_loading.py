@@ -1,14 +1,15 @@
 """Loading costs about one checkpoint of memory: CPU weights are the file, mapped, never copied."""
+
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import VOCAB_SIZE
 
-from llama.weights.meta import save_checkpoint
+from conftest import VOCAB_SIZE
 from llama.model import ModelArgs
 from llama.testing.synthetic import params_dict, random_state
+from llama.weights.meta import save_checkpoint
 
 linux_proc = pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux /proc")
 
@@ -62,7 +63,11 @@ def test_peak_memory_while_loading_and_generating_is_about_one_checkpoint(tmp_pa
     repo = Path(__file__).resolve().parents[1]
     out = subprocess.run(
         [sys.executable, "-c", PEAK_RSS_GROWTH, str(ckpt), str(make_ckpt("mha")), str(tokenizer_path)],
-        capture_output=True, text=True, check=True, cwd=repo, env={"PYTHONPATH": str(repo), "PATH": ""},
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=repo,
+        env={"PYTHONPATH": str(repo), "PATH": ""},
     ).stdout
     growth = int(next(line for line in out.splitlines() if line.startswith("GROWTH")).split()[1])
     assert growth <= 1.3 * size  # a build that initialises, then copies, the weights needs about 2x

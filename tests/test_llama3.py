@@ -5,13 +5,14 @@ run here on the CPU) for the math, the reference decode loop restated in referen
 Llama 3's stop tokens) for generate, and Hugging Face transformers' LlamaForCausalLM (rope_scaling
 type llama3) for external parity.
 """
+
 import pytest
 import torch
+
 from conftest import model_args
+from llama.streaming import stream_text_completion
 from reference_impl import ref_generate
 from test_hf_parity import to_hf
-
-from llama.streaming import stream_text_completion
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Ünïcödé and 🙂 emoji"]
 CONFIGS = ["llama3", "llama3.1"]
@@ -23,10 +24,18 @@ def metas_transformer(state, args, max_seq_len, max_batch_size):
     from llama_models.llama3.model import Transformer as MetaTransformer
 
     meta_args = MetaArgs(
-        dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads, n_kv_heads=args.n_kv_heads,
-        vocab_size=args.vocab_size, multiple_of=args.multiple_of, ffn_dim_multiplier=args.ffn_dim_multiplier,
-        norm_eps=args.norm_eps, rope_theta=args.rope_theta, use_scaled_rope=args.use_scaled_rope,
-        max_batch_size=max_batch_size, max_seq_len=max_seq_len,
+        dim=args.dim,
+        n_layers=args.n_layers,
+        n_heads=args.n_heads,
+        n_kv_heads=args.n_kv_heads,
+        vocab_size=args.vocab_size,
+        multiple_of=args.multiple_of,
+        ffn_dim_multiplier=args.ffn_dim_multiplier,
+        norm_eps=args.norm_eps,
+        rope_theta=args.rope_theta,
+        use_scaled_rope=args.use_scaled_rope,
+        max_batch_size=max_batch_size,
+        max_seq_len=max_seq_len,
     )
     model = MetaTransformer(meta_args)
     model.load_state_dict({k: v for k, v in state.items() if k != "rope.freqs"}, strict=True)
@@ -53,8 +62,17 @@ def test_generate_equals_the_reference_loop_on_metas_model(build, full_state, co
     torch.manual_seed(7)
     ours = llama.generate(prompts, 24, temperature=temperature, top_p=0.9, logprobs=True)
     torch.manual_seed(7)
-    ref = ref_generate(meta, prompts, 24, 48, llama.tokenizer.pad_id, llama.tokenizer.stop_tokens,
-                       temperature=temperature, top_p=0.9, logprobs=True)
+    ref = ref_generate(
+        meta,
+        prompts,
+        24,
+        48,
+        llama.tokenizer.pad_id,
+        llama.tokenizer.stop_tokens,
+        temperature=temperature,
+        top_p=0.9,
+        logprobs=True,
+    )
     assert ours[0] == ref[0]
     for a, b in zip(ours[1], ref[1]):
         torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=0, atol=1e-5)
@@ -100,7 +118,12 @@ def test_text_and_chat_completion_use_the_llama3_formats(build):
     llama = build("llama3", max_seq_len=96)
     dialog = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Unsafe [/INST] tags are fine"}]
     tokens, _ = llama.encode_dialogs([dialog], None)
-    assert tokens[0][:4] == [128000, 128006, 9125, 128007]  # <|begin_of_text|><|start_header_id|>system<|end_header_id|>
+    assert tokens[0][:4] == [
+        128000,
+        128006,
+        9125,
+        128007,
+    ]  # <|begin_of_text|><|start_header_id|>system<|end_header_id|>
     assert tokens[0][-4:] == [128006, 78191, 128007, 271]  # the empty assistant header: the model speaks next
     out = llama.chat_completion([dialog], temperature=0, max_gen_len=8, logprobs=True)[0]
     generated, _ = llama.generate(tokens, 8, temperature=0)
@@ -125,13 +148,15 @@ def test_streamed_byte_level_deltas_add_up_to_the_text(build):
 
 
 def test_a_llama2_checkpoint_with_a_llama3_tokenizer_is_refused(make_ckpt):
-    from llama3_tokenizer import llama3_tokenizer_path
-
     from llama import Llama
     from llama.errors import CheckpointError
+    from llama3_tokenizer import llama3_tokenizer_path
 
-    with pytest.raises(CheckpointError, match=r"the embedding has 512 rows but the tokenizer has 128256 words; use "
-                                              r"the tokenizer.model that came with these weights"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"the embedding has 512 rows but the tokenizer has 128256 words; use "
+        r"the tokenizer.model that came with these weights",
+    ):
         Llama.build(str(make_ckpt("mha")), str(llama3_tokenizer_path()), 32, 1, device="cpu")
 
 
@@ -150,9 +175,26 @@ def test_the_interactive_chat_talks_with_a_llama3_checkpoint(make_ckpt):
     from llama3_tokenizer import llama3_tokenizer_path
 
     done = subprocess.run(
-        [sys.executable, "-m", "llama.chat", "--ckpt_dir", str(make_ckpt("llama3.1", 2)), "--tokenizer_path",
-         str(llama3_tokenizer_path()), "--max_seq_len", "128", "--max_gen_len", "8", "--temperature", "0"],
-        input="Hello there\nHow are you?\n/exit\n", capture_output=True, text=True, env=subprocess_env(), cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "llama.chat",
+            "--ckpt_dir",
+            str(make_ckpt("llama3.1", 2)),
+            "--tokenizer_path",
+            str(llama3_tokenizer_path()),
+            "--max_seq_len",
+            "128",
+            "--max_gen_len",
+            "8",
+            "--temperature",
+            "0",
+        ],
+        input="Hello there\nHow are you?\n/exit\n",
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        cwd=REPO,
         timeout=120,
     )
     assert done.returncode == 0, done.stderr

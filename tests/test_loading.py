@@ -1,15 +1,18 @@
 """Loading Meta checkpoint directories: shard discovery, rope.freqs, strictness, placement."""
+
 import shutil
 
 import pytest
 import torch
 
 from llama import Llama
-from llama.weights.meta import find_shards, load_shard
 from llama.errors import CheckpointError
+from llama.weights.meta import find_shards, load_shard
 
 
-def test_shards_are_found_sorted_and_rope_freqs_is_the_one_extra_entry_ignored(make_ckpt, build, tokenizer_path, tmp_path):
+def test_shards_are_found_sorted_and_rope_freqs_is_the_one_extra_entry_ignored(
+    make_ckpt, build, tokenizer_path, tmp_path
+):
     ckpt = make_ckpt("mha", 2)
     shards = find_shards(ckpt)
     assert [p.name for p in shards] == ["consolidated.00.pth", "consolidated.01.pth"]

@@ -1,10 +1,21 @@
-"""The transformer math against Meta's `meta-llama/llama` `llama/model.py`: norms, rotary embedding, mask, widths, cache."""
+"""The transformer math against Meta's `meta-llama/llama` `llama/model.py`: norms, rotary embedding, mask,
+widths, cache."""
+
 import pytest
 import torch
-from reference_impl import freqs_cis, rotate
 
-from llama.model import KVCache, ModelArgs, RMSNorm, Transformer, apply_rope_scaling, apply_rotary_emb, causal_mask, rope_tables
+from llama.model import (
+    KVCache,
+    ModelArgs,
+    RMSNorm,
+    Transformer,
+    apply_rope_scaling,
+    apply_rotary_emb,
+    causal_mask,
+    rope_tables,
+)
 from llama.testing.synthetic import tiny_args
+from reference_impl import freqs_cis, rotate
 
 
 def test_model_args_defaults_match_the_reference():
@@ -93,8 +104,9 @@ def test_incremental_decoding_with_the_cache_equals_one_full_pass(build, config)
 
 def test_the_plain_model_trains_and_its_training_forward_equals_cached_decoding():
     # No process group, no device, no file: nn.Linear / nn.Embedding, gradients flow.
-    args = ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50, multiple_of=16,
-                     max_seq_len=16, max_batch_size=1)
+    args = ModelArgs(
+        dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50, multiple_of=16, max_seq_len=16, max_batch_size=1
+    )
     torch.manual_seed(0)
     model = Transformer(args)
     assert isinstance(model.layers[0].attention.wq, torch.nn.Linear)

@@ -4,16 +4,16 @@ bfloat16), built at first use.
 Each quantized kernel is checked against the exact arithmetic it stands for, written out in torch: the
 activations rounded in groups of 32 (to 255 levels for int4 weights, to 2 * 127 * 128 + 1 for
 int8 weights), times the dequantized weight."""
+
 import logging
 
 import pytest
 import torch
 
-from llama.kernels import dense as kernels, native
-from llama.kernels import formats
-from llama.kernels import torch_quant as kq
-from llama.layers.quantized import REPACK_ROWS, _repacked
+from llama.kernels import dense as kernels
+from llama.kernels import formats, native
 from llama.kernels.formats import quantize_int8
+from llama.layers.quantized import REPACK_ROWS, _repacked
 
 GEN = torch.Generator().manual_seed(0)
 
@@ -65,8 +65,8 @@ def test_a_row_gives_the_same_bits_alone_and_in_any_batch():
     b8, s8 = native.int8_blocks(q), native.pad_rows(s)
     batch4, batch8 = native.int4_linear(x, blocks, 24), native.int8_linear(x, b8, s8, 24)
     for i in range(9):
-        assert torch.equal(native.int4_linear(x[i:i + 1], blocks, 24), batch4[i:i + 1])
-        assert torch.equal(native.int8_linear(x[i:i + 1], b8, s8, 24), batch8[i:i + 1])
+        assert torch.equal(native.int4_linear(x[i : i + 1], blocks, 24), batch4[i : i + 1])
+        assert torch.equal(native.int8_linear(x[i : i + 1], b8, s8, 24), batch8[i : i + 1])
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])

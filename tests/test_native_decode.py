@@ -1,6 +1,7 @@
 """llama.native_decode: one-token steps of float32, bfloat16, int8 and int4 models on the CPU in one
 native call (llama/csrc/decode.c), against the eager llama.model steps they replace (the reference's
 tokens: tests/test_generation.py, which decodes through it)."""
+
 import pytest
 import torch
 
@@ -52,8 +53,8 @@ def test_every_step_gives_the_eager_steps_logits_and_caches(build, name, dtype, 
     for gen in (native_gen, eager_gen):
         gen.model.forward(tokens[:, :8], 0)
     for pos in range(8, 24):
-        got = native_gen.decode_step(tokens[:, pos:pos + 1], pos)
-        want = eager_gen.model.forward(tokens[:, pos:pos + 1], pos)
+        got = native_gen.decode_step(tokens[:, pos : pos + 1], pos)
+        want = eager_gen.model.forward(tokens[:, pos : pos + 1], pos)
         assert got.shape == want.shape == (3, 1, 512) and got.dtype == torch.float32
         # Not bit for bit: the sums run in another order (float32: 5e-7 of the largest logit), and
         # where that moves a normalized activation across a rounding boundary (of its int8 group,
@@ -120,7 +121,9 @@ def test_generate_sends_short_prompts_without_logprobs_to_the_native_step(build)
     gen = build("gqa", quantize="int4", max_seq_len=128)
     calls = []
     forward = gen.model.forward
-    gen.model.forward = lambda tokens, pos=None, last=False: calls.append(tuple(tokens.shape)) or forward(tokens, pos, last)
+    gen.model.forward = lambda tokens, pos=None, last=False: (
+        calls.append(tuple(tokens.shape)) or forward(tokens, pos, last)
+    )
     prompts = [gen.tokenizer.encode(p, bos=True, eos=False) for p in PROMPTS]
     gen.generate(prompts, max_gen_len=4, temperature=0)
     assert calls == []  # the prompt and every step ran natively

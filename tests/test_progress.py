@@ -1,4 +1,5 @@
 """Progress bars appear only for slow loads, and only on rank 0."""
+
 import time
 
 from llama.runtime.progress import DELAY_S, slow_progress

@@ -2,6 +2,7 @@
 rules that pick the GPU kernel, and a layer prepared for it on a fake CUDA device (torch's
 FakeTensorMode runs the shape and dtype checks of `_convert_weight_to_int4pack` and
 `_weight_int4pack_mm`, no arithmetic). Nothing here runs on a GPU."""
+
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -29,14 +30,20 @@ def gpu_kernels(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
 
 
-@pytest.mark.parametrize("out_features, in_features, device, fits", [
-    (4096, 4096, "cuda:0", True), (11008, 4096, "cuda", True), (4096, 11008, "mps", True),
-    (32, 32, "cuda", True),  # 32 input columns: two k-tiles packed together
-    (4100, 4096, "cuda", False),  # rows not a multiple of 8
-    (4096, 4096, "cpu", False),  # the CPU has its own int4 kernel
-])
-def test_the_gpu_kernel_is_chosen_where_torch_has_it_and_the_shape_fits(gpu_kernels, out_features, in_features, device,
-                                                                        fits):
+@pytest.mark.parametrize(
+    "out_features, in_features, device, fits",
+    [
+        (4096, 4096, "cuda:0", True),
+        (11008, 4096, "cuda", True),
+        (4096, 11008, "mps", True),
+        (32, 32, "cuda", True),  # 32 input columns: two k-tiles packed together
+        (4100, 4096, "cuda", False),  # rows not a multiple of 8
+        (4096, 4096, "cpu", False),  # the CPU has its own int4 kernel
+    ],
+)
+def test_the_gpu_kernel_is_chosen_where_torch_has_it_and_the_shape_fits(
+    gpu_kernels, out_features, in_features, device, fits
+):
     assert kq.int4_gpu_kernel_fits((out_features, in_features // 2), 32, torch.device(device)) is fits
 
 
@@ -57,8 +64,10 @@ def test_a_layer_on_a_gpu_prepares_torch_s_tiles_and_runs_their_kernel(gpu_kerne
     with FakeTensorMode():
         layer = Int4ColumnParallelLinear(in_features=96, out_features=40)
         # As loading leaves it on a GPU (fake tensors are made there; moving one needs a CUDA build).
-        layer._set_buffers(torch.empty(40, 96 // 2, dtype=torch.uint8, device="cuda"),
-                           torch.empty(40, 96 // 32, 2, dtype=torch.bfloat16, device="cuda"))
+        layer._set_buffers(
+            torch.empty(40, 96 // 2, dtype=torch.uint8, device="cuda"),
+            torch.empty(40, 96 // 32, 2, dtype=torch.bfloat16, device="cuda"),
+        )
         layer.prepare()
         y = layer.matmul(torch.empty(3, 5, 96, device="cuda"))
     assert layer.kernel == "gpu"

@@ -1,14 +1,14 @@
 """The quantized matmuls of llama.kernels_quant: the int4 storage format, and every fused kernel
 checked against the plain dequantized matmul it stands for."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from llama.kernels import formats
+from llama.kernels import formats, native
 from llama.kernels import torch_quant as kq
-from llama.kernels import native
-from llama.layers.quantized import Int4ColumnParallelLinear, Int8RowParallelLinear
 from llama.kernels.formats import quantize_int8
+from llama.layers.quantized import Int4ColumnParallelLinear, Int8RowParallelLinear
 
 
 def _weight(out_features=64, in_features=96, seed=0):
@@ -45,7 +45,9 @@ def test_cpu_int4_kernel_equals_the_dequantized_matmul(rows):
     got = kq.int4_linear_cpu(x, weight, scales_t, 32)
     assert got.shape == (2, rows, 48) and got.dtype == torch.float32
     torch.testing.assert_close(got, expected, rtol=0.02, atol=0.05 * expected.abs().mean().item())
-    torch.testing.assert_close(kq.int4_linear_portable(x, packed, scales), F.linear(x, formats.dequantize_int4(packed, scales)))
+    torch.testing.assert_close(
+        kq.int4_linear_portable(x, packed, scales), F.linear(x, formats.dequantize_int4(packed, scales))
+    )
 
 
 def test_int8_fused_kernel_equals_the_portable_path():

@@ -1,5 +1,6 @@
 """Quantized models end to end: int4 quality on the trained demo model, and every format through
 sharded checkpoints and batches."""
+
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,9 @@ def heldout():
 
 
 def _demo(quantize=None) -> Llama:
-    return Llama.build(str(demo.CKPT_DIR), str(demo.TOKENIZER_PATH), 512, 4, device="cpu", dtype="float32",
-                       quantize=quantize)
+    return Llama.build(
+        str(demo.CKPT_DIR), str(demo.TOKENIZER_PATH), 512, 4, device="cpu", dtype="float32", quantize=quantize
+    )
 
 
 @pytest.mark.parametrize("method", ["int8", "int4"])

@@ -1,10 +1,16 @@
 """Weight-only quantization (int8, int4): storage, error bounds, and closeness to the unquantized model."""
+
 import pytest
 import torch
 
 from llama.errors import ConfigError
-from llama.layers.quantized import Int4ColumnParallelLinear, Int4RowParallelLinear, Int8ColumnParallelLinear, Int8RowParallelLinear
 from llama.kernels.formats import quantize_int8
+from llama.layers.quantized import (
+    Int4ColumnParallelLinear,
+    Int4RowParallelLinear,
+    Int8ColumnParallelLinear,
+    Int8RowParallelLinear,
+)
 
 PROMPTS = ["The quick brown fox", "Python is a programming language that", "A"]
 
@@ -43,8 +49,11 @@ def test_int8_layers_store_a_quarter_of_the_float32_bytes(build):
     assert len(layers) == 2 * 7 + 1  # wq wk wv wo w1 w2 w3 per layer, and the output projection
     assert {m.weight.dtype for m in layers} == {torch.int8}
     int8_bytes = sum(m.weight.nbytes + m.scales.nbytes for m in layers)
-    float_bytes = sum(t.nbytes for k, t in plain.model.state_dict().items() if k.endswith(".weight") and "norm" not in k
-                      and not k.startswith("tok_embeddings"))
+    float_bytes = sum(
+        t.nbytes
+        for k, t in plain.model.state_dict().items()
+        if k.endswith(".weight") and "norm" not in k and not k.startswith("tok_embeddings")
+    )
     assert int8_bytes < 0.27 * float_bytes
 
 
@@ -53,6 +62,9 @@ def test_int4_layers_store_an_eighth_of_the_float32_bytes_plus_group_scales(buil
     layers = [m for m in int4.model.modules() if isinstance(m, (Int4ColumnParallelLinear, Int4RowParallelLinear))]
     assert len(layers) == 2 * 7 + 1
     int4_bytes = sum(m.weight.nbytes + m.scales.nbytes for m in layers)
-    float_bytes = sum(t.nbytes for k, t in plain.model.state_dict().items() if k.endswith(".weight") and "norm" not in k
-                      and not k.startswith("tok_embeddings"))
+    float_bytes = sum(
+        t.nbytes
+        for k, t in plain.model.state_dict().items()
+        if k.endswith(".weight") and "norm" not in k and not k.startswith("tok_embeddings")
+    )
     assert int4_bytes == float_bytes // 8 + float_bytes // 4 // 32 * 2 * 2  # 4 bits, and a bf16 scale and zero per 32

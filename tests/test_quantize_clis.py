@@ -1,18 +1,25 @@
 """Every command takes `--quantize`: both example scripts (one streamed, one not) and the chat REPL,
 run as a user runs them, print what `Llama.build(..., quantize="int4")` generates."""
+
 import subprocess
 import sys
 
 from helpers import REPO, subprocess_env
-
 from llama.cli.frontend import SEPARATOR
 
 MAYONNAISE = [{"role": "user", "content": "what is the recipe of mayonnaise?"}]  # example_chat_completion.py's first
 
 
 def _start(args):
-    return subprocess.Popen([sys.executable, *map(str, args)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=subprocess_env(), cwd=REPO)
+    return subprocess.Popen(
+        [sys.executable, *map(str, args)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+        cwd=REPO,
+    )
 
 
 def _finish(proc, stdin=""):
@@ -36,8 +43,19 @@ def test_the_examples_and_the_chat_repl_run_int4(build, make_ckpt, tokenizer_pat
     ckpt = ("--ckpt_dir", make_ckpt("mha"), "--tokenizer_path", tokenizer_path, "--temperature", 0)
     # Started together: each mostly imports torch.
     text = _start([REPO / "example_text_completion.py", *ckpt, "--max_gen_len", 8, "--quantize", "int4"])
-    chat = _start([REPO / "example_chat_completion.py", *ckpt, "--max_gen_len", 4, "--max_seq_len", 1024,
-                   "--quantize", "int4", "--stream"])
+    chat = _start(
+        [
+            REPO / "example_chat_completion.py",
+            *ckpt,
+            "--max_gen_len",
+            4,
+            "--max_seq_len",
+            1024,
+            "--quantize",
+            "int4",
+            "--stream",
+        ]
+    )
     repl = _start(["-m", "llama.chat", *ckpt, "--max_seq_len", 64, "--max_gen_len", 8, "--quantize", "int4"])
     text_out, chat_out, repl_out = _finish(text), _finish(chat), _finish(repl, MAYONNAISE[0]["content"] + "\n")
 

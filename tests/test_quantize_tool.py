@@ -1,16 +1,17 @@
 """`python -m llama.quantize SRC DST --int8|--int4`: the quantized checkpoint it writes, how
 Llama.build loads it, and what is refused."""
+
 import json
 import subprocess
 import sys
 
 import pytest
 import torch
-from helpers import REPO, subprocess_env
 
+from helpers import REPO, subprocess_env
 from llama import Llama
-from llama.errors import CheckpointError, ConfigError
 from llama.cli.quantize import quantize_checkpoint
+from llama.errors import CheckpointError, ConfigError
 
 PROMPTS = ["The quick brown fox", "A"]
 
@@ -30,7 +31,9 @@ def quantized(make_ckpt, tmp_path_factory):
 
 
 @pytest.mark.parametrize("method", ["int8", "int4"])
-def test_a_quantized_checkpoint_loads_as_the_float_one_quantized_while_loading(build, quantized, tokenizer_path, method):
+def test_a_quantized_checkpoint_loads_as_the_float_one_quantized_while_loading(
+    build, quantized, tokenizer_path, method
+):
     params = json.loads((quantized[method][0] / "params.json").read_text())
     assert params["quantization"] == ({"method": "int4", "group_size": 32} if method == "int4" else {"method": "int8"})
     stored = Llama.build(str(quantized[method][0]), str(tokenizer_path), 64, 4, device="cpu", dtype="float32")
@@ -49,11 +52,17 @@ def test_the_int4_checkpoint_is_about_a_seventh_of_the_float32_one(make_ckpt, qu
 
 def test_a_quantized_checkpoint_runs_as_stored(quantized, tokenizer_path):
     one, two = (str(d) for d in quantized["int4"])
-    with pytest.raises(ConfigError, match=r"is quantized to int4; it cannot be loaded with quantize='int8': "
-                                          r"leave quantize unset \(or 'int4'\), or quantize the float checkpoint instead"):
+    with pytest.raises(
+        ConfigError,
+        match=r"is quantized to int4; it cannot be loaded with quantize='int8': "
+        r"leave quantize unset \(or 'int4'\), or quantize the float checkpoint instead",
+    ):
         Llama.build(one, str(tokenizer_path), 64, 4, device="cpu", quantize="int8")
-    with pytest.raises(ConfigError, match=r"is quantized to int4 with 2 shard\(s\) and cannot be resharded to 1 processes; "
-                                          r"run 2 process\(es\), or quantize a float checkpoint with 1 shard\(s\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"is quantized to int4 with 2 shard\(s\) and cannot be resharded to 1 processes; "
+        r"run 2 process\(es\), or quantize a float checkpoint with 1 shard\(s\)",
+    ):
         Llama.build(two, str(tokenizer_path), 64, 4, device="cpu")
 
 
@@ -63,19 +72,33 @@ def test_an_unknown_marker_is_refused(make_ckpt, tmp_path, tokenizer_path):
     params = json.loads((make_ckpt("mha", 1) / "params.json").read_text())
     (tmp_path / "params.json").unlink()
     (tmp_path / "params.json").write_text(json.dumps({**params, "quantization": {"method": "int3"}}))
-    with pytest.raises(CheckpointError, match=r"quantization=\{'method': 'int3'\} is not a quantization this version "
-                                              r'reads \(\{"method": "int8"\}, \{"method": "int4", "group_size": 32\}\)'):
+    with pytest.raises(
+        CheckpointError,
+        match=r"quantization=\{'method': 'int3'\} is not a quantization this version "
+        r'reads \(\{"method": "int8"\}, \{"method": "int4", "group_size": 32\}\)',
+    ):
         Llama.build(str(tmp_path), str(tokenizer_path), 64, 4, device="cpu")
 
 
 def test_the_command_line_tool_writes_the_checkpoint_without_loading_the_generator(make_ckpt, tmp_path):
-    code = ("import runpy, sys; sys.argv = ['llama.quantize'] + sys.argv[1:]; "
-            "runpy.run_module('llama.quantize', run_name='__main__'); print('llama.generation' in sys.modules)")
+    code = (
+        "import runpy, sys; sys.argv = ['llama.quantize'] + sys.argv[1:]; "
+        "runpy.run_module('llama.quantize', run_name='__main__'); print('llama.generation' in sys.modules)"
+    )
     cmd = [sys.executable, "-c", code, str(make_ckpt("gqa", 2)), str(tmp_path / "q"), "--int8"]
     done = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert done.stdout.splitlines() == [f"wrote 2 int8 shard(s) and params.json to {tmp_path / 'q'}", "False"]
-    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == ["consolidated.00.pth", "consolidated.01.pth",
-                                                                  "params.json"]
-    again = subprocess.run(cmd[:3] + [str(make_ckpt("gqa", 2)), str(tmp_path / "r"), "--int8", "--int4"], cwd=REPO,
-                           env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == [
+        "consolidated.00.pth",
+        "consolidated.01.pth",
+        "params.json",
+    ]
+    again = subprocess.run(
+        cmd[:3] + [str(make_ckpt("gqa", 2)), str(tmp_path / "r"), "--int8", "--int4"],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert again.returncode == 1 and again.stderr.strip() == "error: choose one quantization: --int8 or --int4"

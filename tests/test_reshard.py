@@ -1,21 +1,22 @@
 """Resharding: a k-shard checkpoint loaded by n ranks, and the offline `python -m llama.reshard` tool."""
+
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import PROMPTS, subprocess_env
-from llama3_tokenizer import llama3_tokenizer_path
 
+from helpers import PROMPTS, subprocess_env
 from llama import Llama
-from llama.weights import meta as checkpoint
-from llama.weights.meta import IGNORED_KEYS, check_parallelism, load_rank_state, split_state
+from llama.cli.reshard import FLAGS, reshard
+from llama.cli.reshard import main as reshard_main
 from llama.cli.run import run
 from llama.errors import ConfigError
 from llama.layers.plan import LLAMA2_PLAN, LLAMA3_PLAN
-from llama.cli.reshard import FLAGS, reshard
-from llama.cli.reshard import main as reshard_main
+from llama.weights import meta as checkpoint
+from llama.weights.meta import IGNORED_KEYS, check_parallelism, load_rank_state, split_state
+from llama3_tokenizer import llama3_tokenizer_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,8 +38,12 @@ def test_each_rank_loads_exactly_its_split_of_the_full_weights(make_ckpt, full_s
 
 @pytest.mark.parametrize(
     "k, n, rank, reads",
-    [(4, 2, 1, ["consolidated.02.pth", "consolidated.03.pth"]), (1, 4, 3, ["consolidated.00.pth"]),
-     (2, 4, 3, ["consolidated.01.pth"]), (4, 4, 2, ["consolidated.02.pth"])],
+    [
+        (4, 2, 1, ["consolidated.02.pth", "consolidated.03.pth"]),
+        (1, 4, 3, ["consolidated.00.pth"]),
+        (2, 4, 3, ["consolidated.01.pth"]),
+        (4, 4, 2, ["consolidated.02.pth"]),
+    ],
 )
 def test_a_rank_reads_only_the_shards_it_needs(make_ckpt, monkeypatch, k, n, rank, reads):
     opened = []
@@ -51,15 +56,24 @@ def test_a_rank_reads_only_the_shards_it_needs(make_ckpt, monkeypatch, k, n, ran
 @pytest.mark.parametrize(
     "args, message",
     [
-        ((8, 3, 64, 8), "a checkpoint with 8 shards cannot run on 3 model-parallel processes: one of 8 and 3 must "
-                        "divide the other; valid process counts: [1, 2, 4, 8] (torchrun --nproc_per_node N, or "
-                        "python -m llama.reshard to change the shard count)"),
-        ((2, 4, 8, 2), "a checkpoint with 2 shards cannot run on 4 model-parallel processes: n_heads=8 and "
-                       "n_kv_heads=2 must both be divisible by 4; valid process counts: [1, 2] (torchrun "
-                       "--nproc_per_node N, or python -m llama.reshard to change the shard count)"),
-        ((1, 16, 64, 8), "a checkpoint with 1 shards cannot run on 16 model-parallel processes: n_heads=64 and "
-                         "n_kv_heads=8 must both be divisible by 16; valid process counts: [1, 2, 4, 8] (torchrun "
-                         "--nproc_per_node N, or python -m llama.reshard to change the shard count)"),
+        (
+            (8, 3, 64, 8),
+            "a checkpoint with 8 shards cannot run on 3 model-parallel processes: one of 8 and 3 must "
+            "divide the other; valid process counts: [1, 2, 4, 8] (torchrun --nproc_per_node N, or "
+            "python -m llama.reshard to change the shard count)",
+        ),
+        (
+            (2, 4, 8, 2),
+            "a checkpoint with 2 shards cannot run on 4 model-parallel processes: n_heads=8 and "
+            "n_kv_heads=2 must both be divisible by 4; valid process counts: [1, 2] (torchrun "
+            "--nproc_per_node N, or python -m llama.reshard to change the shard count)",
+        ),
+        (
+            (1, 16, 64, 8),
+            "a checkpoint with 1 shards cannot run on 16 model-parallel processes: n_heads=64 and "
+            "n_kv_heads=8 must both be divisible by 16; valid process counts: [1, 2, 4, 8] (torchrun "
+            "--nproc_per_node N, or python -m llama.reshard to change the shard count)",
+        ),
     ],
 )
 def test_impossible_process_counts_name_both_numbers_and_the_valid_ones(args, message):
@@ -86,8 +100,10 @@ def _generate(ckpt_dir, tokenizer_path):
 
 def _check_written(dst: Path, src: Path, full: dict, n: int, plan=LLAMA2_PLAN) -> None:
     tokenizer = ["tokenizer.model"] if (src / "tokenizer.model").is_file() else []  # copied along when there is one
-    assert sorted(p.name for p in dst.iterdir()) == [f"consolidated.{i:02d}.pth" for i in range(n)] + ["params.json",
-                                                                                                   *tokenizer]
+    assert sorted(p.name for p in dst.iterdir()) == [f"consolidated.{i:02d}.pth" for i in range(n)] + [
+        "params.json",
+        *tokenizer,
+    ]
     assert (dst / "params.json").read_bytes() == (src / "params.json").read_bytes()
     source_keys = list(torch.load(src / "consolidated.00.pth", weights_only=True))
     for i, want in enumerate(split_state(full, n, plan)):
@@ -108,7 +124,13 @@ def test_reshard_cli_splits_one_shard_into_two(make_ckpt, full_state, tokenizer_
     assert done.stdout == f"wrote 2 shards and params.json to {dst}\n"
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
     assert "llama.weights.meta" in imported  # the listing works ...
-    generator = {"llama.generation", "llama.streaming", "llama.cli.frontend", "fairscale", "llama.kernels.native"}  # ... and the offline tool needs none
+    generator = {
+        "llama.generation",
+        "llama.streaming",
+        "llama.cli.frontend",
+        "fairscale",
+        "llama.kernels.native",
+    }  # ... and the offline tool needs none
     assert not imported & generator, sorted(m for m in imported if m.startswith("llama"))
     _check_written(dst, src, full_state("mha"), 2)
     assert _greedy_and_sampled(dst, tokenizer_path) == _greedy_and_sampled(src, tokenizer_path)
@@ -147,7 +169,8 @@ def test_a_missing_source_directory_is_named_as_the_tool_calls_it(tmp_path, monk
     assert (code, out.out) == (1, "")
     assert out.err == (
         f"error: SRC_DIR '{tmp_path / 'llama-2-13b'}' not found; name the checkpoint folder to reshard (params.json "
-        "and consolidated.*.pth, e.g. llama-2-13b/)\n")
+        "and consolidated.*.pth, e.g. llama-2-13b/)\n"
+    )
 
 
 def test_reshard_refuses_impossible_counts_before_writing(make_ckpt, tmp_path, monkeypatch, capsys):

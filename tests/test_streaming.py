@@ -1,10 +1,17 @@
 """Streaming: text deltas arrive token by token and add up to exactly the non-streamed results."""
+
 import random
 
 import torch
 
-from llama.streaming import StreamEvent, in_prompt_order, stream_chat_completion, stream_generate, stream_text_completion
 from llama.decoding.detokenize import TextDeltas
+from llama.streaming import (
+    StreamEvent,
+    in_prompt_order,
+    stream_chat_completion,
+    stream_generate,
+    stream_text_completion,
+)
 
 PROMPTS = ["The with statement", "A list is", "Exceptions are raised when", "x", "Strings can be joined by"]
 MULTIBYTE = "Grüße, naïve café: 🦙 llamas ≠ 🐍 snakes  (two spaces)"
@@ -80,7 +87,11 @@ def test_chat_stream_matches_chat_completion_and_hides_tagged_dialogs(build):
     dialogs = [
         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is a list?"}],
         [{"role": "user", "content": "Unsafe [/INST] prompt"}],
-        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "bye"}],
+        [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "bye"},
+        ],
     ]
     events = list(stream_chat_completion(generator, dialogs, temperature=0, max_gen_len=10))
     expected = generator.chat_completion(dialogs, temperature=0, max_gen_len=10)
@@ -90,8 +101,13 @@ def test_chat_stream_matches_chat_completion_and_hides_tagged_dialogs(build):
 
 def test_in_prompt_order_regroups_interleaved_events():
     interleaved = [
-        StreamEvent(0, 5, "a"), StreamEvent(1, 6, "x"), StreamEvent(1, None, "", True),
-        StreamEvent(0, 7, "b"), StreamEvent(2, 8, "p"), StreamEvent(0, None, "", True), StreamEvent(2, None, "q", True),
+        StreamEvent(0, 5, "a"),
+        StreamEvent(1, 6, "x"),
+        StreamEvent(1, None, "", True),
+        StreamEvent(0, 7, "b"),
+        StreamEvent(2, 8, "p"),
+        StreamEvent(0, None, "", True),
+        StreamEvent(2, None, "q", True),
     ]
     ordered = list(in_prompt_order(interleaved))
     assert [(e.index, e.text) for e in ordered] == [(0, "a"), (0, "b"), (0, ""), (1, "x"), (1, ""), (2, "p"), (2, "q")]

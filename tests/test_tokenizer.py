@@ -1,4 +1,5 @@
 """The SentencePiece wrapper keeps the reference's ids and interface."""
+
 from llama import Tokenizer
 
 

@@ -1,4 +1,5 @@
 """scripts/train_demo.py trains llama.model.Transformer itself: no process group, no private layer loop."""
+
 import sys
 from pathlib import Path
 

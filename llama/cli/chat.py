@@ -6,6 +6,7 @@ dialog is kept within max_seq_len by dropping the oldest exchanges, with a notic
 On a terminal, arrow keys edit the line and recall earlier turns (where Python has readline).
 Without --ckpt_dir/--tokenizer_path it talks with the bundled demo model.
 """
+
 import logging
 import sys
 from dataclasses import replace
@@ -15,14 +16,14 @@ import torch.distributed as dist
 
 from .. import demo
 from ..chat_format import SPECIAL_TAGS, Dialog, Message, encode_dialog
-from .run import run
-from ..runtime.group import is_main_process
 from ..errors import ConfigError
-from .flags import Flag
-from .frontend import FLAGS, build_generator
 from ..generation import Llama
+from ..runtime.group import is_main_process
 from ..streaming import stream_chat_completion
 from ..validation import whole_number
+from .flags import Flag
+from .frontend import FLAGS, build_generator
+from .run import run
 
 logger = logging.getLogger(__name__)
 
@@ -45,15 +46,19 @@ class Conversation:
         holds a Llama 2 tag, which the library refuses, or if it alone cannot fit."""
         tags = [tag for tag in SPECIAL_TAGS if tag in text]
         if tags:
-            raise ConfigError(f"this message contains {', '.join(tags)}, which Llama 2 chat models reserve for "
-                              "their prompt format; rephrase it without them")
+            raise ConfigError(
+                f"this message contains {', '.join(tags)}, which Llama 2 chat models reserve for "
+                "their prompt format; rephrase it without them"
+            )
         self.messages.append({"role": "user", "content": text})
         dropped = 0
         while self._n_tokens() > self.prompt_budget and len(self.messages) > 1:
             del self.messages[:2]  # the oldest user turn and its answer
             dropped += 1
         if dropped:
-            logger.info("(dropped the %d oldest exchange(s) to stay within %d prompt tokens)", dropped, self.prompt_budget)
+            logger.info(
+                "(dropped the %d oldest exchange(s) to stay within %d prompt tokens)", dropped, self.prompt_budget
+            )
         n = self._n_tokens()
         if n > self.prompt_budget:
             self.messages.pop()
@@ -163,8 +168,11 @@ CHAT_FLAGS = {
     **FLAGS,
     "system": Flag("a system prompt that opens the conversation; it stays when old turns are dropped", "TEXT"),
     "max_seq_len": replace(FLAGS["max_seq_len"], default=f"{demo.MAX_SEQ_LEN} for the demo model, else 2048"),
-    "max_gen_len": replace(FLAGS["max_gen_len"], help="most tokens for each answer: the room kept free in max_seq_len",
-                           default="half of max_seq_len"),
+    "max_gen_len": replace(
+        FLAGS["max_gen_len"],
+        help="most tokens for each answer: the room kept free in max_seq_len",
+        default="half of max_seq_len",
+    ),
     "seed": Flag("random seed for sampling: the same seed and turns give the same answers", "N"),
 }
 
@@ -190,8 +198,19 @@ def main(
     if max_gen_len is None:
         max_gen_len = max_seq_len // 2
     whole_number("max_gen_len", max_gen_len, below=max_seq_len, fix=f" (max_seq_len={max_seq_len})")
-    generator = build_generator(ckpt_dir, tokenizer_path, temperature, top_p, max_gen_len, max_seq_len=max_seq_len,
-                                max_batch_size=1, device=device, dtype=dtype, seed=seed, quantize=quantize)
+    generator = build_generator(
+        ckpt_dir,
+        tokenizer_path,
+        temperature,
+        top_p,
+        max_gen_len,
+        max_seq_len=max_seq_len,
+        max_batch_size=1,
+        device=device,
+        dtype=dtype,
+        seed=seed,
+        quantize=quantize,
+    )
     conversation = Conversation(generator.tokenizer, max_seq_len, max_gen_len, None if system is None else str(system))
     logger.info("chat ready (%s); %s", "demo model" if using_demo else ckpt_dir, COMMANDS)
     try:

@@ -13,6 +13,7 @@ Meta -> HF also keeps params.json as original/params.json (where Meta's own Hugg
 repositories keep it), and HF -> Meta writes that file back verbatim when it describes the same
 model as config.json: a Meta -> HF -> Meta round trip gives the same params.json and tensors.
 """
+
 import json
 import logging
 import re
@@ -23,14 +24,14 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from ..weights import hf, hf_config, meta
-from .run import run
 from ..errors import ConfigError
-from .destination import check_destination, copy_tokenizer, written_beside
-from .flags import Flag
 from ..layers.plan import PLANS, split_dim
 from ..runtime.progress import slow_progress
 from ..validation import whole_number
+from ..weights import hf, hf_config, meta
+from .destination import check_destination, copy_tokenizer, written_beside
+from .flags import Flag
+from .run import run
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +55,10 @@ def _check_options(layout: str, to: Optional[str], shards, dtype: Optional[str])
         raise ConfigError(f"--to must be 'meta' or 'hf', got {to!r}")
     if to == layout:
         hint = "" if to == "hf" else "; to change its shard count use python -m llama.reshard"
-        raise ConfigError(f"SRC is already a {'Hugging Face' if to == 'hf' else 'Meta'} checkpoint (--to {to}): "
-                          f"nothing to convert{hint}")
+        raise ConfigError(
+            f"SRC is already a {'Hugging Face' if to == 'hf' else 'Meta'} checkpoint (--to {to}): "
+            f"nothing to convert{hint}"
+        )
     whole_number("--shards", shards, fix="; e.g. --shards 2")
     if to == "hf" and shards != 1:
         raise ConfigError("--shards applies to --to meta; for Hugging Face output use --max_shard_size")
@@ -64,8 +67,15 @@ def _check_options(layout: str, to: Optional[str], shards, dtype: Optional[str])
     return to
 
 
-def convert(src, dst, to: Optional[str] = None, shards: int = 1, dtype: Optional[str] = None,
-            max_shard_size="5GB", force: bool = False) -> Path:
+def convert(
+    src,
+    dst,
+    to: Optional[str] = None,
+    shards: int = 1,
+    dtype: Optional[str] = None,
+    max_shard_size="5GB",
+    force: bool = False,
+) -> Path:
     """Convert the checkpoint in `src` into `dst` (see the module docstring) -> dst."""
     src, dst = Path(src), Path(dst)
     to = _check_options(hf.checkpoint_layout(src), to, shards, dtype)
@@ -92,7 +102,9 @@ def _hf_to_meta(src: Path, out: Path, shards: int, dtype: Optional[torch.dtype])
     if why is not None:
         valid = meta.valid_world_sizes(1, n_heads, n_kv_heads)
         raise ConfigError(f"--shards {shards} is not possible: {why}; valid shard counts: {valid}")
-    state = _cast(hf.load_rank_state(src, params, partial(split_dim, PLANS[meta.family([], params)]), 1, 0), dtype, "reading")
+    state = _cast(
+        hf.load_rank_state(src, params, partial(split_dim, PLANS[meta.family([], params)]), 1, 0), dtype, "reading"
+    )
     meta.save_checkpoint(state, params, out, shards)
     if original_text is not None:
         (out / "params.json").write_text(original_text)
@@ -120,11 +132,18 @@ def _signature(params: dict, vocab_size: int) -> tuple:
     """What makes two params.json the same model (vocab_size -1: the tokenizer's, here `vocab_size`)."""
     p = params
     scaled = bool(p.get("use_scaled_rope", False))
-    return (p["dim"], p["n_layers"], p["n_heads"], p.get("n_kv_heads") or p["n_heads"],
-            vocab_size if p.get("vocab_size", -1) == -1 else p["vocab_size"],
-            hf_config.ffn_hidden_dim(p["dim"], p.get("multiple_of", 256), p.get("ffn_dim_multiplier")),
-            p.get("norm_eps", 1e-5), p.get("rope_theta", hf_config.DEFAULT_ROPE_THETA), scaled,
-            p.get("rope_scaling_factor", hf_config.META_ROPE_FACTOR) if scaled else None)
+    return (
+        p["dim"],
+        p["n_layers"],
+        p["n_heads"],
+        p.get("n_kv_heads") or p["n_heads"],
+        vocab_size if p.get("vocab_size", -1) == -1 else p["vocab_size"],
+        hf_config.ffn_hidden_dim(p["dim"], p.get("multiple_of", 256), p.get("ffn_dim_multiplier")),
+        p.get("norm_eps", 1e-5),
+        p.get("rope_theta", hf_config.DEFAULT_ROPE_THETA),
+        scaled,
+        p.get("rope_scaling_factor", hf_config.META_ROPE_FACTOR) if scaled else None,
+    )
 
 
 def _meta_to_hf(src: Path, out: Path, dtype: Optional[torch.dtype], limit: int) -> None:
@@ -155,8 +174,11 @@ def _save_safetensors(tensors: Dict[str, torch.Tensor], out: Path, limit: int) -
     from safetensors.torch import save_file
 
     groups = _groups(tensors, limit)
-    names = [hf.SINGLE_FILE] if len(groups) == 1 else [
-        f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
+    names = (
+        [hf.SINGLE_FILE]
+        if len(groups) == 1
+        else [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
+    )
     for name, group in slow_progress(zip(names, groups), total=len(groups), desc="writing", unit="file"):
         # transformers refuses safetensors files without this metadata entry.
         save_file({k: t.contiguous() for k, t in group.items()}, str(out / name), metadata={"format": "pt"})
@@ -189,22 +211,36 @@ def _special_ids(path: Path) -> dict:
 
 
 FLAGS = {
-    "src": Flag("the checkpoint folder to read: Meta's (params.json, consolidated.*.pth) or Hugging Face's "
-                "(config.json, *.safetensors)", "DIR"),
+    "src": Flag(
+        "the checkpoint folder to read: Meta's (params.json, consolidated.*.pth) or Hugging Face's "
+        "(config.json, *.safetensors)",
+        "DIR",
+    ),
     "dst": Flag("the folder to write, in the other layout (must not exist, unless --force)", "DIR"),
     "to": Flag("the layout to write", "LAYOUT", choices=("meta", "hf"), default="the other one than SRC's"),
-    "shards": Flag("Meta output: how many consolidated.NN.pth shards (the model-parallel size it is for)", "N",
-                   example="2"),
-    "dtype": Flag("cast the weights", "DTYPE", choices=("float32", "bfloat16", "float16"),
-                  default="keep the stored dtype"),
-    "max_shard_size": Flag("Hugging Face output: largest safetensors file before splitting with an index", "SIZE",
-                           example="5GB"),
+    "shards": Flag(
+        "Meta output: how many consolidated.NN.pth shards (the model-parallel size it is for)", "N", example="2"
+    ),
+    "dtype": Flag(
+        "cast the weights", "DTYPE", choices=("float32", "bfloat16", "float16"), default="keep the stored dtype"
+    ),
+    "max_shard_size": Flag(
+        "Hugging Face output: largest safetensors file before splitting with an index", "SIZE", example="5GB"
+    ),
     "force": Flag("replace an existing DST (only once the new one is complete)"),
 }
 
 
-def main(src: str, dst: str, *, to: Optional[str] = None, shards: int = 1, dtype: Optional[str] = None,
-         max_shard_size: str = "5GB", force: bool = False):
+def main(
+    src: str,
+    dst: str,
+    *,
+    to: Optional[str] = None,
+    shards: int = 1,
+    dtype: Optional[str] = None,
+    max_shard_size: str = "5GB",
+    force: bool = False,
+):
     """Convert SRC (Meta or Hugging Face checkpoint directory) into DST in the other layout."""
     out = convert(src, dst, to=to, shards=shards, dtype=dtype, max_shard_size=max_shard_size, force=force)
     print(f"wrote {'Hugging Face' if hf.is_hf_dir(out) else 'Meta'} checkpoint to {out}")

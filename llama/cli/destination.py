@@ -6,6 +6,7 @@ only once complete, so an interrupted or failed run leaves no half-written DST (
 the old DST until the new one is whole). The folder gets the permissions of a normally created
 one (the umask applies), not the owner-only mode of a temporary folder.
 """
+
 import os
 import shutil
 import tempfile

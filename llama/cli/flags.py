@@ -9,6 +9,7 @@ reads `--stream=maybe` or `--stream=false` as a true string; and its help shows
 named argument is resolved first, booleans are spelled out for fire, and one-letter shortcuts
 are not accepted (the help advertises none).
 """
+
 import inspect
 import re
 from dataclasses import dataclass
@@ -108,7 +109,7 @@ def _unnamed(params: Mapping[str, inspect.Parameter], named: Mapping[str, str]) 
 def _check_count(params, named, positional, flags, prog) -> None:
     unnamed = _unnamed(params, named)
     if len(positional) > len(unnamed):
-        raise ConfigError(f"unexpected extra arguments {positional[len(unnamed):]}; pass options as --name value")
+        raise ConfigError(f"unexpected extra arguments {positional[len(unnamed) :]}; pass options as --name value")
     filled = set(named) | set(unnamed[: len(positional)])
     for name, param in params.items():
         if name in filled or param.default is not inspect.Parameter.empty:
@@ -145,8 +146,7 @@ def _example(name: str, flags: Mapping[str, Flag]) -> str:
 
 def usage(prog: str, params: Mapping[str, inspect.Parameter], flags: Mapping[str, Flag]) -> str:
     required = [n for n, p in params.items() if p.default is inspect.Parameter.empty]
-    words = [n.upper() if params[n].kind != params[n].KEYWORD_ONLY else f"--{n} {_metavar(n, flags)}"
-             for n in required]
+    words = [n.upper() if params[n].kind != params[n].KEYWORD_ONLY else f"--{n} {_metavar(n, flags)}" for n in required]
     return " ".join([prog, *words, "[--FLAG VALUE ...]"])
 
 
@@ -179,6 +179,10 @@ def render_help(main: Callable, flags: Mapping[str, Flag], prog: str, summary: s
     lines = [f"usage: {usage(prog, params, flags)}", "", summary.strip(), "", "flags:"]
     lines += [f"  {left.ljust(width)}{text}" for left, text in rows]
     if positional:
-        lines += ["", "The first flags may also be given without their names, in this order: "
-                  + " ".join(n.upper() for n in positional) + "."]
+        lines += [
+            "",
+            "The first flags may also be given without their names, in this order: "
+            + " ".join(n.upper() for n in positional)
+            + ".",
+        ]
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """What the example scripts and `python -m llama.chat` share: their flags, building the generator (or
 the bundled demo model), the thread count, printing results as the reference does (or streamed),
 and the closing summary line."""
+
 import logging
 import os
 import time
@@ -9,43 +10,58 @@ from typing import Callable, Iterator, List, Optional, Union
 import torch
 
 from .. import demo
-from ..runtime.backend import DEVICE_CHOICES
 from ..chat_format import Dialog
-from ..runtime.group import is_main_process
-from .flags import Flag
-from ..generation import Llama
 from ..decoding.native_step import NativeDecode
+from ..generation import Llama
 from ..kernels.formats import METHODS
+from ..runtime.backend import DEVICE_CHOICES
+from ..runtime.group import is_main_process
 from ..streaming import StreamEvent, in_prompt_order, stream_chat_completion, stream_text_completion
 from ..validation import check_sampling
+from .flags import Flag
 
 logger = logging.getLogger(__name__)
 
 SEPARATOR = "\n==================================\n"
-NEEDS_CKPT = ("pass the checkpoint folder too (Meta's or a Hugging Face one), or neither to run the bundled "
-              "demo model")
+NEEDS_CKPT = "pass the checkpoint folder too (Meta's or a Hugging Face one), or neither to run the bundled demo model"
 
 # --help's line for each flag the generator commands take (llama.chat adds its own).
 FLAGS = {
-    "ckpt_dir": Flag("checkpoint folder: Meta's (params.json, consolidated.*.pth) or Hugging Face's (config.json, "
-                     "*.safetensors)", "DIR", example="llama-2-7b/", default="the bundled demo model"),
-    "tokenizer_path": Flag("the checkpoint's tokenizer.model (SentencePiece or Llama 3 tiktoken)", "FILE",
-                           example="tokenizer.model",
-                           default="tokenizer.model in DIR, else DIR/original/tokenizer.model",
-                           needs=("ckpt_dir", NEEDS_CKPT)),
+    "ckpt_dir": Flag(
+        "checkpoint folder: Meta's (params.json, consolidated.*.pth) or Hugging Face's (config.json, *.safetensors)",
+        "DIR",
+        example="llama-2-7b/",
+        default="the bundled demo model",
+    ),
+    "tokenizer_path": Flag(
+        "the checkpoint's tokenizer.model (SentencePiece or Llama 3 tiktoken)",
+        "FILE",
+        example="tokenizer.model",
+        default="tokenizer.model in DIR, else DIR/original/tokenizer.model",
+        needs=("ckpt_dir", NEEDS_CKPT),
+    ),
     "temperature": Flag("sampling temperature; 0 always picks the most likely token (greedy)", "T"),
     "top_p": Flag("sample only from the most likely tokens whose probabilities add up to P, in (0, 1]", "P"),
     "max_seq_len": Flag("longest prompt plus answer, in tokens; sets the size of the KV cache", "N"),
     "max_gen_len": Flag("most tokens to generate for each prompt", "N"),
     "max_batch_size": Flag("most prompts generated together; more run in later batches", "N"),
-    "device": Flag("where to run", "DEVICE", choices=DEVICE_CHOICES,
-                   default="cuda:LOCAL_RANK if CUDA is available, else mps, else cpu; env LLAMA_DEVICE"),
-    "dtype": Flag("weight and activation dtype", "DTYPE", choices=("float32", "bfloat16", "float16"),
-                  default="bfloat16 on CUDA, or float16 where it lacks bfloat16; float16 on mps; float32 on cpu; "
-                          "env LLAMA_DTYPE"),
+    "device": Flag(
+        "where to run",
+        "DEVICE",
+        choices=DEVICE_CHOICES,
+        default="cuda:LOCAL_RANK if CUDA is available, else mps, else cpu; env LLAMA_DEVICE",
+    ),
+    "dtype": Flag(
+        "weight and activation dtype",
+        "DTYPE",
+        choices=("float32", "bfloat16", "float16"),
+        default="bfloat16 on CUDA, or float16 where it lacks bfloat16; float16 on mps; float32 on cpu; env LLAMA_DTYPE",
+    ),
     "stream": Flag("print each answer as it is generated, token by token"),
-    "compile": Flag("compile the one-token decode step with torch.compile: faster on CUDA (on x86 CPUs a "
-                    "faster native step runs instead); the first generation pays the compilation"),
+    "compile": Flag(
+        "compile the one-token decode step with torch.compile: faster on CUDA (on x86 CPUs a "
+        "faster native step runs instead); the first generation pays the compilation"
+    ),
     "quantize": Flag("weight-only quantization of the linear layers", "METHOD", choices=METHODS),
 }
 
@@ -64,8 +80,14 @@ def use_one_thread_for_the_demo() -> None:
     logger.info("the demo model runs on 1 CPU thread (set OMP_NUM_THREADS to choose another count)")
 
 
-def build_generator(ckpt_dir: Optional[str], tokenizer_path: Optional[str], temperature: float, top_p: float,
-                    max_gen_len: Optional[int], **build_kwargs) -> Llama:
+def build_generator(
+    ckpt_dir: Optional[str],
+    tokenizer_path: Optional[str],
+    temperature: float,
+    top_p: float,
+    max_gen_len: Optional[int],
+    **build_kwargs,
+) -> Llama:
     """What a command does before generating: check the sampling flags first (not after a slow
     load), fall back to the bundled demo model when neither path is given, Llama.build(**build_kwargs)."""
     check_sampling(temperature, top_p, max_gen_len)
@@ -75,11 +97,15 @@ def build_generator(ckpt_dir: Optional[str], tokenizer_path: Optional[str], temp
     generator = Llama.build(ckpt_dir=ckpt_dir, tokenizer_path=tokenizer_path, **build_kwargs)
     if build_kwargs.get("compile") and generator.device.type == "cpu":
         if isinstance(generator.decode_step, NativeDecode):
-            logger.info("--compile is not used: this model's one-token steps run natively (llama.decoding.native_step), "
-                        "faster than a compiled step")
+            logger.info(
+                "--compile is not used: this model's one-token steps run natively (llama.decoding.native_step), "
+                "faster than a compiled step"
+            )
         else:
-            logger.info("--compile on the CPU: the first generation compiles the decode step (seconds); it pays off "
-                        "for small models, not for 7B-sized ones (see BENCHMARKS.md)")
+            logger.info(
+                "--compile on the CPU: the first generation compiles the decode step (seconds); it pays off "
+                "for small models, not for 7B-sized ones (see BENCHMARKS.md)"
+            )
     return generator
 
 
@@ -122,8 +148,17 @@ def print_answers(generator: Llama, answers: List[str], print_prompt: Callable[[
     return sum(len(generator.tokenizer.encode(answer, bos=False, eos=False)) for answer in answers)
 
 
-def complete(generator: Llama, inputs: Union[List[str], List[Dialog]], temperature: float, top_p: float,
-             max_gen_len: Optional[int], *, chat: bool, stream: bool = False, compiled: bool = False) -> None:
+def complete(
+    generator: Llama,
+    inputs: Union[List[str], List[Dialog]],
+    temperature: float,
+    top_p: float,
+    max_gen_len: Optional[int],
+    *,
+    chat: bool,
+    stream: bool = False,
+    compiled: bool = False,
+) -> None:
     """What Meta's example scripts print (on rank 0) for `inputs`, prompts or (chat=True) dialogs,
     in their layout, streamed or at the end; then the summary line."""
     started = time.perf_counter()
@@ -138,4 +173,6 @@ def complete(generator: Llama, inputs: Union[List[str], List[Dialog]], temperatu
     else:
         results = generator.text_completion(inputs, max_gen_len=max_gen_len, temperature=temperature, top_p=top_p)
         n_tokens = print_answers(generator, [r["generation"] for r in results], show, prefix)
-    log_summary(n_tokens, time.perf_counter() - started, compiled and not isinstance(generator.decode_step, NativeDecode))
+    log_summary(
+        n_tokens, time.perf_counter() - started, compiled and not isinstance(generator.decode_step, NativeDecode)
+    )

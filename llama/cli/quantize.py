@@ -1,29 +1,29 @@
 """Quantize a Meta checkpoint offline: `python -m llama.quantize SRC_DIR DST_DIR --int8|--int4`.
 
 DST_DIR (a new folder, or an existing one with --force; written beside and renamed into place, see
-llama.cli.destination) gets one quantized shard per source shard (the same names, consolidated.NN.pth), params.json
-with a `quantization` entry, and the tokenizer.model that sits with SRC_DIR's weights, if any. `Llama.build(DST_DIR, ...)`
-loads it directly (quantize left unset), with as many processes as it has shards. Meta's reference
-refuses it at `ModelArgs(**params)` (unexpected keyword 'quantization') instead of silently
-reading integer codes as weights.
+llama.cli.destination) gets one quantized shard per source shard (the same names, consolidated.NN.pth),
+params.json with a `quantization` entry, and the tokenizer.model that sits with SRC_DIR's weights, if
+any. `Llama.build(DST_DIR, ...)` loads it directly (quantize left unset), with as many processes as it
+has shards (llama.weights.quantized).
 
 Streamed: each source shard is memory-mapped and its tensors are quantized one at a time, so
 memory peaks at about one quantized shard plus one float tensor (never the float model).
 """
+
 import json
 import logging
 from pathlib import Path
 from typing import List
 
+from ..errors import ConfigError
 from ..kernels.formats import INT4_GROUP, check_int4_width, check_method, quantize_rows
+from ..layers.plan import LINEAR_OWNERS
+from ..runtime.host_memory import loading_allocations
 from ..weights import meta
 from ..weights.quantized import MARKER, marker, read_stored_params
-from .run import run
-from ..errors import ConfigError
-from .flags import Flag
-from ..runtime.host_memory import loading_allocations
-from ..layers.plan import LINEAR_OWNERS
 from .destination import check_destination, copy_tokenizer, written_beside
+from .flags import Flag
+from .run import run
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +38,9 @@ def quantize_shard(state, method: str, source: str):
         if len(parts) >= 2 and parts[-2] in LINEAR_OWNERS and parts[-1] == "weight":
             if method == "int4":
                 check_int4_width(tensor.shape[1], f"{source}: {key}")
-            out.update({f"{key.rsplit('.', 1)[0]}.{part}": value
-                        for part, value in quantize_rows(method, tensor).items()})
+            out.update(
+                {f"{key.rsplit('.', 1)[0]}.{part}": value for part, value in quantize_rows(method, tensor).items()}
+            )
         else:
             out[key] = tensor
     return out

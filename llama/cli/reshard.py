@@ -8,18 +8,19 @@ kept), every weight split along the dim that the parallel plan (`llama.layers.pl
 one at a time, each reading only the source shards it needs, so memory peaks at about one output
 shard plus the source shards it draws on.
 """
+
 import logging
 import shutil
 from pathlib import Path
 from typing import List
 
-from ..weights import meta
-from .run import run
 from ..errors import ConfigError
-from .destination import check_destination, copy_tokenizer, written_beside
-from .flags import Flag
 from ..layers.plan import PLANS
 from ..validation import whole_number
+from ..weights import meta
+from .destination import check_destination, copy_tokenizer, written_beside
+from .flags import Flag
+from .run import run
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +56,9 @@ def reshard(src_dir, dst_dir, shards: int, force: bool = False) -> List[Path]:
 FLAGS = {
     "src_dir": Flag("the checkpoint folder to read: params.json and consolidated.*.pth", "DIR"),
     "dst_dir": Flag("a new folder for the resharded checkpoint (an existing one only with --force)", "DIR"),
-    "shards": Flag("how many shards to write: the model-parallel size (torchrun --nproc_per_node) it is for", "N",
-                   example="2"),
+    "shards": Flag(
+        "how many shards to write: the model-parallel size (torchrun --nproc_per_node) it is for", "N", example="2"
+    ),
     "force": Flag("replace an existing DST_DIR (only once the new one is complete)"),
 }
 

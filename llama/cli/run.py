@@ -3,6 +3,7 @@
 
 It imports nothing of the generator, so offline tools (`python -m llama.reshard`) start quickly.
 """
+
 import json
 import logging
 import os
@@ -12,11 +13,11 @@ from typing import Callable, Mapping, Optional
 
 import fire
 
-from ..runtime.group import is_main_process
-from ..runtime.envvars import env_int
 from ..errors import LlamaError
-from .flags import Flag, check_args, render_help, wants_help
+from ..runtime.envvars import env_int
+from ..runtime.group import is_main_process
 from ..runtime.ranks import REPORT_ON_ANY_RANK, peer_exited, peer_failure
+from .flags import Flag, check_args, render_help, wants_help
 
 DEBUG_ENV = "LLAMA_DEBUG"
 # torchrun gives each worker a file to describe its failure in; its summary then shows our
@@ -50,7 +51,7 @@ def report(exc: BaseException) -> Optional[str]:
     print(line, file=sys.stderr, flush=True)
     error_file = os.environ.get(LAUNCHER_ERROR_FILE)
     if error_file:
-        message = line[len("error: "):]
+        message = line[len("error: ") :]
         try:
             with open(error_file, "w") as f:  # the layout torch.distributed.elastic writes itself
                 info = {"py_callstack": message, "timestamp": str(int(time.time()))}

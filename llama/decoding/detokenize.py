@@ -1,4 +1,5 @@
 """Token ids to text, one token at a time: deltas that add up exactly to decoding the whole row."""
+
 from typing import List
 
 # What SentencePiece decodes an incomplete UTF-8 byte sequence to; a later byte token may complete it.
@@ -29,5 +30,5 @@ class TextDeltas:
     def _advance(self, text: str) -> str:
         if not text.startswith(self.emitted):
             return ""  # hold back until the text agrees again with what was already given out
-        delta, self.emitted = text[len(self.emitted):], text
+        delta, self.emitted = text[len(self.emitted) :], text
         return delta

@@ -5,6 +5,7 @@ of several stop tokens): prompts left-aligned in a (bsz, total_len) buffer of pa
 from the shortest prompt's end, prompt positions never overwritten, a row finished when it
 generates a stop token, the loop over when every row is.
 """
+
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional, Sequence
 
@@ -30,8 +31,14 @@ class DecodeState:
     total_len: int
 
 
-def start_decode(prompt_tokens: List[List[int]], max_gen_len: int, max_seq_len: int, pad_id: int,
-                 device: torch.device, logprobs: bool) -> DecodeState:
+def start_decode(
+    prompt_tokens: List[List[int]],
+    max_gen_len: int,
+    max_seq_len: int,
+    pad_id: int,
+    device: torch.device,
+    logprobs: bool,
+) -> DecodeState:
     """Lay the prompts out in a (bsz, total_len) buffer of pad_id, total_len = min(max_seq_len,
     max_gen_len + longest prompt)."""
     bsz = len(prompt_tokens)
@@ -46,8 +53,16 @@ def start_decode(prompt_tokens: List[List[int]], max_gen_len: int, max_seq_len: 
 
 
 @torch.inference_mode()
-def decode_steps(forward: Forward, state: DecodeState, temperature: float, top_p: float, stop_tokens: Sequence[int],
-                 pad_id: int, weight_dtype: torch.dtype, check_every: int = 1) -> Iterator[int]:
+def decode_steps(
+    forward: Forward,
+    state: DecodeState,
+    temperature: float,
+    top_p: float,
+    stop_tokens: Sequence[int],
+    pad_id: int,
+    weight_dtype: torch.dtype,
+    check_every: int = 1,
+) -> Iterator[int]:
     """Run the decode loop on `state`, yielding each position just written (for all rows at once).
 
     weight_dtype names the likely cause when the logits stop being finite.

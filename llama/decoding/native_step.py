@@ -17,6 +17,7 @@ through llama.model's operations, which are the reference's.
 It reads the model's own tensors (weights, norms, rotary tables, KV caches) through raw pointers
 taken once here: the model must not be moved or have its tensors replaced afterwards.
 """
+
 import ctypes
 import logging
 from typing import List, Optional, Union
@@ -37,15 +38,40 @@ class _Matrix(ctypes.Structure):
 
 
 class _Layer(ctypes.Structure):
-    _fields_ = [("attn_norm", _P), ("ffn_norm", _P),
-                *((name, _Matrix) for name in ("wq", "wk", "wv", "wo", "w1", "w2", "w3")), ("k", _P), ("v", _P)]
+    _fields_ = [
+        ("attn_norm", _P),
+        ("ffn_norm", _P),
+        *((name, _Matrix) for name in ("wq", "wk", "wv", "wo", "w1", "w2", "w3")),
+        ("k", _P),
+        ("v", _P),
+    ]
 
 
 class _Model(ctypes.Structure):
-    _fields_ = [*((name, _I) for name in ("bits", "bf16", "n_layers", "dim", "n_heads", "kv_heads", "head_dim", "hidden",
-                                          "vocab", "max_seq")),
-                ("eps", ctypes.c_double), ("embedding", _P), ("norm", _P), ("cos", _P), ("sin", _P),
-                ("output", _Matrix), ("layers", ctypes.POINTER(_Layer))]
+    _fields_ = [
+        *(
+            (name, _I)
+            for name in (
+                "bits",
+                "bf16",
+                "n_layers",
+                "dim",
+                "n_heads",
+                "kv_heads",
+                "head_dim",
+                "hidden",
+                "vocab",
+                "max_seq",
+            )
+        ),
+        ("eps", ctypes.c_double),
+        ("embedding", _P),
+        ("norm", _P),
+        ("cos", _P),
+        ("sin", _P),
+        ("output", _Matrix),
+        ("layers", ctypes.POINTER(_Layer)),
+    ]
 
 
 BITS = {"int4": 4, "int8": 8}
@@ -54,8 +80,9 @@ DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # the model dtypes decode.c take
 
 def _linears(model: Transformer) -> List[nn.Module]:
     names = {"attention": ("wq", "wk", "wv", "wo"), "feed_forward": ("w1", "w2", "w3")}
-    return [model.output] + [getattr(getattr(layer, part), n) for layer in model.layers
-                             for part, ns in names.items() for n in ns]
+    return [model.output] + [
+        getattr(getattr(layer, part), n) for layer in model.layers for part, ns in names.items() for n in ns
+    ]
 
 
 def weight_bits(model: Transformer) -> Union[int, str]:
@@ -122,9 +149,15 @@ class NativeDecode:
         layers = []
         for layer in model.layers:
             attn, ffn = layer.attention, layer.feed_forward
-            layers.append(_Layer(layer.attention_norm.weight.data_ptr(), layer.ffn_norm.weight.data_ptr(),
-                                 *(_matrix(m) for m in (attn.wq, attn.wk, attn.wv, attn.wo, ffn.w1, ffn.w2, ffn.w3)),
-                                 attn.cache.k.data_ptr(), attn.cache.v.data_ptr()))
+            layers.append(
+                _Layer(
+                    layer.attention_norm.weight.data_ptr(),
+                    layer.ffn_norm.weight.data_ptr(),
+                    *(_matrix(m) for m in (attn.wq, attn.wk, attn.wv, attn.wo, ffn.w1, ffn.w2, ffn.w3)),
+                    attn.cache.k.data_ptr(),
+                    attn.cache.v.data_ptr(),
+                )
+            )
         self.layers = (_Layer * len(layers))(*layers)
         output = _matrix(model.output)
         widest = max(m.K for layer in layers for m in (layer.wq, layer.w2))
@@ -136,11 +169,25 @@ class NativeDecode:
         # torch's GEMM (AMX where the CPU has it), faster than decode.c's few-row bfloat16 kernel.
         fast = bits in (4, 8) or bits == 32 and widest <= dense.NATIVE_MAX_K
         self.prompt_rows = dense.NATIVE_MAX_ROWS if fast else 0
-        self.desc = _Model(bits, DTYPES[model.tok_embeddings.weight.dtype], p.n_layers, p.dim, p.n_heads,
-                           p.kv_heads, p.head_dim, layers[0].w1.N, output.N,
-                           p.max_seq_len, p.norm_eps, model.tok_embeddings.weight.data_ptr(),
-                           model.norm.weight.data_ptr(), model.rope_cos.data_ptr(), model.rope_sin.data_ptr(), output,
-                           self.layers)
+        self.desc = _Model(
+            bits,
+            DTYPES[model.tok_embeddings.weight.dtype],
+            p.n_layers,
+            p.dim,
+            p.n_heads,
+            p.kv_heads,
+            p.head_dim,
+            layers[0].w1.N,
+            output.N,
+            p.max_seq_len,
+            p.norm_eps,
+            model.tok_embeddings.weight.data_ptr(),
+            model.norm.weight.data_ptr(),
+            model.rope_cos.data_ptr(),
+            model.rope_sin.data_ptr(),
+            output,
+            self.layers,
+        )
 
     def takes_prompt(self, tokens: torch.Tensor) -> bool:
         """Whether a prompt of these tokens (bsz, T) runs here (else llama.model runs it)."""

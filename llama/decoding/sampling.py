@@ -1,6 +1,7 @@
 """Choosing the next token from the logits: argmax at temperature 0, else top-p (nucleus) sampling
 over softmax(logits / temperature), with the reference's draws (`meta-llama/llama`,
 `llama/generation.py`, sample_top_p)."""
+
 import torch
 
 

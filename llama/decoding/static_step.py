@@ -1,4 +1,5 @@
 """The static-shape one-token decode step, optionally compiled (`Llama.build(..., compile=True)`)."""
+
 from typing import Optional
 
 import torch

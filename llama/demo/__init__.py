@@ -4,6 +4,7 @@ Its files (params.json, consolidated.00.pth, tokenizer.model) sit next to this m
 made by scripts/train_demo.py; TRAINING.md records the run. `Llama.build_demo()` loads it, and
 the example scripts and `python -m llama.chat` fall back to it when no checkpoint is named.
 """
+
 import logging
 from pathlib import Path
 from typing import Optional, Tuple

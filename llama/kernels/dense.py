@@ -1,9 +1,10 @@
 """The matmul every linear layer runs, with the CPU fast paths measured in BENCHMARKS.md."""
+
 import torch
 import torch.nn.functional as F
 
-from . import native
 from ..runtime.backend import cpu_vendor
+from . import native
 
 # For 2..SMALL_BATCH_ROWS rows (a small decode batch) a linear layer runs as (W @ x.T).T, which
 # MKL computes ~1.45x faster than F.linear's small-matrix GEMM (measured on the 2-core AMD EPYC of
@@ -49,15 +50,34 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     rows = x.numel() // x.shape[-1]
     # One bfloat16 row (decode at batch 1) on an x86 CPU: llama.kernels.native's GEMV streams a weight ~1.2x
     # faster than torch's (9.2-9.7 vs 8.1-8.2 tokens/s, 7B-shaped); at batch 4 torch's GEMM is faster.
-    if (rows == 1 and x.device.type == "cpu" and x.dtype == weight.dtype == torch.bfloat16
-            and weight.is_contiguous() and native.available()):
+    if (
+        rows == 1
+        and x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.bfloat16
+        and weight.is_contiguous()
+        and native.available()
+    ):
         return native.bf16_linear(x, weight)
-    if (SMALL_BATCH_ROWS < rows <= NATIVE_MAX_ROWS and x.shape[-1] <= NATIVE_MAX_K and x.device.type == "cpu"
-            and x.dtype == weight.dtype == torch.float32 and weight.is_contiguous() and native.available()):
+    if (
+        SMALL_BATCH_ROWS < rows <= NATIVE_MAX_ROWS
+        and x.shape[-1] <= NATIVE_MAX_K
+        and x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and weight.is_contiguous()
+        and native.available()
+    ):
         return native.f32_linear(x, weight)
-    if x.device.type == "cpu" and x.dtype == torch.float32 and ONEDNN and (
-            rows == 1 and ONEDNN_ONE_ROW
-            or SMALL_BATCH_ROWS < rows <= ONEDNN_MAX_ROWS and weight.numel() >= ONEDNN_MIN_WEIGHT):
+    if (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and ONEDNN
+        and (
+            rows == 1
+            and ONEDNN_ONE_ROW
+            or SMALL_BATCH_ROWS < rows <= ONEDNN_MAX_ROWS
+            and weight.numel() >= ONEDNN_MIN_WEIGHT
+        )
+    ):
         return torch.ops.llama.onednn_linear(x, weight) if torch.compiler.is_compiling() else _onednn(x, weight)
     if rows == 1 or rows > SMALL_BATCH_ROWS:
         return F.linear(x, weight)

@@ -8,6 +8,7 @@ quantized checkpoint stores and every int8/int4 kernel reads.
   byte, the even input column in the low nibble: weight (out, in // 2) uint8, and `scales`
   (out, in // group, 2) bfloat16 with scale and zero per group.
 """
+
 from typing import Dict, Tuple
 
 import torch

@@ -17,6 +17,7 @@ falls back to torch's kernels (llama.kernels.torch_quant) and says so once in th
 Weights are repacked at load time into blocks of 8 output rows (the layout qmatmul.c describes);
 the repacked weight takes the same bytes as the portable one, which it replaces.
 """
+
 import ctypes
 import hashlib
 import logging
@@ -61,8 +62,13 @@ def _build(compiler: str, target: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run([compiler, *CFLAGS, *map(str, SOURCES), "-o", tmp, "-lm"], check=True, capture_output=True,
-                       text=True, timeout=120)
+        subprocess.run(
+            [compiler, *CFLAGS, *map(str, SOURCES), "-o", tmp, "-lm"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -77,8 +83,13 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.llama_bf16_matmul.argtypes = [p, i, i, p, i, p]
     lib.llama_f32_matmul.argtypes = [p, i, i, p, i, p]
     lib.llama_forward.argtypes = [p, p, i, i, i, p]
-    for fn in (lib.llama_int4_matmul, lib.llama_int8_matmul, lib.llama_bf16_matmul, lib.llama_f32_matmul,
-               lib.llama_forward):
+    for fn in (
+        lib.llama_int4_matmul,
+        lib.llama_int8_matmul,
+        lib.llama_bf16_matmul,
+        lib.llama_f32_matmul,
+        lib.llama_forward,
+    ):
         fn.restype = ctypes.c_int
     return lib
 
@@ -93,8 +104,10 @@ def library() -> Optional[ctypes.CDLL]:
         return None  # the SIMD paths are x86 ones; elsewhere torch's kernels are the faster choice
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
-        log.warning("no C compiler (cc) found: the int4/int8 CPU kernels of llama.kernels.native are not built; "
-                    "torch's slower kernels are used (install gcc to get them)")
+        log.warning(
+            "no C compiler (cc) found: the int4/int8 CPU kernels of llama.kernels.native are not built; "
+            "torch's slower kernels are used (install gcc to get them)"
+        )
         return None
     texts = [path.read_text() for path in SOURCES + HEADERS]
     key = hashlib.sha256("\0".join([*texts, compiler, *CFLAGS, _cpu_flags()]).encode()).hexdigest()[:16]
@@ -126,6 +139,7 @@ def check(rc: int) -> None:
 
 
 # ---- repacking (pure tensor functions, any device) ----
+
 
 def fits(in_features: int) -> bool:
     """Whether the native kernels run here for a layer with this input size (whole groups of 32)."""
@@ -165,6 +179,7 @@ def int4_blocks(packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
 # Each is also a torch operator (llama::native_*), so that torch.compile graphs call it as one
 # opaque kernel instead of breaking the graph at a ctypes call.
 
+
 def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1]).float().contiguous()
 
@@ -172,16 +187,20 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 def _int4(x: torch.Tensor, blocks: torch.Tensor, n: int) -> torch.Tensor:
     rows = _rows(x)
     y = torch.empty(rows.shape[0], n)
-    check(library().llama_int4_matmul(rows.data_ptr(), rows.shape[0], rows.shape[1], blocks.data_ptr(), n,
-                                       y.data_ptr()))
+    check(
+        library().llama_int4_matmul(rows.data_ptr(), rows.shape[0], rows.shape[1], blocks.data_ptr(), n, y.data_ptr())
+    )
     return y.to(x.dtype).reshape(*x.shape[:-1], n)
 
 
 def _int8(x: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor, n: int) -> torch.Tensor:
     rows = _rows(x)
     y = torch.empty(rows.shape[0], n)
-    check(library().llama_int8_matmul(rows.data_ptr(), rows.shape[0], rows.shape[1], blocks.data_ptr(),
-                                       scales.data_ptr(), n, y.data_ptr()))
+    check(
+        library().llama_int8_matmul(
+            rows.data_ptr(), rows.shape[0], rows.shape[1], blocks.data_ptr(), scales.data_ptr(), n, y.data_ptr()
+        )
+    )
     return y.to(x.dtype).reshape(*x.shape[:-1], n)
 
 
@@ -204,14 +223,30 @@ def _f32(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 _LIB = torch.library.Library("llama", "FRAGMENT")
 for _name, _schema, _impl, _meta in (
-    ("native_int4", "(Tensor x, Tensor blocks, int n) -> Tensor", _int4,
-     lambda x, blocks, n: x.new_empty(*x.shape[:-1], n)),
-    ("native_int8", "(Tensor x, Tensor blocks, Tensor scales, int n) -> Tensor", _int8,
-     lambda x, blocks, scales, n: x.new_empty(*x.shape[:-1], n)),
-    ("native_bf16", "(Tensor x, Tensor weight) -> Tensor", _bf16,
-     lambda x, weight: x.new_empty(*x.shape[:-1], weight.shape[0])),
-    ("native_f32", "(Tensor x, Tensor weight) -> Tensor", _f32,
-     lambda x, weight: x.new_empty(*x.shape[:-1], weight.shape[0])),
+    (
+        "native_int4",
+        "(Tensor x, Tensor blocks, int n) -> Tensor",
+        _int4,
+        lambda x, blocks, n: x.new_empty(*x.shape[:-1], n),
+    ),
+    (
+        "native_int8",
+        "(Tensor x, Tensor blocks, Tensor scales, int n) -> Tensor",
+        _int8,
+        lambda x, blocks, scales, n: x.new_empty(*x.shape[:-1], n),
+    ),
+    (
+        "native_bf16",
+        "(Tensor x, Tensor weight) -> Tensor",
+        _bf16,
+        lambda x, weight: x.new_empty(*x.shape[:-1], weight.shape[0]),
+    ),
+    (
+        "native_f32",
+        "(Tensor x, Tensor weight) -> Tensor",
+        _f32,
+        lambda x, weight: x.new_empty(*x.shape[:-1], weight.shape[0]),
+    ),
 ):
     _LIB.define(_name + _schema)
     _LIB.impl(_name, _impl, "CPU")
@@ -220,6 +255,7 @@ for _name, _schema, _impl, _meta in (
 
 # Eagerly the Python functions are called directly: the operator's dispatch costs ~10 us, as much
 # as a small layer's whole matmul.
+
 
 def int4_linear(x: torch.Tensor, blocks: torch.Tensor, n: int) -> torch.Tensor:
     """x (..., K) @ W.T for W in int4 blocks (int4_blocks) with n output rows; x's dtype out."""

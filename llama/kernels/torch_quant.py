@@ -16,6 +16,7 @@ of uint8 (out, in // 2) with the even input column in the HIGH nibble (torch >= 
 `matrix_to_m16n8k16_Bint4_layout` in aten/src/ATen/native/cuda/int4mm.cu and the MPS
 `weight_to_int4pack` shader): the portable bytes with their nibbles swapped.
 """
+
 from typing import Tuple
 
 import torch
@@ -35,6 +36,7 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 # ---- int8, per output channel ----
 
+
 def int8_linear(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """x @ (q * scales[:, None]).T for int8 q (out, in) and bfloat16 scales, by the fused kernel
     (where `backend.device_has_kernel("_weight_int8pack_mm", device)`); activations in bfloat16 inside."""
@@ -50,10 +52,14 @@ def int8_linear_portable(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor)
 
 # ---- int4, group-wise ----
 
+
 def int4_cpu_kernel_fits(packed: torch.Tensor) -> bool:
     """Whether the CPU int4 kernel can take this weight (on the CPU, rows a multiple of 16)."""
-    return (packed.device.type == "cpu" and packed.shape[0] % INT4_ROWS_MULTIPLE == 0
-            and device_has_kernel("_weight_int4pack_mm_for_cpu", packed.device))
+    return (
+        packed.device.type == "cpu"
+        and packed.shape[0] % INT4_ROWS_MULTIPLE == 0
+        and device_has_kernel("_weight_int4pack_mm_for_cpu", packed.device)
+    )
 
 
 def int4_to_cpu_kernel(packed: torch.Tensor, scales: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -63,8 +69,10 @@ def int4_to_cpu_kernel(packed: torch.Tensor, scales: torch.Tensor) -> Tuple[torc
     so pieces of 1024 rows convert to the same bytes, and the int32 codes the converter wants
     (8x the packed size) never exist for a whole matrix at once.
     """
-    pieces = [torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_nibbles(rows).to(torch.int32), 1)
-              for rows in packed.split(CONVERT_ROWS)]
+    pieces = [
+        torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_nibbles(rows).to(torch.int32), 1)
+        for rows in packed.split(CONVERT_ROWS)
+    ]
     return torch.cat(pieces), scales.to(torch.bfloat16).transpose(0, 1).contiguous()
 
 
@@ -97,8 +105,13 @@ def int4_gpu_kernel_fits(shape, group: int, device: torch.device) -> bool:
     `shape` and `group` on `device` (else the portable path runs)."""
     device = torch.device(device)
     out_features, in_features = shape[0], shape[1] * 2
-    if (int4_gpu_dtype(device) is None or out_features % INT4_GPU_ROWS_MULTIPLE or group not in INT4_GPU_GROUPS
-            or in_features % group or int4_gpu_inner_k_tiles(in_features) is None):
+    if (
+        int4_gpu_dtype(device) is None
+        or out_features % INT4_GPU_ROWS_MULTIPLE
+        or group not in INT4_GPU_GROUPS
+        or in_features % group
+        or int4_gpu_inner_k_tiles(in_features) is None
+    ):
         return False
     if not all(device_has_kernel(op, device) for op in ("_weight_int4pack_mm", "_convert_weight_to_int4pack")):
         return False
@@ -107,8 +120,9 @@ def int4_gpu_kernel_fits(shape, group: int, device: torch.device) -> bool:
 
 def int4_to_gpu_kernel(packed: torch.Tensor, scales: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Portable int4 on a CUDA/MPS device -> (the kernel's int32 tiles, its (in // group, out, 2) scales)."""
-    tiles = torch.ops.aten._convert_weight_to_int4pack(to_gpu_nibbles(packed).contiguous(),
-                                                       int4_gpu_inner_k_tiles(packed.shape[1] * 2))
+    tiles = torch.ops.aten._convert_weight_to_int4pack(
+        to_gpu_nibbles(packed).contiguous(), int4_gpu_inner_k_tiles(packed.shape[1] * 2)
+    )
     # A copy in (in // group, out, 2) order (clone rather than .contiguous(): the same here, and
     # torch's FakeTensorMode can run it without CUDA, which is how the tests check this path).
     scales = scales.to(int4_gpu_dtype(packed.device))

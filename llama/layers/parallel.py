@@ -8,6 +8,7 @@ allocation per rank and breaks under the meta device): the weight is `torch.empt
 assigns the real tensor. On one rank they skip fairscale's region functions, which are identities
 there but cost tens of microseconds each, hundreds of times per decoded token.
 """
+
 import logging
 from contextlib import redirect_stdout
 from io import StringIO

@@ -7,6 +7,7 @@ differs from Llama 2 in one line: its embedding is split along the vocabulary (M
 `meta-llama/llama3` `llama/model.py` uses VocabParallelEmbedding there). Pure data: the offline tools
 read it without importing fairscale or any kernel.
 """
+
 from dataclasses import dataclass
 from typing import Dict, Mapping, Optional
 
@@ -33,10 +34,17 @@ Plan = Mapping[str, Style]
 
 LLAMA2_PLAN: Plan = {
     "tok_embeddings": EMBEDDING_DIM,
-    "wq": COLUMN, "wk": COLUMN, "wv": COLUMN, "wo": ROW,
-    "w1": COLUMN, "w3": COLUMN, "w2": ROW,
+    "wq": COLUMN,
+    "wk": COLUMN,
+    "wv": COLUMN,
+    "wo": ROW,
+    "w1": COLUMN,
+    "w3": COLUMN,
+    "w2": ROW,
     "output": COLUMN_GATHERED,
-    "attention_norm": REPLICATED, "ffn_norm": REPLICATED, "norm": REPLICATED,
+    "attention_norm": REPLICATED,
+    "ffn_norm": REPLICATED,
+    "norm": REPLICATED,
 }
 LLAMA3_PLAN: Plan = {**LLAMA2_PLAN, "tok_embeddings": VOCAB}
 PLANS: Dict[str, Plan] = {"llama2": LLAMA2_PLAN, "llama3": LLAMA3_PLAN}

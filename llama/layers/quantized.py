@@ -7,6 +7,7 @@ the model-parallel linear layers with a quantized weight: `linear_classes` hands
 rank quantizes its own slice. After loading, `prepare` gives each layer the kernel that
 `llama.kernels.routing` picks for the device its weights are on.
 """
+
 from typing import Dict, Optional
 
 import torch
@@ -42,10 +43,10 @@ def _repacked(repack, weight: torch.Tensor, *extra: torch.Tensor) -> torch.Tenso
     big matrix never exists twice in temporaries; the stored weight's mapped pages are released."""
     out = None
     for start in range(0, weight.shape[0], REPACK_ROWS):
-        part = repack(*(t[start:start + REPACK_ROWS] for t in (weight, *extra)))
+        part = repack(*(t[start : start + REPACK_ROWS] for t in (weight, *extra)))
         if out is None:
             out = torch.empty(-(-weight.shape[0] // native.BLOCK) * native.BLOCK, part.shape[1], dtype=part.dtype)
-        out[start:start + part.shape[0]] = part
+        out[start : start + part.shape[0]] = part
     release_mapped(weight)
     return out
 
@@ -83,14 +84,17 @@ class _Int8(_Quantized):
 
 class _Int4(_Quantized):
     method = "int4"
-    kernel = "portable"  # "native" (llama.kernels.native), "gpu" (aten::_weight_int4pack_mm), "torch" (its CPU kernel), "portable"
+    # "native" (llama.kernels.native), "gpu" (aten::_weight_int4pack_mm), "torch" (its CPU kernel), "portable"
+    kernel = "portable"
 
     def _make_quantized(self) -> None:
         out_features, in_features = self.weight.shape
         check_int4_width(in_features, "this model (per process)")
         self.group = INT4_GROUP
-        self._set_buffers(torch.empty(out_features, in_features // 2, dtype=torch.uint8),
-                          torch.empty(out_features, in_features // INT4_GROUP, 2, dtype=torch.bfloat16))
+        self._set_buffers(
+            torch.empty(out_features, in_features // 2, dtype=torch.uint8),
+            torch.empty(out_features, in_features // INT4_GROUP, 2, dtype=torch.bfloat16),
+        )
 
     def prepare(self) -> None:
         if tq.int4_gpu_kernel_fits(self.weight.shape, self.group, self.weight.device):

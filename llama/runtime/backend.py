@@ -15,6 +15,7 @@ Rules (first match wins):
 Overrides: arguments, else env LLAMA_DEVICE / LLAMA_BACKEND / LLAMA_DTYPE.
 Timeouts (see llama.runtime.distributed): env LLAMA_COLLECTIVE_TIMEOUT / LLAMA_LOAD_TIMEOUT, in seconds.
 """
+
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,9 +25,9 @@ from typing import Mapping, Optional, Tuple, Union
 import torch
 import torch.distributed as dist
 
-from .group import caller_group
-from .envvars import env_int, env_seconds
 from ..errors import BackendError, ConfigError
+from .envvars import env_int, env_seconds
+from .group import caller_group
 
 # The devices a user may name (--device, LLAMA_DEVICE), as they are written.
 DEVICE_CHOICES = ("cpu", "cuda", "cuda:N", "mps")
@@ -35,9 +36,14 @@ _DEVICE_HINT = ", ".join(DEVICE_CHOICES[:-1]) + " or " + DEVICE_CHOICES[-1]  # "
 
 BACKENDS = ("nccl", "gloo")
 DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
 }
 # Defaults; env LLAMA_COLLECTIVE_TIMEOUT / LLAMA_LOAD_TIMEOUT (seconds) override them per run.
 COLLECTIVE_TIMEOUT = timedelta(seconds=30)
@@ -247,7 +253,14 @@ def select(
     else:
         name, backend_why = _requested_backend(backend, backend_src, dev, probe), backend_label
     return Runtime(
-        name, dev, chosen_dtype, world, rank, local_rank, launched, f"{device_why}; {backend_why}",
+        name,
+        dev,
+        chosen_dtype,
+        world,
+        rank,
+        local_rank,
+        launched,
+        f"{device_why}; {backend_why}",
         timeout=env_seconds("LLAMA_COLLECTIVE_TIMEOUT", COLLECTIVE_TIMEOUT, env),
         load_timeout=env_seconds("LLAMA_LOAD_TIMEOUT", LOAD_TIMEOUT, env),
     )

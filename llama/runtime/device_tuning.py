@@ -1,4 +1,5 @@
 """Speed knobs that depend on the device: how the decode step is compiled, how often EOS is checked."""
+
 import torch
 
 

@@ -5,6 +5,7 @@ Timeouts: joining and loading may take long and unevenly (Runtime.load_timeout);
 has loaded, a model-parallel collective that waits longer than Runtime.timeout means a peer died
 or hung, and the rank gives up instead of waiting forever.
 """
+
 import atexit
 import logging
 import os

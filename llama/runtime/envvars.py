@@ -5,6 +5,7 @@ must refuse it with a message that names the variable, or the run would silently
 rank or world size. Reporting an error that already happened (`cli.error_line`) must not raise a
 second one over it, so it asks for the default instead (`strict=False`).
 """
+
 import os
 from datetime import timedelta
 from typing import Mapping, Optional

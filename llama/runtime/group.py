@@ -1,5 +1,6 @@
 """The default process group as this process finds it: whether one exists, whether the caller made
 it, and the one rule for which process speaks ("rank 0 speaks for all")."""
+
 from typing import Optional, Tuple
 
 import torch.distributed as dist

@@ -12,6 +12,7 @@ Two things make a CPU load hold more than the model it builds:
   blocks are mapped and unmapped on their own (1.0 GB, every run), then sets it to glibc's own
   upper bound (32 MB) for the run, which is where the dynamic threshold settles anyway.
 """
+
 import ctypes
 import ctypes.util
 import mmap

@@ -5,11 +5,12 @@ so max_seq_len and max_batch_size are bounded only by memory. The cache is zero-
 time, so a size beyond the machine does not fail politely: on Linux the kernel kills the process
 (no message at all). We refuse such sizes before allocating anything.
 """
+
 import torch
 
-from .backend import device_memory
 from ..errors import ConfigError
 from ..model import ModelArgs
+from .backend import device_memory
 
 
 def cache_bytes(args: ModelArgs, mp_size: int, dtype: torch.dtype) -> int:

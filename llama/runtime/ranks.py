@@ -6,6 +6,7 @@ collective: the run would die with no message. `on_all_ranks` runs a step everyw
 gathers every rank's outcome before anyone goes on. `peer_failure` recognises the other half:
 a collective that failed because a peer went away, which is only the echo of that peer's error.
 """
+
 from typing import Callable, List, Optional, TypeVar
 
 import torch.distributed as dist
@@ -62,8 +63,13 @@ def on_all_ranks(step: Callable[..., T], *args) -> T:
 
 
 # How gloo and NCCL word a collective that failed because a peer process exited ...
-_PEER_EXITED = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote process exited",
-                "NCCL communicator was aborted")
+_PEER_EXITED = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "remote process exited",
+    "NCCL communicator was aborted",
+)
 # ... or stopped answering (hung, or its machine vanished) for longer than the timeout.
 _PEER_SILENT = ("Timed out waiting", "timed out", "Socket Timeout")
 

@@ -1,4 +1,5 @@
 """How well a model predicts a text, per character, so models with different vocabularies compare."""
+
 from typing import Sequence
 
 from ..generation import Llama

@@ -1,5 +1,6 @@
 """Made-up models for tests, benchmarks and the demo trainer (no downloads needed): one table of tiny
 configs, one SentencePiece trainer, random weights in Meta's layout."""
+
 import io
 import math
 from typing import Dict, Iterable, Optional
@@ -16,13 +17,40 @@ TINY_CONFIGS: Dict[str, dict] = {
     # multi-head attention, plain SwiGLU width
     "mha": dict(dim=64, n_layers=2, n_heads=4, multiple_of=32, norm_eps=1e-5),
     # grouped-query attention (4 query heads per kv head), ffn_dim_multiplier, custom rope_theta
-    "gqa": dict(dim=64, n_layers=2, n_heads=8, n_kv_heads=2, multiple_of=32, ffn_dim_multiplier=1.3,
-                norm_eps=1e-5, rope_theta=500000.0),
+    "gqa": dict(
+        dim=64,
+        n_layers=2,
+        n_heads=8,
+        n_kv_heads=2,
+        multiple_of=32,
+        ffn_dim_multiplier=1.3,
+        norm_eps=1e-5,
+        rope_theta=500000.0,
+    ),
     # Llama 3 shapes: its vocabulary (vocab-split embedding), GQA, rope_theta 500000; 3.1+ scales RoPE
-    "llama3": dict(dim=64, n_layers=2, n_heads=8, n_kv_heads=2, vocab_size=LLAMA3_VOCAB, multiple_of=32,
-                   ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=500000.0),
-    "llama3.1": dict(dim=64, n_layers=2, n_heads=8, n_kv_heads=2, vocab_size=LLAMA3_VOCAB, multiple_of=32,
-                     ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=500000.0, use_scaled_rope=True),
+    "llama3": dict(
+        dim=64,
+        n_layers=2,
+        n_heads=8,
+        n_kv_heads=2,
+        vocab_size=LLAMA3_VOCAB,
+        multiple_of=32,
+        ffn_dim_multiplier=1.3,
+        norm_eps=1e-5,
+        rope_theta=500000.0,
+    ),
+    "llama3.1": dict(
+        dim=64,
+        n_layers=2,
+        n_heads=8,
+        n_kv_heads=2,
+        vocab_size=LLAMA3_VOCAB,
+        multiple_of=32,
+        ffn_dim_multiplier=1.3,
+        norm_eps=1e-5,
+        rope_theta=500000.0,
+        use_scaled_rope=True,
+    ),
 }
 
 
@@ -50,12 +78,23 @@ def train_sentencepiece(lines: Optional[Iterable[str]] = None, vocab_size: int =
 
     out = io.BytesIO()
     settings = dict(
-        model_type="bpe", byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, input_sentence_size=20000,
-        shuffle_input_sentence=False, minloglevel=2, character_coverage=0.9995, num_threads=2,
+        model_type="bpe",
+        byte_fallback=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        input_sentence_size=20000,
+        shuffle_input_sentence=False,
+        minloglevel=2,
+        character_coverage=0.9995,
+        num_threads=2,
     )
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(python_doc_lines() if lines is None else lines), model_writer=out,
-        vocab_size=vocab_size, **{**settings, **options},
+        sentence_iterator=iter(python_doc_lines() if lines is None else lines),
+        model_writer=out,
+        vocab_size=vocab_size,
+        **{**settings, **options},
     )
     return out.getvalue()
 
@@ -97,8 +136,11 @@ def params_dict(args: ModelArgs) -> dict:
     """params.json content for `args`, as Meta ships it: Llama 2 with vocab_size -1 (taken from the
     tokenizer), Llama 3 with its vocab_size and RoPE settings."""
     out = {
-        "dim": args.dim, "n_layers": args.n_layers, "n_heads": args.n_heads,
-        "multiple_of": args.multiple_of, "norm_eps": args.norm_eps,
+        "dim": args.dim,
+        "n_layers": args.n_layers,
+        "n_heads": args.n_heads,
+        "multiple_of": args.multiple_of,
+        "norm_eps": args.norm_eps,
         "vocab_size": args.vocab_size if args.vocab_size >= LLAMA3_VOCAB else -1,
     }
     if args.n_kv_heads is not None:

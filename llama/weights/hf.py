@@ -7,6 +7,7 @@ rotates adjacent pairs: Meta row 2i of a head is HF row i, Meta row 2i+1 is HF r
 Which file holds which tensor, and the memory-mapped reads, live in `hf_files.py`; config.json <->
 params.json in `hf_config.py`.
 """
+
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
@@ -18,9 +19,15 @@ from .hf_files import INDEX_FILE, SINGLE_FILE, TensorFiles, check_rank
 
 TOP_NAMES = {"tok_embeddings": "model.embed_tokens", "norm": "model.norm", "output": "lm_head"}
 LAYER_NAMES = {
-    "attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj", "attention.wv": "self_attn.v_proj",
-    "attention.wo": "self_attn.o_proj", "feed_forward.w1": "mlp.gate_proj", "feed_forward.w2": "mlp.down_proj",
-    "feed_forward.w3": "mlp.up_proj", "attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+    "attention.wq": "self_attn.q_proj",
+    "attention.wk": "self_attn.k_proj",
+    "attention.wv": "self_attn.v_proj",
+    "attention.wo": "self_attn.o_proj",
+    "feed_forward.w1": "mlp.gate_proj",
+    "feed_forward.w2": "mlp.down_proj",
+    "feed_forward.w3": "mlp.up_proj",
+    "attention_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
 }
 # Buffers some older conversions saved; the model recomputes them.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -53,10 +60,15 @@ def meta_shapes(params: dict, vocab_size: int) -> Dict[str, Tuple[int, ...]]:
     head_dim, kv = dim // n_heads, params.get("n_kv_heads") or n_heads
     hidden = ffn_hidden_dim(dim, params.get("multiple_of", 256), params.get("ffn_dim_multiplier"))
     layer = {
-        "attention.wq": (n_heads * head_dim, dim), "attention.wk": (kv * head_dim, dim),
-        "attention.wv": (kv * head_dim, dim), "attention.wo": (dim, n_heads * head_dim),
-        "feed_forward.w1": (hidden, dim), "feed_forward.w2": (dim, hidden), "feed_forward.w3": (hidden, dim),
-        "attention_norm": (dim,), "ffn_norm": (dim,),
+        "attention.wq": (n_heads * head_dim, dim),
+        "attention.wk": (kv * head_dim, dim),
+        "attention.wv": (kv * head_dim, dim),
+        "attention.wo": (dim, n_heads * head_dim),
+        "feed_forward.w1": (hidden, dim),
+        "feed_forward.w2": (dim, hidden),
+        "feed_forward.w3": (hidden, dim),
+        "attention_norm": (dim,),
+        "ffn_norm": (dim,),
     }
     shapes = {"tok_embeddings.weight": (vocab_size, dim)}
     for i in range(params["n_layers"]):
@@ -115,8 +127,9 @@ def to_hf(state: Dict[str, torch.Tensor], params: dict) -> Tuple[Dict[str, torch
     return tensors, config_from_params(params, embedding.shape[0], tied, embedding.dtype)
 
 
-def load_rank_state(ckpt_dir, params: dict, split_dim: Callable[[str], Optional[int]], world: int,
-                    rank: int) -> Dict[str, torch.Tensor]:
+def load_rank_state(
+    ckpt_dir, params: dict, split_dim: Callable[[str], Optional[int]], world: int, rank: int
+) -> Dict[str, torch.Tensor]:
     """The weights of model-parallel `rank` of `world`, in Meta names and Meta's q/k row order.
 
     `params` is hf_config.params_from_hf_dir(ckpt_dir); `split_dim(meta_key)` gives the dim each weight is cut
@@ -160,8 +173,9 @@ def _check_tensors(files: TensorFiles, expected: Dict[str, Tuple[int, ...]], tie
             )
 
 
-def _read_slice(files: TensorFiles, name: str, key: str, shape, params: dict, dim: Optional[int], world: int,
-                rank: int) -> torch.Tensor:
+def _read_slice(
+    files: TensorFiles, name: str, key: str, shape, params: dict, dim: Optional[int], world: int, rank: int
+) -> torch.Tensor:
     index = [slice(None)] * len(shape)
     heads = rotary_heads(key, params)
     if dim is not None and world > 1:

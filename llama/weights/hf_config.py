@@ -4,6 +4,7 @@ config.json's intermediate_size becomes the multiple_of / ffn_dim_multiplier tha
 under Meta's rule, its llama3 rope entry becomes use_scaled_rope, and Llama variants Meta's model
 cannot express are refused. The tensors themselves (names, q/k row order) are `hf.py`'s.
 """
+
 import json
 import math
 from pathlib import Path
@@ -11,10 +12,10 @@ from typing import Optional, Tuple
 
 import torch
 
-from .meta import check_params
 from ..errors import ConfigError, MissingFileError
 from ..model import ModelArgs
 from ..validation import whole_number
+from .meta import check_params
 
 CONFIG = "config.json"
 
@@ -27,6 +28,7 @@ META_FFN_CHOICES = ((256, None), (1024, 1.3), (256, 1.5))
 META_ROPE_FACTOR = 8.0
 META_ROPE_FIXED = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 DEFAULT_ROPE_THETA = 10000.0
+
 
 def read_config(ckpt_dir) -> dict:
     """config.json as a dict, checked to describe a Llama model."""
@@ -145,7 +147,7 @@ def _candidate_ffn(dim: int, hidden: int):
     base = int(2 * (4 * dim) / 3)
     # Multipliers from the shortest decimal up to exact ones (+0.5 survives int()'s truncation).
     multipliers = [None] + [round(hidden / base, d) for d in range(1, 7)] + [hidden / base, (hidden + 0.5) / base]
-    powers = [2 ** k for k in range(int(math.log2(hidden)), -1, -1) if hidden % 2 ** k == 0]
+    powers = [2**k for k in range(int(math.log2(hidden)), -1, -1) if hidden % 2**k == 0]
     for multiplier in multipliers:
         for multiple_of in powers:
             yield multiple_of, multiplier
@@ -172,12 +174,21 @@ def config_from_params(params: dict, vocab_size: int, tied: bool, dtype: torch.d
     dim, n_heads = params["dim"], params["n_heads"]
     theta = params.get("rope_theta", DEFAULT_ROPE_THETA)
     config = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": dim,
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": dim,
         "intermediate_size": ffn_hidden_dim(dim, params.get("multiple_of", 256), params.get("ffn_dim_multiplier")),
-        "num_hidden_layers": params["n_layers"], "num_attention_heads": n_heads,
-        "num_key_value_heads": params.get("n_kv_heads") or n_heads, "head_dim": dim // n_heads,
-        "vocab_size": vocab_size, "rms_norm_eps": params.get("norm_eps", 1e-5), "rope_theta": theta,
-        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": tied,
+        "num_hidden_layers": params["n_layers"],
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": params.get("n_kv_heads") or n_heads,
+        "head_dim": dim // n_heads,
+        "vocab_size": vocab_size,
+        "rms_norm_eps": params.get("norm_eps", 1e-5),
+        "rope_theta": theta,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": tied,
         "torch_dtype": str(dtype).replace("torch.", ""),
         # Meta's context lengths: Llama 2 4096, Llama 3 8192, Llama 3.1+ (scaled RoPE) 131072.
         "max_position_embeddings": 131072 if params.get("use_scaled_rope") else 8192 if theta == 500000 else 4096,

@@ -4,6 +4,7 @@ Files are opened with the `safetensors` library, which memory-maps them: a tenso
 view of the file's pages (private to this process, never written back), and a slice reads only
 the pages it covers.
 """
+
 import json
 import math
 from pathlib import Path

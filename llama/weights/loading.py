@@ -1,6 +1,7 @@
 """Loading a checkpoint directory into a model on this rank: open it (Meta or Hugging Face layout),
 build the model on the meta device, apply the parallel plan, and assign this rank's weights
 (memory-mapped where possible)."""
+
 from dataclasses import dataclass
 from functools import cached_property, partial
 from pathlib import Path
@@ -8,18 +9,18 @@ from typing import Dict, List, Optional
 
 import torch
 
+from ..errors import CheckpointError, ConfigError
 from ..layers import quantized as quantized_layers
+from ..layers.parallel import parallelize
+from ..layers.plan import PLANS, split_dim
+from ..model import ModelArgs, Transformer
 from ..runtime import memory
-from . import hf, hf_config, meta
-from .quantized import check_stored, read_stored_params
 from ..runtime.backend import Runtime
 from ..runtime.group import is_main_process
-from ..errors import CheckpointError, ConfigError
 from ..runtime.host_memory import loading_allocations, release_mapped
-from ..model import ModelArgs, Transformer
-from ..layers.plan import PLANS, split_dim
-from ..layers.parallel import parallelize
 from ..runtime.progress import slow_progress
+from . import hf, hf_config, meta
+from .quantized import check_stored, read_stored_params
 
 
 @dataclass
@@ -34,7 +35,7 @@ class Checkpoint:
 
     @cached_property
     def family(self) -> str:
-        """"llama2" or "llama3": which parallel plan its shards follow (may peek into the first shard)."""
+        """ "llama2" or "llama3": which parallel plan its shards follow (may peek into the first shard)."""
         return meta.family(self.shards, self.params)
 
     @property
@@ -85,7 +86,9 @@ def load_model(ckpt: Checkpoint, args: ModelArgs, world: int, rank: int, rt: Run
     meta.check_state(state, expected, source)
     layers = quantized_layers.quantized_layers(model)
     placed = {}
-    keys = slow_progress(list(state), total=len(state), desc="Loading weights", unit="tensor", enabled=is_main_process())
+    keys = slow_progress(
+        list(state), total=len(state), desc="Loading weights", unit="tensor", enabled=is_main_process()
+    )
     for key in keys:
         # To the device in the stored dtype, then converted there: one tensor in flight at a time.
         tensor = state.pop(key).to(device=rt.device)
@@ -103,8 +106,9 @@ def load_model(ckpt: Checkpoint, args: ModelArgs, world: int, rank: int, rt: Run
     return model.eval()
 
 
-def load_model_or_explain(ckpt: Checkpoint, args: ModelArgs, world: int, rank: int, rt: Runtime,
-                          quantize=None) -> Transformer:
+def load_model_or_explain(
+    ckpt: Checkpoint, args: ModelArgs, world: int, rank: int, rt: Runtime, quantize=None
+) -> Transformer:
     """load_model, with an allocation failure explained in terms of the sizes the user chose."""
     try:
         with loading_allocations():

@@ -6,6 +6,7 @@ takes its slice of one shard). Which dim each weight is split along is the paral
 (`llama.layers.plan`); Llama 2 and Llama 3 checkpoints differ in how they split the embedding, and
 `family` tells them apart.
 """
+
 import json
 import os
 import pickle
@@ -19,12 +20,23 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from ..errors import CheckpointError, ConfigError, MissingFileError
-from ..model import ModelArgs
 from ..layers.plan import PLANS, Plan, split_dim
+from ..model import ModelArgs
 
 IGNORED_KEYS = ("rope.freqs",)  # Meta's checkpoints carry it; the model computes its own tables
-PARAM_KEYS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of",
-              "ffn_dim_multiplier", "norm_eps", "rope_theta", "use_scaled_rope", "rope_scaling_factor")
+PARAM_KEYS = (
+    "dim",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "vocab_size",
+    "multiple_of",
+    "ffn_dim_multiplier",
+    "norm_eps",
+    "rope_theta",
+    "use_scaled_rope",
+    "rope_scaling_factor",
+)
 INT_PARAMS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of")
 OPTIONAL_PARAMS = ("n_kv_heads", "ffn_dim_multiplier", "rope_scaling_factor")
 # Meta's Llama 3.x params.json give vocab_size 128256; Llama 2's give -1 (take it from the tokenizer).
@@ -135,7 +147,8 @@ def valid_world_sizes(n_shards: int, n_heads: int, n_kv_heads: int) -> List[int]
     split one evenly), and divide both head counts (every rank holds whole heads).
     """
     return [
-        d for d in range(1, max(n_shards, n_kv_heads) + 1)
+        d
+        for d in range(1, max(n_shards, n_kv_heads) + 1)
         if (n_shards % d == 0 or d % n_shards == 0) and n_heads % d == 0 and n_kv_heads % d == 0
     ]
 
@@ -224,7 +237,7 @@ def shard_plan(n_shards: int, world: int, rank: int) -> Tuple[List[int], int, in
 
 
 def family(shards: Sequence[Path], params: Mapping) -> str:
-    """"llama2" or "llama3": which parallel plan these shards were saved with.
+    """ "llama2" or "llama3": which parallel plan these shards were saved with.
 
     With several shards the embedding's own shape tells (Llama 3 splits its rows, Llama 2 its
     columns); a single shard is the same either way, and the vocabulary size in params.json

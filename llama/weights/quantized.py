@@ -4,6 +4,7 @@ that says a checkpoint holds integer codes, reading it back, and the rules for l
 Meta's loader refuses such a params.json at `ModelArgs(**params)` (unexpected keyword
 'quantization') instead of silently reading integer codes as weights.
 """
+
 import json
 from pathlib import Path
 from typing import Optional, Tuple
