@@ -3,9 +3,11 @@ from setuptools import find_packages, setup
 setup(
     name="llama",
     version="0.1.0",
-    description="A faithful, portable and fast reimplementation of Meta's Llama reference generators (Llama 2, 3, 3.1, 3.2)",
+    description="A faithful, portable and fast reimplementation of Meta's Llama reference generators "
+    "(Llama 2, 3, 3.1, 3.2)",
     packages=find_packages(include=["llama", "llama.*"]),
-    package_data={"llama": ["demo/*", "kernels/csrc/*.c", "kernels/csrc/*.h"]},  # csrc: compiled at first use by llama.kernels.native
+    # csrc: compiled at first use by llama.kernels.native
+    package_data={"llama": ["demo/*", "kernels/csrc/*.c", "kernels/csrc/*.h"]},
     python_requires=">=3.9",
     install_requires=["torch", "fairscale", "fire", "sentencepiece", "tiktoken", "safetensors", "tqdm"],
     extras_require={
