@@ -19,7 +19,7 @@ import torch
 
 from llama.kernels import dense as kernels
 from llama.kernels import formats as quant_formats
-from llama.kernels import native
+from llama.kernels import native, repack
 from llama.kernels.formats import quantize_int8
 
 
@@ -33,10 +33,10 @@ def formats(out_features: int, in_features: int):
         "float32": (lambda x, t: kernels.linear(x, t[0]), [w]),
         "bfloat16": (lambda x, t: kernels.linear(x.bfloat16(), t[0]), [w.bfloat16()]),
         "int8": (
-            lambda x, t: native.int8_linear(x, t[0], t[1], out_features),
-            [native.int8_blocks(q), native.pad_rows(s)],
+            lambda x, t: native.linear_int8_blocks(x, t[0], t[1], out_features),
+            [repack.int8_blocks(q), repack.pad_rows(s)],
         ),
-        "int4": (lambda x, t: native.int4_linear(x, t[0], out_features), [native.int4_blocks(packed, scales)]),
+        "int4": (lambda x, t: native.linear_int4_blocks(x, t[0], out_features), [repack.int4_blocks(packed, scales)]),
     }
 
 

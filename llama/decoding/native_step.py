@@ -1,13 +1,14 @@
-"""One-token decode steps on the CPU in one native call (llama/csrc/decode.c), for float32,
-bfloat16, int8 and int4 models.
+"""Decode steps (and short prompts) on the CPU in one native call (llama/kernels/csrc/forward.c), for
+float32, bfloat16, int8 and int4 models.
 
 On a small model the ~40 eager operations per layer between the matmuls cost more than the
-matmuls (a 12-layer dim-768 int4 step: ~4 ms of them against ~2.5 ms of weights streaming,
-BENCHMARKS.md). decode.c runs the whole step (embedding, layers, norm, logits) as plain loops
-around the project's matmul kernels (llama/csrc/qmatmul.c). `Llama.build` uses it for one-token
-steps whenever the model qualifies (`for_model`: x86 with the native kernels built, one process,
-weights on the CPU), and for prompts of a few dozen tokens without log-probs (`takes_prompt`);
-longer prompts and scoring run llama.model as before.
+matmuls (BENCHMARKS.md, "One native call per decode step"). forward.c runs the whole step
+(embedding, layers, norm, logits) as plain loops around the project's matmul kernels. `Llama.build`
+uses it for one-token steps whenever the model qualifies (`for_model`: every matmul on a native
+kernel by llama.kernels.routing's rule, one process, the model's tensors on the CPU as forward.c
+reads them), and for prompts of a few dozen tokens without log-probs (`takes_prompt`); longer
+prompts and scoring run llama.model as before. Each row may sit in its own KV-cache slot at its
+own position (`rows`: the engine's steps).
 
 Same math, other summation order: float32 results differ from the eager step's in the last bits,
 and the tests check that greedy tokens, log-probs (to 1e-4) and sampled tokens still equal the
@@ -20,93 +21,60 @@ taken once here: the model must not be moved or have its tensors replaced afterw
 
 import ctypes
 import logging
-from typing import List, Optional, Union
+from typing import Any, List, Optional, Union
 
 import torch
-from torch import nn
 
 from ..kernels import dense, native
+from ..kernels.abi import WEIGHTS, LayerDesc, ModelDesc, WeightDesc
+from ..kernels.routing import format_of, runs_native
 from ..model import Transformer
 
 log = logging.getLogger(__name__)
 
-_P, _I = ctypes.c_void_p, ctypes.c_int64
+BITS = {"int4": 4, "int8": 8, "bfloat16": 16, "float32": 32}  # forward.c's `bits` per weight format
+DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # the model dtypes forward.c takes (its `bf16` flag)
 
 
-class _Matrix(ctypes.Structure):
-    _fields_ = [("N", _I), ("K", _I), ("w", _P), ("scales", _P)]
+_PART = {"wq": "attention", "wk": "attention", "wv": "attention", "wo": "attention"}  # the rest: feed_forward
 
 
-class _Layer(ctypes.Structure):
-    _fields_ = [
-        ("attn_norm", _P),
-        ("ffn_norm", _P),
-        *((name, _Matrix) for name in ("wq", "wk", "wv", "wo", "w1", "w2", "w3")),
-        ("k", _P),
-        ("v", _P),
-    ]
+def _layer_linears(layer: Any) -> List[Any]:
+    """A layer's matmuls in forward.c's order."""
+    return [getattr(getattr(layer, _PART.get(name, "feed_forward")), name) for name in WEIGHTS]
 
 
-class _Model(ctypes.Structure):
-    _fields_ = [
-        *(
-            (name, _I)
-            for name in (
-                "bits",
-                "bf16",
-                "n_layers",
-                "dim",
-                "n_heads",
-                "kv_heads",
-                "head_dim",
-                "hidden",
-                "vocab",
-                "max_seq",
-            )
-        ),
-        ("eps", ctypes.c_double),
-        ("embedding", _P),
-        ("norm", _P),
-        ("cos", _P),
-        ("sin", _P),
-        ("output", _Matrix),
-        ("layers", ctypes.POINTER(_Layer)),
-    ]
+def _linears(model: Any) -> List[Any]:
+    return [model.output] + [m for layer in model.layers for m in _layer_linears(layer)]
 
 
-BITS = {"int4": 4, "int8": 8}
-DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # the model dtypes decode.c takes (its `bf16` flag)
-
-
-def _linears(model: Transformer) -> List[nn.Module]:
-    names = {"attention": ("wq", "wk", "wv", "wo"), "feed_forward": ("w1", "w2", "w3")}
-    return [model.output] + [
-        getattr(getattr(layer, part), n) for layer in model.layers for part, ns in names.items() for n in ns
-    ]
-
-
-def weight_bits(model: Transformer) -> Union[int, str]:
-    """The matmul weights' format for decode.c (4, 8: quantized with the native kernels; 16:
-    bfloat16; 32: float32), or why decode.c cannot take them."""
+def weight_bits(model: Any) -> Union[int, str]:
+    """The matmul weights' format for forward.c (4, 8: quantized with the native kernels; 16:
+    bfloat16; 32: float32), or why forward.c cannot take them."""
     linears = _linears(model)
     methods = {getattr(m, "method", None) for m in linears}
     if methods == {None}:
-        for dtype, bits in ((torch.bfloat16, 16), (torch.float32, 32)):
-            if all(m.weight.dtype == dtype and _on_cpu(m.weight) for m in linears):
-                return bits
+        for dtype in (torch.bfloat16, torch.float32):
+            if all(m.weight.dtype == dtype and _readable(m.weight) for m in linears):
+                return BITS[format_of(dtype)]
         return "the matmul weights are not all float32 or all bfloat16 on the CPU"
+    # A quantized layer took the native kernel at load time by the same rule (llama.kernels.routing).
     if len(methods) != 1 or any(getattr(m, "kernel", None) != "native" for m in linears):
         return "not every linear layer is quantized with a native CPU kernel"
-    return BITS[methods.pop()]
+    return BITS[str(methods.pop())]
+
+
+def _readable(t: torch.Tensor) -> bool:
+    """On a device the native kernels run on, and contiguous: as forward.c reads it."""
+    return runs_native(format_of(t.dtype), t.device, t.shape[-1]) and t.is_contiguous()
 
 
 def _on_cpu(t: torch.Tensor) -> bool:
-    """On the CPU and contiguous: as decode.c reads it."""
     return t.device.type == "cpu" and t.is_contiguous()
 
 
-def why_not(model: Transformer) -> Optional[str]:
-    """None if decode.c can run this model's one-token steps, else the reason it cannot."""
+def why_not(model: Any) -> Optional[str]:
+    """None if forward.c can run this model's steps, else the reason it cannot."""
     if native.library() is None:
         return "the native kernels are not available"
     if not model.layers or model.layers[0].attention.cache is None:
@@ -130,80 +98,74 @@ def why_not(model: Transformer) -> Optional[str]:
     return None
 
 
-def _matrix(m) -> _Matrix:
+def _weight(m) -> WeightDesc:
     method = getattr(m, "method", None)
     if method is None:  # bfloat16 or float32 (N, K)
-        return _Matrix(m.weight.shape[0], m.weight.shape[1], m.weight.data_ptr(), None)
+        return WeightDesc(m.weight.shape[0], m.weight.shape[1], m.weight.data_ptr(), None)
     in_features = m.weight.shape[1] if method == "int8" else m.weight.shape[1] * 8 // 5  # int4 blocks: 5 K / 8 bytes
-    return _Matrix(m.rows, in_features, m.weight.data_ptr(), m.scales.data_ptr() if method == "int8" else None)
+    return WeightDesc(m.rows, in_features, m.weight.data_ptr(), m.scales.data_ptr() if method == "int8" else None)
+
+
+def _layer(layer: Any) -> LayerDesc:
+    cache = layer.attention.cache
+    return LayerDesc(
+        layer.attention_norm.weight.data_ptr(),
+        layer.ffn_norm.weight.data_ptr(),
+        *(_weight(m) for m in _layer_linears(layer)),
+        cache.k.data_ptr(),
+        cache.v.data_ptr(),
+    )
 
 
 class NativeDecode:
     """decode_step for `Llama`: (tokens (bsz, T), start_pos) -> float32 logits (bsz, 1, vocab) of each
     row's last token; T = 1 always, a prompt (T > 1) where `takes_prompt` says so."""
 
-    def __init__(self, model: Transformer):
+    def __init__(self, model: Any):
         p = model.params
         self.model = model  # keeps every tensor the descriptors point into alive
-        self.lib = native.library()
-        layers = []
-        for layer in model.layers:
-            attn, ffn = layer.attention, layer.feed_forward
-            layers.append(
-                _Layer(
-                    layer.attention_norm.weight.data_ptr(),
-                    layer.ffn_norm.weight.data_ptr(),
-                    *(_matrix(m) for m in (attn.wq, attn.wk, attn.wv, attn.wo, ffn.w1, ffn.w2, ffn.w3)),
-                    attn.cache.k.data_ptr(),
-                    attn.cache.v.data_ptr(),
-                )
-            )
-        self.layers = (_Layer * len(layers))(*layers)
-        output = _matrix(model.output)
-        widest = max(m.K for layer in layers for m in (layer.wq, layer.w2))
+        self.lib = native.loaded()
+        self.layers = (LayerDesc * p.n_layers)(*(_layer(layer) for layer in model.layers))
+        output = _weight(model.output)
+        widest = max(m.K for layer in self.layers for m in (layer.wq, layer.w2))
         bits = weight_bits(model)
-        # Prompts run natively too (one call instead of ~40 eager operations per layer) where decode.c's
-        # matmuls are the fast choice: int4/int8 weights, and float32 ones within llama.kernels.dense' rule
-        # for its prompt kernel (which decode.c runs them with); up to as many tokens in all as that
-        # rule's rows, whose attention scores decode.c holds at once. bfloat16 prompts stay with
-        # torch's GEMM (AMX where the CPU has it), faster than decode.c's few-row bfloat16 kernel.
+        # Prompts run natively too (one call instead of ~40 eager operations per layer) where forward.c's
+        # matmuls are the fast choice: int4/int8 weights, and float32 ones within llama.kernels.dense's
+        # rule for its prompt kernel (which forward.c runs them with); up to as many tokens in all as
+        # that rule's rows, whose attention scores forward.c holds at once. bfloat16 prompts stay with
+        # torch's GEMM (AMX where the CPU has it), faster than forward.c's few-row bfloat16 kernel.
         fast = bits in (4, 8) or bits == 32 and widest <= dense.NATIVE_MAX_K
         self.prompt_rows = dense.NATIVE_MAX_ROWS if fast else 0
-        self.desc = _Model(
-            bits,
-            DTYPES[model.tok_embeddings.weight.dtype],
-            p.n_layers,
-            p.dim,
-            p.n_heads,
-            p.kv_heads,
-            p.head_dim,
-            layers[0].w1.N,
-            output.N,
-            p.max_seq_len,
-            p.norm_eps,
-            model.tok_embeddings.weight.data_ptr(),
-            model.norm.weight.data_ptr(),
-            model.rope_cos.data_ptr(),
-            model.rope_sin.data_ptr(),
-            output,
-            self.layers,
-        )
+        embedding = model.tok_embeddings.weight
+        sizes = (p.n_layers, p.dim, p.n_heads, p.kv_heads, p.head_dim, self.layers[0].w1.N, output.N, p.max_seq_len)
+        self.desc = ModelDesc(
+            bits, DTYPES[embedding.dtype], *sizes, model.layers[0].attention.cache.k.shape[0], p.norm_eps,
+            embedding.data_ptr(), model.norm.weight.data_ptr(), model.rope_cos.data_ptr(), model.rope_sin.data_ptr(),
+            output, self.layers,
+        )  # fmt: skip
 
     def takes_prompt(self, tokens: torch.Tensor) -> bool:
         """Whether a prompt of these tokens (bsz, T) runs here (else llama.model runs it)."""
         return tokens.numel() <= self.prompt_rows
 
     def __call__(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
+        bsz = tokens.shape[0]
+        return self.rows(tokens, torch.arange(bsz), torch.full((bsz,), start_pos, dtype=torch.int64))
+
+    def rows(self, tokens: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """tokens (B, T), row b in KV-cache slot slots[b] from position positions[b] -> float32 logits
+        (B, 1, vocab) of each row's last token."""
         bsz, seqlen = tokens.shape
         ids = tokens.to(torch.int64).contiguous()
+        slots, positions = slots.to(torch.int64).contiguous(), positions.to(torch.int64).contiguous()
         logits = torch.empty(bsz, 1, self.desc.vocab)  # float32, as llama.model's forward returns
-        rc = self.lib.llama_forward(ctypes.byref(self.desc), ids.data_ptr(), bsz, seqlen, start_pos, logits.data_ptr())
-        native.check(rc)
+        args = (ids.data_ptr(), bsz, seqlen, slots.data_ptr(), positions.data_ptr(), logits.data_ptr())
+        native.check(self.lib.llama_forward(ctypes.byref(self.desc), *args))
         return logits
 
 
 def for_model(model: Transformer) -> Optional[NativeDecode]:
-    """A NativeDecode for `model` where decode.c can run it, else None (the reason logged at debug level)."""
+    """A NativeDecode for `model` where forward.c can run it, else None (the reason logged at debug level)."""
     reason = why_not(model)
     if reason is not None:
         log.debug("one-token steps run in eager PyTorch: %s", reason)

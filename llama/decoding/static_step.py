@@ -20,7 +20,7 @@ class StaticDecode:
         """compile_options: torch.compile arguments (llama.runtime.device_tuning.compile_options); None runs eagerly."""
         step = model.forward_static
         self.compiled = compile_options is not None
-        self.step = torch.compile(step, **compile_options) if self.compiled else step
+        self.step = step if compile_options is None else torch.compile(step, **compile_options)
         self.pos = torch.zeros(1, dtype=torch.long, device=model.tok_embeddings.weight.device)
 
     def takes_prompt(self, tokens: torch.Tensor) -> bool:

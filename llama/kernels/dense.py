@@ -1,44 +1,41 @@
-"""The matmul every linear layer runs, with the CPU fast paths measured in BENCHMARKS.md."""
+"""The matmul every float linear layer runs (x @ W.T): the fastest kernel measured for the rows,
+dtype and CPU at hand (BENCHMARKS.md, "The native kernels against torch's"), else F.linear."""
 
 import torch
 import torch.nn.functional as F
 
 from ..runtime.backend import cpu_vendor
 from . import native
+from .routing import runs_native
 
-# For 2..SMALL_BATCH_ROWS rows (a small decode batch) a linear layer runs as (W @ x.T).T, which
-# MKL computes ~1.45x faster than F.linear's small-matrix GEMM (measured on the 2-core AMD EPYC of
-# BENCHMARKS.md); from 8 rows on F.linear is as fast or faster.
+# 2..SMALL_BATCH_ROWS rows (a small decode batch) run as (W @ x.T).T, which MKL computes faster
+# than F.linear's small-matrix GEMM; from 8 rows on F.linear is as fast or faster.
 SMALL_BATCH_ROWS = 4
 
 ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-# One float32 row (decode at batch 1): on AMD CPUs oneDNN's GEMV streams a weight 1.3-1.5x faster
-# than MKL's (F.linear; 2-core EPYC, BENCHMARKS.md); on Intel ones MKL's is as fast or faster
-# (2-core Xeon, interleaved: 183 vs 203-211 ms per 7B-shaped step, 34 vs 46-50 ms on dim 768).
+# One float32 row (decode at batch 1): oneDNN's GEMV streams a weight faster than MKL's on AMD
+# CPUs; on Intel ones MKL's is as fast or faster.
 ONEDNN_ONE_ROW = ONEDNN and cpu_vendor() != "GenuineIntel"
-# Prompts: for SMALL_BATCH_ROWS < rows <= ONEDNN_MAX_ROWS, oneDNN's GEMM runs a big float32 matrix
-# (at least ONEDNN_MIN_WEIGHT weights) 1.3-2x faster than F.linear's (32 rows of 11008 x 4096:
-# 38 vs 53 ms on one core, BENCHMARKS.md); by 512 rows they are even; on small matrices oneDNN's
-# ~30 us of fixed cost loses.
+# Prompts of SMALL_BATCH_ROWS < rows <= ONEDNN_MAX_ROWS: oneDNN's GEMM beats F.linear's on big
+# float32 matrices (at least ONEDNN_MIN_WEIGHT weights); on small ones its fixed cost loses.
 ONEDNN_MAX_ROWS = 256
 ONEDNN_MIN_WEIGHT = 1 << 20
-# Prompts of small models: for SMALL_BATCH_ROWS < rows <= NATIVE_MAX_ROWS and inputs of at most
-# NATIVE_MAX_K features, llama.kernels.native's float32 kernel streams the weight while it computes
-# (dim 768: a 32-token prompt 49-50 vs 54-57 ms through MKL/oneDNN, BENCHMARKS.md); with 4096
-# inputs and more oneDNN's blocking wins (7B-shaped prompt 96 vs 86 tokens/s).
+# Prompts of small models: SMALL_BATCH_ROWS < rows <= NATIVE_MAX_ROWS with at most NATIVE_MAX_K
+# inputs go through the native tiled float32 kernel (it streams the weight while it computes);
+# with more inputs oneDNN's blocking wins.
 NATIVE_MAX_ROWS = 64
 NATIVE_MAX_K = 2048
 
 
 def _onednn(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x @ weight.T by oneDNN: at one row on the CPU it streams the weight ~1.5-2x faster than F.linear
-    (MKL's GEMV); see BENCHMARKS.md."""
+    """x @ weight.T by oneDNN."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
 
 
 # The same as an operator of our own, so that torch.compile graphs call it as an opaque kernel
-# (inductor would lower the mkldnn op only for frozen weights). A plain library operator costs
-# ~3 us of dispatch; torch.library.custom_op's wrapper costs ~30 us, a tenth of a small GEMV.
+# (inductor would lower the mkldnn op only for frozen weights); a plain library operator, because
+# torch.library.custom_op's wrapper costs ten times its dispatch (BENCHMARKS.md, "Figures behind
+# choices in the code").
 _LIB = torch.library.Library("llama", "FRAGMENT")
 _LIB.define("onednn_linear(Tensor x, Tensor weight) -> Tensor")
 _LIB.impl("onednn_linear", _onednn, "CPU")
@@ -48,27 +45,15 @@ _LIB.impl("onednn_linear", lambda x, weight: x.new_empty(*x.shape[:-1], weight.s
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x @ weight.T for x (..., in_features); the result may be a transposed (non-contiguous) view."""
     rows = x.numel() // x.shape[-1]
-    # One bfloat16 row (decode at batch 1) on an x86 CPU: llama.kernels.native's GEMV streams a weight ~1.2x
-    # faster than torch's (9.2-9.7 vs 8.1-8.2 tokens/s, 7B-shaped); at batch 4 torch's GEMM is faster.
+    cpu = x.device.type == "cpu"
+    if cpu and x.dtype == weight.dtype and weight.is_contiguous():
+        if x.dtype == torch.bfloat16 and rows == 1 and runs_native("bfloat16", x.device, x.shape[-1]):
+            return native.linear_bf16_rows(x, weight)
+        small_prompt = SMALL_BATCH_ROWS < rows <= NATIVE_MAX_ROWS and x.shape[-1] <= NATIVE_MAX_K
+        if x.dtype == torch.float32 and small_prompt and runs_native("float32", x.device, x.shape[-1]):
+            return native.linear_f32_tiles(x, weight)
     if (
-        rows == 1
-        and x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.bfloat16
-        and weight.is_contiguous()
-        and native.available()
-    ):
-        return native.bf16_linear(x, weight)
-    if (
-        SMALL_BATCH_ROWS < rows <= NATIVE_MAX_ROWS
-        and x.shape[-1] <= NATIVE_MAX_K
-        and x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
-        and weight.is_contiguous()
-        and native.available()
-    ):
-        return native.f32_linear(x, weight)
-    if (
-        x.device.type == "cpu"
+        cpu
         and x.dtype == torch.float32
         and ONEDNN
         and (

@@ -3,7 +3,7 @@ a portable dequantize-then-matmul path everywhere else (the formats: llama.kerne
 
 int8 (per output channel): y = (x @ q.T) * scale, through `aten::_weight_int8pack_mm`, which
 reads the int8 weight directly (no widened copy per step). It is fast with bfloat16 activations
-only (on an AVX2 CPU 9x faster than with float32 ones, see BENCHMARKS.md), so activations are
+only (BENCHMARKS.md, "Figures behind choices in the code"), so activations are
 cast to bfloat16 around it and back: the weight's own rounding (1/254 of a row's range) is
 larger than bfloat16's (1/256 relative), and BENCHMARKS.md states the combined cost.
 
@@ -37,7 +37,7 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 # ---- int8, per output channel ----
 
 
-def int8_linear(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+def int8_linear_fused(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """x @ (q * scales[:, None]).T for int8 q (out, in) and bfloat16 scales, by the fused kernel
     (where `backend.device_has_kernel("_weight_int8pack_mm", device)`); activations in bfloat16 inside."""
     y = torch.ops.aten._weight_int8pack_mm(_rows(x).to(torch.bfloat16), q, scales)

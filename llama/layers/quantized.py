@@ -13,16 +13,23 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from ..kernels import native
+from ..kernels import native, repack
 from ..kernels import torch_quant as tq
+from ..kernels.abi import BLOCK
 from ..kernels.formats import INT4_GROUP, check_int4_width, check_method, quantize_rows
+from ..kernels.routing import runs_native
 from ..runtime.backend import device_has_kernel
 from ..runtime.host_memory import release_mapped
 from .parallel import LINEAR_CLASSES, ColumnParallelLinear, RowParallelLinear
 
 
-class _Quantized:
+class _Quantized(nn.Module):
     """Mixin for a parallel linear layer whose weight is stored quantized: `weight` and `scales` buffers."""
+
+    method: str
+    weight: torch.Tensor
+    scales: torch.Tensor
+    rows: int  # output rows, once repacked for the native kernel (its blocks pad them to whole blocks)
 
     def _set_buffers(self, weight: torch.Tensor, scales: torch.Tensor) -> None:
         for name, value in (("weight", weight), ("scales", scales)):
@@ -39,19 +46,21 @@ class _Quantized:
 
 
 def _repacked(repack, weight: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
-    """`repack` (llama.kernels.native) over REPACK_ROWS rows at a time into one preallocated result, so a
+    """`repack` (llama.kernels.repack) over REPACK_ROWS rows at a time into one preallocated result, so a
     big matrix never exists twice in temporaries; the stored weight's mapped pages are released."""
-    out = None
+    out: Optional[torch.Tensor] = None
     for start in range(0, weight.shape[0], REPACK_ROWS):
         part = repack(*(t[start : start + REPACK_ROWS] for t in (weight, *extra)))
         if out is None:
-            out = torch.empty(-(-weight.shape[0] // native.BLOCK) * native.BLOCK, part.shape[1], dtype=part.dtype)
+            out = torch.empty(-(-weight.shape[0] // BLOCK) * BLOCK, part.shape[1], dtype=part.dtype)
         out[start : start + part.shape[0]] = part
     release_mapped(weight)
+    if out is None:
+        raise ValueError("a weight without rows cannot be repacked")
     return out
 
 
-REPACK_ROWS = 1024  # a multiple of native.BLOCK
+REPACK_ROWS = 1024  # a multiple of BLOCK
 
 
 class _Int8(_Quantized):
@@ -64,10 +73,10 @@ class _Int8(_Quantized):
 
     def prepare(self) -> None:
         rows, in_features = self.weight.shape
-        if self.weight.device.type == "cpu" and native.fits(in_features):
+        if runs_native("int8", self.weight.device, in_features):
             self.rows = rows
-            scales = native.pad_rows(self.scales.float())
-            self._set_buffers(_repacked(native.int8_blocks, self.weight), scales)
+            scales = repack.pad_rows(self.scales.float())
+            self._set_buffers(_repacked(repack.int8_blocks, self.weight), scales)
             self.kernel = "native"
         elif device_has_kernel("_weight_int8pack_mm", self.weight.device):
             # The fused kernel takes bfloat16 scales (and activations); 1/256 relative, per row.
@@ -76,9 +85,9 @@ class _Int8(_Quantized):
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "native":
-            return native.int8_linear(x, self.weight, self.scales, self.rows)
+            return native.linear_int8_blocks(x, self.weight, self.scales, self.rows)
         if self.kernel == "torch":
-            return tq.int8_linear(x, self.weight, self.scales)
+            return tq.int8_linear_fused(x, self.weight, self.scales)
         return tq.int8_linear_portable(x, self.weight, self.scales)
 
 
@@ -100,9 +109,9 @@ class _Int4(_Quantized):
         if tq.int4_gpu_kernel_fits(self.weight.shape, self.group, self.weight.device):
             self._set_buffers(*tq.int4_to_gpu_kernel(self.weight, self.scales))
             self.kernel = "gpu"
-        elif self.weight.device.type == "cpu" and native.fits(self.weight.shape[1] * 2):
+        elif runs_native("int4", self.weight.device, self.weight.shape[1] * 2):
             self.rows = self.weight.shape[0]
-            self._set_buffers(_repacked(native.int4_blocks, self.weight, self.scales), torch.empty(0))
+            self._set_buffers(_repacked(repack.int4_blocks, self.weight, self.scales), torch.empty(0))
             self.kernel = "native"
         elif tq.int4_cpu_kernel_fits(self.weight):
             stored = self.weight
@@ -112,7 +121,7 @@ class _Int4(_Quantized):
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "native":
-            return native.int4_linear(x, self.weight, self.rows)
+            return native.linear_int4_blocks(x, self.weight, self.rows)
         if self.kernel == "gpu":
             return tq.int4_linear_gpu(x, self.weight, self.scales, self.group)
         if self.kernel == "torch":

@@ -1,0 +1,285 @@
+/* A whole model's forward pass in one call: embedding, every layer, the final norm and the logits
+ * of each row's last token, for a decode step (one token per row) or a short prompt (T tokens per
+ * row, attending causally); weights in float32, bfloat16, int8 or int4. Each row has its own
+ * position and KV-cache slot, so rows of different sequences (the engine's slots) step together.
+ *
+ * Why: a step of a small model in eager PyTorch is ~40 small operations per layer, each a few
+ * microseconds of dispatch, and on a 12-layer dim-768 model they cost more than the weights take
+ * to stream (BENCHMARKS.md, "One native call per decode step"). Here the operations between the
+ * matmuls are plain loops, the activations a layer's matmuls share are quantized (or rounded to
+ * bfloat16) once, and the matmuls that read them (q, k and v; w1 and w3) run in one parallel region.
+ *
+ * The arithmetic is llama/model.py's, in the same order of operations and with the same roundings
+ * to the model's dtype; only the sums (the matmuls' and norms' dot products, attention's, softmax's
+ * denominator) are taken in another order than torch's, so results agree to rounding, not bit for
+ * bit (the tests bound the difference, and check the reference's tokens and log-probs in float32).
+ * A row's results do not depend on the other rows of the call when T = 1 (decode steps use the
+ * few-row kernels, whose sums are the same whatever the batch). llama/decoding/native_step.py fills
+ * the descriptors from a built model and decides when this runs; it checks `llama_abi` first.
+ */
+#include "common.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Bumped whenever a descriptor below or an entry point's arguments change. */
+#define ABI_VERSION 2
+
+typedef struct {
+    int64_t N, K;
+    const void *w;       /* int4/int8: matmul_int.c's blocks; bfloat16/float32: the (N, K) weight */
+    const float *scales; /* int8: padded row scales; else unused */
+} weight_desc;
+
+typedef struct {
+    const void *attn_norm, *ffn_norm;
+    weight_desc wq, wk, wv, wo, w1, w2, w3;
+    void *k, *v; /* this layer's caches, stored (slots, kv_heads, max_seq, head_dim) */
+} layer_desc;
+
+/* bits: the matmul weights' format, 4 or 8 (quantized), 16 (bfloat16) or 32 (float32). bf16: the model's dtype
+ * (embedding, norm weights, caches, activations) is bfloat16, else float32. */
+typedef struct {
+    int64_t bits, bf16, n_layers, dim, n_heads, kv_heads, head_dim, hidden, vocab, max_seq, slots;
+    double eps;
+    const void *embedding;  /* (vocab, dim) */
+    const void *norm;       /* the final norm's weight */
+    const float *cos, *sin; /* full-width float32 rotary tables (positions, head_dim): model.py's pair_tables */
+    weight_desc output;
+    const layer_desc *layers;
+} model_desc;
+
+/* What Python checks before it fills a descriptor: out = {ABI_VERSION, the three struct sizes,
+ * GROUP, BLOCK}; returns how many values were written (at most n). */
+int64_t llama_abi(int64_t *out, int64_t n) {
+    const int64_t abi[6] = {ABI_VERSION, sizeof(weight_desc), sizeof(layer_desc), sizeof(model_desc), GROUP, BLOCK};
+    const int64_t count = n < 6 ? n : 6;
+    for (int64_t i = 0; i < count; i++) out[i] = abi[i];
+    return count;
+}
+
+#if SIMD
+/* Activations are held as floats here. In a bfloat16 model the eager step rounds to bfloat16
+ * after every operation (torch computes each in float32 and stores bfloat16), and so does this
+ * one, at the same points: `round` is the identity for a float32 model. */
+static inline float round_to(const model_desc *md, float x) { return md->bf16 ? bf16_to_float(float_to_bf16(x)) : x; }
+
+static inline float get(const model_desc *md, const void *p, int64_t i) {
+    return md->bf16 ? bf16_to_float(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+static inline void put(const model_desc *md, void *p, int64_t i, float x) {
+    if (md->bf16) ((uint16_t *)p)[i] = float_to_bf16(x);
+    else ((float *)p)[i] = x;
+}
+
+/* x . y over n floats, 8 partial sums (so that the compiler vectorizes it) */
+static float dot(const float *x, const float *y, int64_t n) {
+    float part[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) part[l] += x[i + l] * y[i + l];
+    float total = 0.0f;
+    for (int l = 0; l < 8; l++) total += part[l];
+    for (; i < n; i++) total += x[i] * y[i];
+    return total;
+}
+
+/* x . y over n values, y bfloat16 (a cached key): as dot() */
+static float dot_bf16(const float *x, const uint16_t *y, int64_t n) {
+    float part[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) part[l] += x[i + l] * bf16_to_float(y[i + l]);
+    float total = 0.0f;
+    for (int l = 0; l < 8; l++) total += part[l];
+    for (; i < n; i++) total += x[i] * bf16_to_float(y[i]);
+    return total;
+}
+
+/* RMSNorm (model.py): the float32 x * rsqrt(mean(x^2) + eps), in the model's dtype, times the
+ * weight, for each of M rows of n */
+static void rms_norm(const model_desc *md, const float *x, const void *weight, int64_t M, int64_t n, float *out) {
+    for (int64_t m = 0; m < M; m++) {
+        const float *row = x + m * n;
+        const float r = 1.0f / sqrtf(dot(row, row, n) / (float)n + (float)md->eps);
+        for (int64_t i = 0; i < n; i++) out[m * n + i] = round_to(md, round_to(md, row[i] * r) * get(md, weight, i));
+    }
+}
+
+/* Rotate adjacent pairs of every head (model.py's rotate_pairs) at one position's tables. */
+static void rotate(const model_desc *md, float *x, int64_t heads, const float *c, const float *s) {
+    for (int64_t i = 0; i < heads * md->head_dim; i += 2) {
+        const int64_t j = i % md->head_dim;
+        const float a = x[i], b = x[i + 1];
+        x[i] = round_to(md, a * c[j] + b * s[j]);
+        x[i + 1] = round_to(md, b * c[j + 1] + a * s[j + 1]);
+    }
+}
+
+/* Query head h of a token at position pos against cache slot `slot`'s positions 0..pos:
+ * softmax(q.k / sqrt(hd)) . v, with model.py's attend's roundings (scores, probabilities and
+ * output in the model's dtype). */
+static void attend_head(const model_desc *md, const layer_desc *L, const float *q, int64_t slot, int64_t h,
+                        int64_t pos, float *scores, float *out) {
+    const int64_t hd = md->head_dim, kvh = h / (md->n_heads / md->kv_heads);
+    const int64_t base = (slot * md->kv_heads + kvh) * md->max_seq * hd;
+    const float root = sqrtf((float)hd);
+    float top = -INFINITY;
+    for (int64_t t = 0; t <= pos; t++) {
+        const float sum = md->bf16 ? dot_bf16(q, (const uint16_t *)L->k + base + t * hd, hd)
+                                   : dot(q, (const float *)L->k + base + t * hd, hd);
+        scores[t] = round_to(md, round_to(md, sum) / root);
+        top = fmaxf(top, scores[t]);
+    }
+    float total = 0.0f;
+    for (int64_t t = 0; t <= pos; t++) total += scores[t] = expf(scores[t] - top);
+    for (int64_t d = 0; d < hd; d++) out[d] = 0.0f;
+    for (int64_t t = 0; t <= pos; t++) {
+        const float p = round_to(md, scores[t] / total);
+        if (md->bf16) {
+            const uint16_t *value = (const uint16_t *)L->v + base + t * hd;
+            for (int64_t d = 0; d < hd; d++) out[d] += p * bf16_to_float(value[d]);
+        } else {
+            const float *value = (const float *)L->v + base + t * hd;
+            for (int64_t d = 0; d < hd; d++) out[d] += p * value[d];
+        }
+    }
+    for (int64_t d = 0; d < hd; d++) out[d] = round_to(md, out[d]);
+}
+
+/* Scratch for the matmuls' inputs: quantized (int4/int8) or bfloat16 (and, where the kernel
+ * reads floats, the float copy is the activations themselves). */
+typedef struct {
+    q8_acts q;
+    uint16_t *x16;
+} inputs;
+
+/* y_i = x (M, K) @ W_i.T for the n <= 3 matrices that read x, in one parallel region (their
+ * outputs are independent: no barrier between them); outputs in the model's dtype. `prompt`:
+ * float32 weights go through the tiled prompt kernel (else the few-row kernel, whose results do
+ * not depend on M). */
+static void matmuls(const model_desc *md, const inputs *in, const float *x, int64_t M, int prompt, int n,
+                    const weight_desc *const *w, float *const *y) {
+    const int64_t K = w[0]->K;
+    int_matmul q[3];
+    rows_matmul r[3];
+    if (md->bits >= 16) {
+        if (md->bits == 16)
+            for (int64_t i = 0; i < M * K; i++) in->x16[i] = float_to_bf16(x[i]);
+        for (int i = 0; i < n; i++) {
+            const rows_matmul j = {md->bits == 16, M, K, w[i]->N, in->x16, x, w[i]->w, NULL, y[i]};
+            r[i] = j;
+        }
+    } else {
+        q8_acts_quantize(&in->q, x, M, K);
+        for (int i = 0; i < n; i++)
+            q[i] = int_matmul_make((int)md->bits, &in->q, M, K, w[i]->w, w[i]->scales, w[i]->N, y[i]);
+    }
+#pragma omp parallel
+    for (int i = 0; i < n; i++) {
+        if (md->bits == 32 && prompt) f32_tiles_share(x, M, K, (const float *)w[i]->w, w[i]->N, y[i]);
+        else if (md->bits >= 16) rows_matmul_share(&r[i]);
+        else int_matmul_share(&q[i]);
+    }
+    if (md->bf16 && md->bits < 16) /* the bfloat16 kernel rounds its results itself */
+        for (int i = 0; i < n; i++)
+            for (int64_t e = 0; e < M * w[i]->N; e++) y[i][e] = round_to(md, y[i][e]);
+}
+
+/* Beyond this many rows of a prompt float32 weights go through the tiled prompt kernel. */
+#define FEW_ROWS 4
+
+/* The rows of one call: B rows of T tokens, row b in cache slot slot[b] from position pos[b]
+ * (activation row r = b * T + t holds position pos[b] + t). */
+typedef struct {
+    int64_t B, T, widest_pos;
+    const int64_t *slot, *pos;
+} rows_at;
+
+/* One layer for the rows of `at` (h holds their activations). */
+static void layer_step(const model_desc *md, const layer_desc *L, const rows_at *at, float *h, float **buf,
+                       const inputs *in) {
+    const int64_t D = md->dim, H = md->n_heads, KVH = md->kv_heads, hd = md->head_dim, F = md->hidden;
+    const int64_t T = at->T, R = at->B * T, span = at->widest_pos + T;
+    const int prompt = T > 1 && R > FEW_ROWS;
+    float *xn = buf[0], *q = buf[1], *k = buf[2], *v = buf[3], *att = buf[4], *t1 = buf[5], *t3 = buf[6],
+          *scores = buf[7];
+    rms_norm(md, h, L->attn_norm, R, D, xn);
+    matmuls(md, in, xn, R, prompt, 3, (const weight_desc *[]){&L->wq, &L->wk, &L->wv}, (float *[]){q, k, v});
+    for (int64_t r = 0; r < R; r++) { /* every token's key and value reach the cache before any attends */
+        const int64_t b = r / T, p = at->pos[b] + r % T;
+        rotate(md, q + r * H * hd, H, md->cos + p * hd, md->sin + p * hd);
+        rotate(md, k + r * KVH * hd, KVH, md->cos + p * hd, md->sin + p * hd);
+        for (int64_t j = 0; j < KVH; j++) {
+            const int64_t cell = ((at->slot[b] * KVH + j) * md->max_seq + p) * hd;
+            for (int64_t d = 0; d < hd; d++) {
+                put(md, L->k, cell + d, k[(r * KVH + j) * hd + d]);
+                put(md, L->v, cell + d, v[(r * KVH + j) * hd + d]);
+            }
+        }
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t rh = 0; rh < R * H; rh++) { /* causal: token t attends to positions up to its own */
+        const int64_t r = rh / H, b = r / T;
+        attend_head(md, L, q + rh * hd, at->slot[b], rh % H, at->pos[b] + r % T, scores + rh * span, att + rh * hd);
+    }
+    matmuls(md, in, att, R, prompt, 1, (const weight_desc *[]){&L->wo}, (float *[]){xn});
+    for (int64_t i = 0; i < R * D; i++) h[i] = round_to(md, h[i] + xn[i]);
+    rms_norm(md, h, L->ffn_norm, R, D, xn);
+    matmuls(md, in, xn, R, prompt, 2, (const weight_desc *[]){&L->w1, &L->w3}, (float *[]){t1, t3});
+    for (int64_t i = 0; i < R * F; i++) /* silu(w1 x) * w3 x */
+        t1[i] = round_to(md, round_to(md, t1[i] / (1.0f + expf(-t1[i]))) * t3[i]);
+    matmuls(md, in, t1, R, prompt, 1, (const weight_desc *[]){&L->w2}, (float *[]){xn});
+    for (int64_t i = 0; i < R * D; i++) h[i] = round_to(md, h[i] + xn[i]);
+}
+
+static void run_layers(const model_desc *md, const int64_t *tokens, const rows_at *at, float **buf,
+                       const inputs *in, float *logits) {
+    const int64_t D = md->dim, R = at->B * at->T;
+    float *h = buf[0], *last = buf[2];
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t i = 0; i < D; i++) h[r * D + i] = get(md, md->embedding, tokens[r] * D + i);
+    for (int64_t l = 0; l < md->n_layers; l++) layer_step(md, &md->layers[l], at, h, buf + 1, in);
+    for (int64_t b = 0; b < at->B; b++) memcpy(last + b * D, h + (b * at->T + at->T - 1) * D, sizeof(float) * (size_t)D);
+    rms_norm(md, last, md->norm, at->B, D, buf[1]);
+    matmuls(md, in, buf[1], at->B, 0, 1, (const weight_desc *[]){&md->output}, (float *[]){logits});
+}
+#endif
+
+/* tokens (B, T), row b in cache slot slot[b] at positions pos[b]..pos[b]+T-1 -> float32 logits
+ * (B, vocab) of each row's last token. T = 1: a decode step; T > 1: a prompt (its causal attention
+ * over the cache). Returns 0, -1 if out of memory, -2 if built without SIMD, -3 if a slot or
+ * position is out of the cache's range. */
+int llama_forward(const model_desc *md, const int64_t *tokens, int64_t B, int64_t T, const int64_t *slot,
+                  const int64_t *pos, float *logits) {
+#if SIMD
+    int64_t widest_pos = 0;
+    for (int64_t b = 0; b < B; b++) {
+        if (slot[b] < 0 || slot[b] >= md->slots || pos[b] < 0 || pos[b] + T > md->max_seq) return -3;
+        widest_pos = pos[b] > widest_pos ? pos[b] : widest_pos;
+    }
+    const rows_at at = {B, T, widest_pos, slot, pos};
+    const int64_t D = md->dim, F = md->hidden, QD = md->n_heads * md->head_dim, R = B * T;
+    const int64_t KVD = md->kv_heads * md->head_dim;
+    int64_t widest = D > F ? D : F;
+    widest = widest > QD ? widest : QD;
+    const int64_t sizes[9] = {R * D, R * widest, R * QD, R * KVD, R * KVD, R * QD, R * F, R * F,
+                              R * md->n_heads * (widest_pos + T)};
+    float *buf[9];
+    int failed = 0;
+    for (int i = 0; i < 9; i++) failed |= (buf[i] = malloc(sizeof(float) * (size_t)sizes[i])) == NULL;
+    inputs in = {{NULL, NULL, NULL, NULL}, NULL};
+    if (md->bits == 16) failed |= (in.x16 = malloc(sizeof(uint16_t) * (size_t)(R * widest))) == NULL;
+    else if (md->bits < 16) failed |= q8_acts_alloc(&in.q, (int)md->bits, R, widest) != 0;
+    if (!failed) run_layers(md, tokens, &at, buf, &in, logits);
+    q8_acts_free(&in.q);
+    free(in.x16);
+    for (int i = 0; i < 9; i++) free(buf[i]);
+    return failed ? -1 : 0;
+#else
+    (void)md, (void)tokens, (void)B, (void)T, (void)slot, (void)pos, (void)logits;
+    return -2;
+#endif
+}
