@@ -6,28 +6,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from llama.testing.synthetic import TINY_CONFIGS, TINY_VOCAB, params_dict, random_state, tiny_args, train_sentencepiece
+from llama.testing.synthetic import TINY_VOCAB, params_dict, random_state, tiny_args, train_sentencepiece
 from llama.weights.meta import save_checkpoint
-from llama3_tokenizer import llama3_tokenizer_path
+from support.llama3_tokenizer import llama3_tokenizer_path
 
 # The test models are tiny: one thread is faster than two fighting over OpenMP barriers, and
 # subprocesses (CLIs, torchrun ranks) inherit the setting.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-VOCAB_SIZE = TINY_VOCAB
-CONFIGS = TINY_CONFIGS
-model_args = tiny_args
-
-
-def train_tokenizer(path: Path, vocab_size: int = VOCAB_SIZE) -> Path:
-    path.write_bytes(train_sentencepiece(vocab_size=vocab_size))
-    return path
-
 
 @pytest.fixture(scope="session")
 def tokenizer_path(tmp_path_factory) -> Path:
-    return train_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.model")
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.model"
+    path.write_bytes(train_sentencepiece(vocab_size=TINY_VOCAB))
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +31,7 @@ def make_ckpt(tmp_path_factory):
     def make(name: str = "mha", n_shards: int = 1, seed: int = 0) -> Path:
         key = (name, n_shards, seed)
         if key not in cache:
-            args = model_args(name)
+            args = tiny_args(name)
             out = tmp_path_factory.mktemp(f"{name}-{n_shards}shard")
             save_checkpoint(random_state(args, seed), params_dict(args), out, n_shards)
             cache[key] = out
@@ -50,7 +43,7 @@ def make_ckpt(tmp_path_factory):
 @pytest.fixture(scope="session")
 def full_state():
     """full_state(config, seed) -> the unsharded weights make_ckpt wrote."""
-    return lambda name="mha", seed=0: random_state(model_args(name), seed)
+    return lambda name="mha", seed=0: random_state(tiny_args(name), seed)
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,10 @@
-"""An independent, test-only restatement of the reference's math and decode loop (Meta's `meta-llama/llama`,
-`llama/model.py` and `llama/generation.py`).
+"""Meta's Llama 2 reference model and decode loop, restated independently: the oracle for llama.model and generation.
 
-Written from the spec with plain tensors and the reference's COMPLEX rotary embedding, so that
+The reference is Meta's `meta-llama/llama` (`llama/model.py` and `llama/generation.py`). Written
+from the spec with plain tensors and the reference's COMPLEX rotary embedding, so that
 llama.model's real-valued form and llama.generation's loop are checked against something that
-shares none of their code. Single process, full (unsharded) weights.
+shares none of their code. Single process, full (unsharded) weights. Used by the tests and by
+benchmarks/bench_reference.py.
 """
 
 import math

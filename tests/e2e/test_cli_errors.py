@@ -1,7 +1,7 @@
 """Each user mistake through the example scripts: exit status 1, no traceback, one `error:` line naming it.
 
 Every case runs in its own process. To keep torch's import from dominating the run time, cases
-are forked from one warm interpreter (tests/cli_runner.py) on Linux, and run as plain
+are forked from one warm interpreter (tests/support/cli_runner.py) on Linux, and run as plain
 subprocesses elsewhere; test_plain_subprocess_* and the torchrun test use real launches.
 """
 
@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import model_args
-from helpers import REPO, subprocess_env
 from llama.testing.synthetic import params_dict
+from llama.testing.synthetic import tiny_args as model_args
 from llama.weights.meta import save_checkpoint
+from support.helpers import REPO, subprocess_env
 
 TEXT = str(REPO / "example_text_completion.py")
 CHAT = str(REPO / "example_chat_completion.py")
-RUNNER = str(REPO / "tests" / "cli_runner.py")
+RUNNER = str(REPO / "tests" / "support" / "cli_runner.py")
 TIMEOUT = 180  # seconds; generous because the machine is shared
 
 

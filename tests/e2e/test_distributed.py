@@ -15,14 +15,12 @@ from typing import List, Tuple
 
 import pytest
 
-from helpers import REPO, subprocess_env
 from llama.cli.quantize import quantize_checkpoint
-from llama.cli.run import error_line
-from llama.errors import CheckpointError, ConfigError
 from llama.kernels.formats import METHODS
-from llama3_tokenizer import llama3_tokenizer_path
+from support.helpers import REPO, subprocess_env
+from support.llama3_tokenizer import llama3_tokenizer_path
 
-WORKER = Path(__file__).with_name("dist_worker.py")
+WORKER = REPO / "tests" / "support" / "dist_worker.py"
 DEADLINE_S = 60  # every rank must be gone this long after one fails
 HANG_TIMEOUT_S = 10  # LLAMA_COLLECTIVE_TIMEOUT for the hang test: well above any stall of a busy CPU
 
@@ -186,8 +184,7 @@ def test_torchrun_example_prints_the_single_process_text(
 
 
 def generations(generator) -> dict:
-    sys.path.insert(0, str(WORKER.parent))
-    from dist_worker import generations
+    from support.dist_worker import generations
 
     return generations(generator)
 
@@ -261,55 +258,3 @@ def test_torchrun_quantized_models_generate_the_single_process_tokens(launches, 
     # sums (torch's fused kernels, where the native ones cannot be built, round them to bfloat16
     # before the all-reduce and may move a sampled token).
     assert live == single
-
-
-PEER_LOST = RuntimeError(
-    "[../third_party/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:5. "
-    "This is typically caused by a remote worker crashing."
-)
-LOST_LINE = (
-    "lost contact with another rank (Connection closed by peer [127.0.0.1]:5); the rank that failed "
-    "prints its own error, and torchrun's failure report names it (Root Cause)"
-)
-
-PEER_SILENT = RuntimeError(
-    "[../gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 30000ms for recv operation to complete"
-)
-SILENT_LINE = (
-    "another rank stopped answering (Timed out waiting 30000ms for recv operation to complete): it hung, "
-    "or its machine or network went away; if it is only slow, raise LLAMA_COLLECTIVE_TIMEOUT or "
-    "LLAMA_LOAD_TIMEOUT (seconds)"
-)
-
-
-@pytest.mark.parametrize(
-    "rank, local_rank, world, exc, line",
-    [
-        (0, 0, 1, ConfigError("top_p must be in (0, 1]"), "error: top_p must be in (0, 1]"),
-        (0, 0, 4, ConfigError("top_p must be in (0, 1]"), "error: top_p must be in (0, 1]"),
-        (1, 1, 4, ConfigError("top_p must be in (0, 1]"), None),  # rank 0 says it for everyone
-        (2, 0, 4, ConfigError("top_p must be in (0, 1]"), "error: rank 2: top_p must be in (0, 1]"),  # node 2's log
-        (3, 1, 4, MemoryError("cannot allocate 4 GiB"), "error: rank 3: MemoryError: cannot allocate 4 GiB"),
-        (1, 1, 2, CheckpointError("shard 01 is truncated"), None),
-        (0, 0, 2, PEER_LOST, f"error: rank 0: {LOST_LINE}"),
-        (1, 1, 2, PEER_LOST, None),
-        (0, 0, 1, PEER_LOST, f"error: RuntimeError: {PEER_LOST}"),
-        (0, 0, 2, PEER_SILENT, f"error: rank 0: {SILENT_LINE}"),
-    ],
-    ids=[
-        "single",
-        "rank0-user",
-        "rank1-user",
-        "node-leader-user",
-        "rank-local-crash",
-        "rank1-checkpoint",
-        "rank0-peer-lost",
-        "rank1-peer-lost",
-        "single-runtime",
-        "rank0-peer-silent",
-    ],
-)
-def test_which_rank_prints_which_error(monkeypatch, rank, local_rank, world, exc, line):
-    for name, value in (("RANK", rank), ("LOCAL_RANK", local_rank), ("WORLD_SIZE", world)):
-        monkeypatch.setenv(name, str(value))
-    assert error_line(exc) == line

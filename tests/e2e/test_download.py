@@ -18,11 +18,11 @@ import subprocess
 import sys
 import threading
 import urllib.parse
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from support.helpers import REPO
+
 SCRIPT = REPO / "download.sh"
 
 # Per family: model name -> (folder in the bucket, folder on disk, shards).

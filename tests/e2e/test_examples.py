@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from helpers import REPO, subprocess_env
 from llama.cli.frontend import SEPARATOR
+from support.helpers import REPO, subprocess_env
 
 
 def run_example(script, *args):
@@ -68,7 +68,7 @@ def test_chat_completion_example_prints_dialogs_and_the_unsafe_error(make_ckpt, 
 
 
 def test_chat_example_runs_a_llama3_checkpoint_in_its_own_format(make_ckpt):
-    from llama3_tokenizer import llama3_tokenizer_path
+    from support.llama3_tokenizer import llama3_tokenizer_path
 
     proc = run_example(
         "example_chat_completion.py",

@@ -4,8 +4,8 @@ run as a user runs them, print what `Llama.build(..., quantize="int4")` generate
 import subprocess
 import sys
 
-from helpers import REPO, subprocess_env
 from llama.cli.frontend import SEPARATOR
+from support.helpers import REPO, subprocess_env
 
 MAYONNAISE = [{"role": "user", "content": "what is the recipe of mayonnaise?"}]  # example_chat_completion.py's first
 

@@ -8,7 +8,7 @@ sys.excepthook, atexit handlers run. It then leaves with os._exit, skipping only
 module teardown, which prints nothing but costs a second or two in a forked child (it touches
 every page shared with the parent). The parent answers one JSON line, {"rc": exit status}; it
 never runs torch code, so each child starts as clean as a fresh interpreter. Linux only (fork
-after importing torch is not safe on macOS); test_cli_errors.py uses plain subprocesses elsewhere.
+after importing torch is not safe on macOS); tests/e2e/test_cli_errors.py uses plain subprocesses elsewhere.
 """
 
 import atexit

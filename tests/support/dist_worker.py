@@ -1,4 +1,4 @@
-"""Test-only driver for tests/test_distributed.py (run under torchrun).
+"""Test-only driver for tests/e2e/test_distributed.py (run under torchrun).
 
 Generates PROMPTS greedily and with default sampling and prints the tokens as one JSON line on
 rank 0. With `--fail_rank R --fail_how raise|kill|hang`, rank R then fails at the `--fail_step`-th
@@ -16,9 +16,13 @@ import signal
 import sys
 import time
 
-from helpers import PROMPTS
 from llama import Llama
 from llama.cli.run import run
+
+if __package__:  # imported by the tests as support.dist_worker
+    from support.helpers import PROMPTS
+else:  # run by path under torchrun: helpers.py lies beside it
+    from helpers import PROMPTS
 
 
 def generations(generator: Llama, max_gen_len: int = 6) -> dict:

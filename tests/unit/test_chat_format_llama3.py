@@ -5,7 +5,7 @@ import pytest
 from llama.chat_format import encode_dialog, encode_llama2_dialog, is_unsafe
 from llama.errors import ConfigError
 from llama.tokenizer import ChatFormat, Tokenizer
-from llama3_tokenizer import llama3_tokenizer_path
+from support.llama3_tokenizer import llama3_tokenizer_path
 
 # <|start_header_id|>, <|end_header_id|>, <|eot_id|>, <|begin_of_text|>
 SOT, EOH, EOT, BOT = 128006, 128007, 128009, 128000

@@ -1,6 +1,6 @@
 """Every user mistake raises a typed exception whose message names the value, the rule and the fix.
 
-Library-level cases; the same mistakes through the command line are in test_cli_errors.py.
+Library-level cases; the same mistakes through the command line are in tests/e2e/test_cli_errors.py.
 """
 
 import json
@@ -11,11 +11,11 @@ import shutil
 import pytest
 import torch
 
-from conftest import model_args
 from llama import Llama, Tokenizer
 from llama.errors import CheckpointError, ConfigError, GenerationError, LlamaError, MissingFileError, RankError
 from llama.runtime import ranks
 from llama.testing.synthetic import params_dict
+from llama.testing.synthetic import tiny_args as model_args
 from llama.weights import loading
 from llama.weights.meta import save_checkpoint
 

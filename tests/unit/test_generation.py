@@ -5,11 +5,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import model_args
 from llama import Llama
 from llama.decoding.native_step import NativeDecode
 from llama.generation import sample_top_p
-from reference_impl import RefModel, ref_generate
+from llama.testing.reference import RefModel, ref_generate
+from llama.testing.synthetic import tiny_args as model_args
 
 PROMPTS = ["The quick brown fox", "Python is a programming language that", "A"]
 

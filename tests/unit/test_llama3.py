@@ -1,7 +1,7 @@
 """Llama 3, 3.1 and 3.2 checkpoints in Meta's format, through the same API as Llama 2.
 
 Oracles: Meta's own Llama 3 transformer (`llama_models.llama3.model`, from the llama-models wheel,
-run here on the CPU) for the math, the reference decode loop restated in reference_impl.py (with
+run here on the CPU) for the math, the reference decode loop restated in llama.testing.reference (with
 Llama 3's stop tokens) for generate, and Hugging Face transformers' LlamaForCausalLM (rope_scaling
 type llama3) for external parity.
 """
@@ -9,10 +9,10 @@ type llama3) for external parity.
 import pytest
 import torch
 
-from conftest import model_args
 from llama.streaming import stream_text_completion
-from reference_impl import ref_generate
-from test_hf_parity import to_hf
+from llama.testing.reference import ref_generate
+from llama.testing.synthetic import tiny_args as model_args
+from support.hf_reference import to_hf
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Ünïcödé and 🙂 emoji"]
 CONFIGS = ["llama3", "llama3.1"]
@@ -54,7 +54,7 @@ def test_logits_equal_metas_llama3_transformer(build, full_state, config):
 
 
 @pytest.mark.parametrize("config", CONFIGS)
-@pytest.mark.parametrize("temperature", [0.0, 0.8])
+@pytest.mark.parametrize("temperature", [0.0, pytest.param(0.8, marks=pytest.mark.slow)])
 def test_generate_equals_the_reference_loop_on_metas_model(build, full_state, config, temperature):
     llama = build(config, max_seq_len=48, max_batch_size=3)
     meta = metas_transformer(full_state(config), model_args(config), 48, 3)
@@ -134,6 +134,7 @@ def test_text_and_chat_completion_use_the_llama3_formats(build):
     assert text == llama.tokenizer.decode(llama.generate(llama.encode_prompts([PROMPTS[1]], 8)[0], 8, 0)[0][0])
 
 
+@pytest.mark.slow
 def test_streamed_byte_level_deltas_add_up_to_the_text(build):
     llama = build("llama3", max_seq_len=96, max_batch_size=3)
     torch.manual_seed(3)
@@ -150,7 +151,7 @@ def test_streamed_byte_level_deltas_add_up_to_the_text(build):
 def test_a_llama2_checkpoint_with_a_llama3_tokenizer_is_refused(make_ckpt):
     from llama import Llama
     from llama.errors import CheckpointError
-    from llama3_tokenizer import llama3_tokenizer_path
+    from support.llama3_tokenizer import llama3_tokenizer_path
 
     with pytest.raises(
         CheckpointError,
@@ -165,37 +166,3 @@ def test_max_seq_len_beyond_the_trained_context_warns(build, caplog):
     assert not [r for r in caplog.records if "trained for" in r.message]
     build("llama3", max_seq_len=8200, max_batch_size=1)
     assert "max_seq_len=8200 is beyond the 8192 tokens this model was trained for" in caplog.text
-
-
-def test_the_interactive_chat_talks_with_a_llama3_checkpoint(make_ckpt):
-    import subprocess
-    import sys
-
-    from helpers import REPO, subprocess_env
-    from llama3_tokenizer import llama3_tokenizer_path
-
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "llama.chat",
-            "--ckpt_dir",
-            str(make_ckpt("llama3.1", 2)),
-            "--tokenizer_path",
-            str(llama3_tokenizer_path()),
-            "--max_seq_len",
-            "128",
-            "--max_gen_len",
-            "8",
-            "--temperature",
-            "0",
-        ],
-        input="Hello there\nHow are you?\n/exit\n",
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        cwd=REPO,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.count("Assistant: ") == 2 and "error:" not in done.stderr

@@ -14,8 +14,8 @@ from llama.model import (
     causal_mask,
     rope_tables,
 )
+from llama.testing.reference import freqs_cis, rotate
 from llama.testing.synthetic import tiny_args
-from reference_impl import freqs_cis, rotate
 
 
 def test_model_args_defaults_match_the_reference():

@@ -9,7 +9,7 @@ import pytest
 from llama import tokenizer as tokenizer_module
 from llama.errors import CheckpointError
 from llama.tokenizer import SentencePieceTokenizer, TiktokenTokenizer, Tokenizer, split_for_encoding
-from llama3_tokenizer import llama3_lines, llama3_tokenizer_path, write_bpe
+from support.llama3_tokenizer import llama3_lines, llama3_tokenizer_path, write_bpe
 
 SENTENCE_IDS = [128000, 2028, 374, 264, 1296, 11914, 13, 128001]  # meta-llama/llama3, llama/test_tokenizer.py
 

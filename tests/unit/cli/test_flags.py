@@ -6,13 +6,13 @@ import sys
 
 import pytest
 
-from helpers import REPO
 from llama.cli import chat, reshard
 from llama.cli.flags import check_args
 from llama.cli.frontend import FLAGS
 from llama.cli.run import run
 from llama.errors import ConfigError
 from llama.kernels.formats import METHODS
+from support.helpers import REPO
 
 PROG = "python example_text_completion.py"
 

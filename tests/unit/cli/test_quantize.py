@@ -1,14 +1,11 @@
 """`python -m llama.quantize SRC DST --int8|--int4`: the quantized checkpoint it writes, how
-Llama.build loads it, and what is refused."""
+Llama.build loads it, and what is refused (the command run as a process: tests/e2e/test_quantize_cli.py)."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from helpers import REPO, subprocess_env
 from llama import Llama
 from llama.cli.quantize import quantize_checkpoint
 from llama.errors import CheckpointError, ConfigError
@@ -78,27 +75,3 @@ def test_an_unknown_marker_is_refused(make_ckpt, tmp_path, tokenizer_path):
         r'reads \(\{"method": "int8"\}, \{"method": "int4", "group_size": 32\}\)',
     ):
         Llama.build(str(tmp_path), str(tokenizer_path), 64, 4, device="cpu")
-
-
-def test_the_command_line_tool_writes_the_checkpoint_without_loading_the_generator(make_ckpt, tmp_path):
-    code = (
-        "import runpy, sys; sys.argv = ['llama.quantize'] + sys.argv[1:]; "
-        "runpy.run_module('llama.quantize', run_name='__main__'); print('llama.generation' in sys.modules)"
-    )
-    cmd = [sys.executable, "-c", code, str(make_ckpt("gqa", 2)), str(tmp_path / "q"), "--int8"]
-    done = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
-    assert done.stdout.splitlines() == [f"wrote 2 int8 shard(s) and params.json to {tmp_path / 'q'}", "False"]
-    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == [
-        "consolidated.00.pth",
-        "consolidated.01.pth",
-        "params.json",
-    ]
-    again = subprocess.run(
-        cmd[:3] + [str(make_ckpt("gqa", 2)), str(tmp_path / "r"), "--int8", "--int4"],
-        cwd=REPO,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert again.returncode == 1 and again.stderr.strip() == "error: choose one quantization: --int8 or --int4"

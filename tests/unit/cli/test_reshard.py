@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import PROMPTS, subprocess_env
 from llama import Llama
 from llama.cli.reshard import FLAGS, reshard
 from llama.cli.reshard import main as reshard_main
@@ -16,7 +15,8 @@ from llama.errors import ConfigError
 from llama.layers.plan import LLAMA2_PLAN, LLAMA3_PLAN
 from llama.weights import meta as checkpoint
 from llama.weights.meta import IGNORED_KEYS, check_parallelism, load_rank_state, split_state
-from llama3_tokenizer import llama3_tokenizer_path
+from support.helpers import PROMPTS, subprocess_env
+from support.llama3_tokenizer import llama3_tokenizer_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -115,6 +115,7 @@ def _check_written(dst: Path, src: Path, full: dict, n: int, plan=LLAMA2_PLAN) -
             assert shard[key].untyped_storage().nbytes() == shard[key].nbytes, key
 
 
+@pytest.mark.slow
 def test_reshard_cli_splits_one_shard_into_two(make_ckpt, full_state, tokenizer_path, tmp_path):
     src, dst = make_ckpt("mha", 1), tmp_path / "two"
     # -X importtime lists every module the run imported, on stderr.

@@ -51,6 +51,7 @@ def test_static_shape_decode_step_generates_the_same_tokens(build, config, n_sha
         torch.testing.assert_close(torch.tensor(ours), torch.tensor(theirs), rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_build_accepts_compile_and_compiles_lazily(build, no_native_step):
     from torch._dynamo.utils import counters
 
@@ -64,6 +65,7 @@ def test_build_accepts_compile_and_compiles_lazily(build, no_native_step):
 
 
 # torch.compile on CPU (inductor, C++) takes ~10 s per shape here: worth it, compile is a user-facing path.
+@pytest.mark.slow
 @pytest.mark.parametrize("config,n_shards", [("mha", 1), ("gqa", 2)])
 def test_compiled_decode_generates_the_same_tokens(build, no_native_step, config, n_shards):
     assert greedy(build(config, n_shards, compile=True))[0] == greedy(build(config, n_shards))[0]

@@ -1,6 +1,6 @@
 """llama.native_decode: one-token steps of float32, bfloat16, int8 and int4 models on the CPU in one
 native call (llama/csrc/decode.c), against the eager llama.model steps they replace (the reference's
-tokens: tests/test_generation.py, which decodes through it)."""
+tokens: tests/unit/test_generation.py, which decodes through it)."""
 
 import pytest
 import torch

@@ -1,18 +1,14 @@
-"""The bundled demo model: a real trained Llama that the examples run out of the box."""
+"""The bundled demo model: a real trained Llama that the examples run out of the box (the examples
+themselves on it: tests/e2e/test_demo.py)."""
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from llama import Llama, demo
 from llama.testing.likelihood import nats_per_char
+from support.helpers import HELDOUT
 
-REPO = Path(__file__).resolve().parents[1]
-HELDOUT = Path(__file__).resolve().parent / "data" / "heldout_programming.txt"
 # An untrained model scores about -2.2 nats per character; the trained demo must do much better.
 REQUIRED_NATS_PER_CHAR = -1.2
 
@@ -47,31 +43,3 @@ def test_demo_chat_answers_and_stops_by_itself(demo_model):
     answer = demo_model.chat_completion([dialog], temperature=0, max_gen_len=128)[0]["generation"]["content"]
     tokens = demo_model.tokenizer.encode(answer, bos=False, eos=False)
     assert 3 <= len(tokens) < 128  # it answered, and ended with eos before running out of room
-
-
-def run_example(script: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, script, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    assert "using the bundled demo model" in done.stderr
-    assert re.search(r"generated \d+ tokens in [\d.]+ s \([\d.]+ tokens/s\)", done.stderr)
-    return done
-
-
-def without_load_time(stdout: str) -> str:
-    return re.sub(r"^Loaded in [\d.]+ seconds\n", "", stdout, flags=re.M)
-
-
-def test_text_example_runs_on_the_demo_and_streams_the_same_text():
-    printed = run_example("example_text_completion.py", "--temperature", "0").stdout
-    streamed = run_example("example_text_completion.py", "--temperature", "0", "--stream").stdout
-    assert printed.count("==================================") == 4
-    assert without_load_time(streamed) == without_load_time(printed)
-
-
-def test_chat_example_runs_on_the_demo():
-    printed = run_example("example_chat_completion.py", "--stream").stdout
-    assert printed.count("> Assistant: ") == 6
-    assert "> Assistant: Error: special tags are not allowed as part of the prompt." in printed

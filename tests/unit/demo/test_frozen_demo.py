@@ -2,7 +2,7 @@
 
 Any change to the math, the loading, the tokenizer or the decode loop that moves one token shows
 here. Regenerate EXPECTED only on purpose (a retrained demo model, a deliberate numeric change),
-and say why in the commit: `python -c "from tests.test_frozen_demo import regenerate; regenerate()"`.
+and say why in the commit: `python -c "from tests.unit.demo.test_frozen_demo import regenerate; regenerate()"`.
 Recorded 2026-11-28 with the demo model of llama/demo/TRAINING.md, CPU float32, one thread.
 """
 

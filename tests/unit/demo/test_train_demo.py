@@ -1,15 +1,15 @@
 """scripts/train_demo.py trains llama.model.Transformer itself: no process group, no private layer loop."""
 
 import sys
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from llama.model import Transformer
+from support.helpers import REPO
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+sys.path.insert(0, str(REPO / "scripts"))
 
 import train_demo  # noqa: E402
 

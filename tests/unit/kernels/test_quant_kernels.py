@@ -54,7 +54,7 @@ def test_int8_fused_kernel_equals_the_portable_path():
     q, scales = quantize_int8(_weight())
     x = torch.randn(3, 96)
     expected = kq.int8_linear_portable(x.bfloat16().float(), q, scales.bfloat16().float())
-    got = kq.int8_linear(x, q, scales.bfloat16())
+    got = kq.int8_linear_fused(x, q, scales.bfloat16())
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, expected, rtol=0.02, atol=0.02 * expected.abs().mean().item())
 

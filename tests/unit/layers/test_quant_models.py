@@ -1,15 +1,13 @@
 """Quantized models end to end: int4 quality on the trained demo model, and every format through
 sharded checkpoints and batches."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from llama import Llama, demo
 from llama.testing.likelihood import nats_per_char
+from support.helpers import HELDOUT
 
-HELDOUT = Path(__file__).resolve().parent / "data" / "heldout_programming.txt"
 PROMPTS = ["The quick brown fox", "Python is a programming language that", "A"]
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from helpers import subprocess_env
 from llama.errors import BackendError, ConfigError
 from llama.runtime.backend import COLLECTIVE_TIMEOUT, Probe, select
+from support.helpers import subprocess_env
 
 CPU = Probe(cuda_count=0, nccl=False, mps=False)
 MAC = Probe(cuda_count=0, nccl=False, mps=True)
@@ -292,6 +292,7 @@ print(rt.describe(), dist.get_world_size(), t.tolist())
 """
 
 
+@pytest.mark.slow
 def test_single_process_opens_no_tcp_store_and_needs_no_master_addr():
     done = subprocess.run(
         [sys.executable, "-c", NO_TCP_STORE], env=subprocess_env(), capture_output=True, text=True, timeout=120

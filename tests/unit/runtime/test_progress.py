@@ -2,6 +2,8 @@
 
 import time
 
+import pytest
+
 from llama.runtime.progress import DELAY_S, slow_progress
 
 
@@ -10,6 +12,7 @@ def test_fast_loads_draw_no_bar(build, capsys):
     assert "Loading weights" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_slow_step_draws_a_bar_on_rank_0_only(capsys):
     for _ in slow_progress(range(4), total=4, desc="Loading weights", unit="tensor"):
         time.sleep(DELAY_S * 0.4)

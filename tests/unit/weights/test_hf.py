@@ -1,4 +1,5 @@
-"""Hugging Face checkpoints: config.json -> params.json, loading per rank, and `python -m llama.convert`.
+"""Hugging Face checkpoints: config.json -> params.json, loading per rank, and llama.cli.convert
+(the command run as a process: tests/e2e/test_convert_cli.py).
 
 The Hugging Face directories are written by transformers itself (save_pretrained), from small
 random configs whose weights are scaled up so that greedy decoding has clear winners.
@@ -16,15 +17,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import VOCAB_SIZE
 from llama.cli.convert import convert
 from llama.errors import CheckpointError, ConfigError, MissingFileError
 from llama.layers.plan import LLAMA2_PLAN, split_dim
+from llama.testing.synthetic import TINY_VOCAB as VOCAB_SIZE
 from llama.weights import hf, hf_config
+from support.helpers import REPO, assert_nothing_written
 
 transformers = pytest.importorskip("transformers")
 
-REPO = Path(__file__).resolve().parents[1]
 PROMPT = "def fibonacci(n): return the sum of"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -254,6 +255,7 @@ print("GROWTH", rss_and_peak()[1] - rss)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux /proc")
 def test_peak_memory_while_loading_stays_within_115_percent_of_the_checkpoint(tmp_path, hf_dir):
     from safetensors.torch import save_file
@@ -361,30 +363,6 @@ def test_tokenizer_is_copied_from_original_folder(hf_dir, tokenizer_path, tmp_pa
 # -- refusals: one clear error, nothing written --------------------------------------------------
 
 
-def run_convert(*args):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "llama.convert", *map(str, args)], capture_output=True, text=True, cwd=REPO, env=env
-    )
-
-
-def assert_nothing_written(dst: Path):
-    assert not dst.exists()
-    assert not [p for p in dst.parent.iterdir() if p.name.startswith(f".{dst.name}.")]
-
-
-def test_cli_refuses_a_directory_of_neither_layout_with_one_error_line(tmp_path):
-    (tmp_path / "src").mkdir()
-    result = run_convert(tmp_path / "src", tmp_path / "dst")
-    assert result.returncode == 1
-    assert result.stderr == (
-        f"error: checkpoint directory '{tmp_path / 'src'}' holds neither layout: expected a Hugging Face "
-        "directory (config.json + model.safetensors or model.safetensors.index.json) or a Meta one "
-        "(params.json + consolidated.*.pth)\n"
-    )
-    assert_nothing_written(tmp_path / "dst")
-
-
 def break_model_type(ckpt):
     config = json.loads((ckpt / "config.json").read_text())
     (ckpt / "config.json").write_text(json.dumps({**config, "model_type": "mistral"}))
@@ -462,21 +440,6 @@ def test_bad_hf_input_is_refused_naming_the_file_and_nothing_is_written(hf_dir, 
     assert_nothing_written(tmp_path / "dst")
 
 
-def test_existing_dst_is_replaced_only_with_force(make_ckpt, tmp_path):
-    dst = tmp_path / "dst"
-    dst.mkdir()
-    (dst / "keep.txt").write_text("mine")
-    with pytest.raises(ConfigError) as err:
-        convert(make_ckpt("mha"), dst)
-    assert str(err.value) == f"DST '{dst}' already exists; pass --force to replace it, or choose a new directory"
-    assert [p.name for p in dst.iterdir()] == ["keep.txt"]
-    result = run_convert(make_ckpt("mha"), dst, "--force")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == f"wrote Hugging Face checkpoint to {dst}\n"
-    assert sorted(p.name for p in dst.iterdir()) == ["config.json", "model.safetensors", "original"]
-    assert [p.name for p in tmp_path.iterdir()] == ["dst"]
-
-
 def test_a_failure_while_writing_leaves_no_half_written_dst(make_ckpt, tmp_path, monkeypatch):
     def fail_after_one_file(tensors, path, metadata):
         Path(path).write_bytes(b"partial")
@@ -545,23 +508,3 @@ def test_build_finds_the_tokenizer_next_to_the_weights_or_under_original(hf_dir,
     (ckpt / "original").mkdir()
     shutil.copy(tokenizer_path, ckpt / "original" / "tokenizer.model")
     assert Llama.build(str(ckpt), None, 64, 2, device="cpu").tokenizer.n_words == VOCAB_SIZE
-
-
-def test_convert_help_describes_every_flag_and_the_tool_never_imports_the_generator():
-    result = run_convert("--help")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("usage: python -m llama.convert SRC DST")
-    assert (
-        "  --to LAYOUT            the layout to write (choices: meta, hf; default: the other one than SRC's)"
-        in result.stdout
-    )
-    code = "import sys, llama.cli.convert; print(sorted(m for m in sys.modules if m.startswith('llama.')))"
-    imported = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        check=True,
-    ).stdout
-    assert "llama.cli.convert" in imported and "llama.generation" not in imported and "llama.decoding" not in imported

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import VOCAB_SIZE
 from llama.model import ModelArgs
+from llama.testing.synthetic import TINY_VOCAB as VOCAB_SIZE
 from llama.testing.synthetic import params_dict, random_state
 from llama.weights.meta import save_checkpoint
+from support.helpers import REPO
 
 linux_proc = pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux /proc")
 
@@ -54,13 +55,14 @@ def test_cpu_float32_weights_live_in_the_memory_mapped_checkpoint_file(build, ma
         assert any(start <= param.data_ptr() < end for start, end in ranges), name
 
 
+@pytest.mark.slow
 @linux_proc
 def test_peak_memory_while_loading_and_generating_is_about_one_checkpoint(tmp_path, tokenizer_path, make_ckpt):
     args = ModelArgs(dim=256, n_layers=16, n_heads=4, multiple_of=32, vocab_size=VOCAB_SIZE)
     ckpt = save_checkpoint(random_state(args), params_dict(args), tmp_path / "ckpt")
     size = (ckpt / "consolidated.00.pth").stat().st_size
     assert size > 50e6
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO
     out = subprocess.run(
         [sys.executable, "-c", PEAK_RSS_GROWTH, str(ckpt), str(make_ckpt("mha")), str(tokenizer_path)],
         capture_output=True,

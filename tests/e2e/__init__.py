@@ -1,0 +1,1 @@
+"""End-to-end tests: the command lines, example scripts and download.sh run as processes, and torchrun runs."""
