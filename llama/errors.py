@@ -31,3 +31,11 @@ class GenerationError(LlamaError, RuntimeError):
 
 class RankError(LlamaError, RuntimeError):
     """Another model-parallel rank failed; the message is that rank's error."""
+
+
+class BusyError(LlamaError, RuntimeError):
+    """The engine's queue of waiting requests is full: try again later (HTTP 429/503)."""
+
+
+class EngineClosedError(LlamaError, RuntimeError):
+    """The engine was shut down, or failed, and takes no more requests."""

@@ -11,7 +11,7 @@ its weights, so a layer holding a slice of the heads needs no further telling.
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -124,6 +124,17 @@ def apply_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
     return rotate_pairs(x, cos2[None, :, None, :], sin2[None, :, None, :])
 
 
+@dataclass(frozen=True)
+class CacheRows:
+    """Where a step of several sequences reads and writes the cache: B rows of T tokens, row b in
+    cache slot slots[b] (a batch index of the cache) at positions[b] (its T positions); each row
+    attends to keys 0..span-1 of its slot, the caller masking what lies beyond its own position."""
+
+    slots: torch.Tensor  # (B,) long
+    positions: torch.Tensor  # (B, T) long
+    span: int
+
+
 class KVCache(nn.Module):
     """Keys and values of one layer, (max_batch_size, max_seq_len, kv_heads, head_dim).
 
@@ -131,19 +142,28 @@ class KVCache(nn.Module):
     the cache of every row and head in one batched matmul without first copying it.
     """
 
+    k: torch.Tensor
+    v: torch.Tensor
+
     def __init__(self, max_batch_size, max_seq_len, kv_heads, head_dim, dtype=None, device=None):
         super().__init__()
         shape = (max_batch_size, kv_heads, max_seq_len, head_dim)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device).transpose(1, 2), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device).transpose(1, 2), persistent=False)
 
-    def update(self, start_pos, k: torch.Tensor, v: torch.Tensor):
+    def update(self, start_pos: Union[int, torch.Tensor, CacheRows], k: torch.Tensor, v: torch.Tensor):
         """Store k, v (bsz, seqlen, kv_heads, head_dim) at start_pos..; return the keys and values to attend to.
 
         start_pos an int: the prefix up to the last position written. A one-element tensor (the
         static-shape decode step): the whole cache, shapes independent of the position; the
-        caller masks the positions not yet written.
+        caller masks the positions not yet written. CacheRows: each row at its own slot and
+        positions, keys 0..span-1 of each row's slot (gathered).
         """
+        if isinstance(start_pos, CacheRows):
+            at = start_pos.slots[:, None]
+            self.k[at, start_pos.positions] = k
+            self.v[at, start_pos.positions] = v
+            return self.k[start_pos.slots, : start_pos.span], self.v[start_pos.slots, : start_pos.span]
         bsz, seqlen = k.shape[:2]
         if isinstance(start_pos, torch.Tensor):
             self.k[:bsz].index_copy_(1, start_pos, k)
@@ -157,7 +177,8 @@ class KVCache(nn.Module):
 
 def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
     """Softmax attention; q (bsz, seqlen, heads, head_dim), keys/values (bsz, kv_len, kv_heads, head_dim),
-    mask (seqlen, kv_len) or None -> (bsz, seqlen, heads * head_dim).
+    mask (seqlen, kv_len), or (bsz, 1, 1, seqlen, kv_len) with a row's own, or None
+    -> (bsz, seqlen, heads * head_dim).
 
     Scores are q.k / sqrt(head_dim) plus the mask, softmax in float32, as in the reference. The
     n_rep query heads that share a kv head (GQA) are stacked along the query axis instead of
@@ -193,15 +214,21 @@ class Attention(nn.Module):
         return self.wk.weight.shape[0] // self.head_dim
 
     def forward(self, x, start_pos, cos, sin, mask: Optional[torch.Tensor]):
-        """cos, sin: full-width rotary tables for these positions, (1, seqlen, 1, head_dim).
-        start_pos None: no cache (training, scoring a whole sequence)."""
+        """cos, sin: full-width rotary tables for these positions, (1 or bsz, seqlen, 1, head_dim).
+        start_pos None: no cache (training, scoring a whole sequence); else where the cache takes
+        these keys and values (KVCache.update)."""
         bsz, seqlen, _ = x.shape
         xq = self.wq(x).reshape(bsz, seqlen, -1, self.head_dim)
         xk = self.wk(x).reshape(bsz, seqlen, -1, self.head_dim)
         xv = self.wv(x).reshape(bsz, seqlen, -1, self.head_dim)
         xq = rotate_pairs(xq, cos, sin)
         xk = rotate_pairs(xk, cos, sin)
-        keys, values = (xk, xv) if start_pos is None else self.cache.update(start_pos, xk, xv)
+        if start_pos is None:
+            keys, values = xk, xv
+        elif self.cache is None:
+            raise RuntimeError("Attention has no KV cache: call Transformer.setup_caches() before decoding")
+        else:
+            keys, values = self.cache.update(start_pos, xk, xv)
         return self.wo(attend(xq, keys, values, mask))
 
 
@@ -239,6 +266,9 @@ def causal_mask(seqlen: int, start_pos: int, dtype, device) -> Optional[torch.Te
 
 
 class Transformer(nn.Module):
+    rope_cos: torch.Tensor
+    rope_sin: torch.Tensor
+
     def __init__(self, params: ModelArgs):
         super().__init__()
         self.params = params
@@ -248,7 +278,8 @@ class Transformer(nn.Module):
         self.tok_embeddings = nn.Embedding(*shape, _weight=torch.empty(shape))
         if self.tok_embeddings.weight.device.type != "meta":
             # nn.Embedding's own init; skipped on the meta device (where loading builds the model),
-            # whose first normal_ takes ~2 s to set up for weights that are about to be replaced.
+            # whose first normal_ is slow to set up for weights that are about to be replaced
+            # (BENCHMARKS.md, "Figures behind choices in the code").
             nn.init.normal_(self.tok_embeddings.weight)
         self.layers = nn.ModuleList(TransformerBlock(params) for _ in range(params.n_layers))
         self.norm = RMSNorm(params.dim, eps=params.norm_eps)
@@ -278,7 +309,7 @@ class Transformer(nn.Module):
         weight = self.tok_embeddings.weight
         p = self.params
         for layer in self.layers:
-            attn = layer.attention
+            attn = cast(Attention, layer.attention)
             attn.cache = KVCache(
                 p.max_batch_size,
                 p.max_seq_len,
@@ -294,14 +325,32 @@ class Transformer(nn.Module):
         start_pos None: the whole sequence from position 0 with full causal attention and no
         cache (training, scoring); an int: decoding through the KV caches of `setup_caches`.
         last_only: the logits of the last position only, (bsz, 1, vocab): all that decoding
-        without log-probs reads, and the output layer is ~7-14 % of a prompt's work.
+        without log-probs reads (the output layer's share of a prompt: BENCHMARKS.md, "Figures
+        behind choices in the code").
         """
         seqlen = tokens.shape[1]
         first = 0 if start_pos is None else start_pos
         cos = self.rope_cos[first : first + seqlen]
         sin = self.rope_sin[first : first + seqlen]
         mask = causal_mask(seqlen, first, self.tok_embeddings.weight.dtype, tokens.device)
-        return self._run(tokens, start_pos, cos, sin, mask, last_only)
+        return self._run(tokens, start_pos, cos[None, :, None], sin[None, :, None], mask, last_only)
+
+    def forward_rows(
+        self, tokens: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, last_only: bool = True
+    ) -> torch.Tensor:
+        """tokens (B, T) of B sequences, row b in cache slot slots[b] (a batch index of the KV caches)
+        from position positions[b] -> float32 logits (B, 1, vocab) of each row's last token (all T
+        with last_only=False). Each row attends causally to its own slot up to its own position, so
+        rows of different sequences and lengths step together (the engine's steps)."""
+        seqlen = tokens.shape[1]
+        pos = positions[:, None] + torch.arange(seqlen, device=tokens.device)  # (B, T)
+        span = int(positions.max()) + seqlen
+        key_pos = torch.arange(span, device=tokens.device)
+        dtype = self.tok_embeddings.weight.dtype
+        mask = torch.zeros(pos.shape[0], 1, 1, seqlen, span, dtype=dtype, device=tokens.device)
+        mask = mask.masked_fill(key_pos > pos[:, None, None, :, None], float("-inf"))
+        cos, sin = self.rope_cos[pos][:, :, None], self.rope_sin[pos][:, :, None]
+        return self._run(tokens, CacheRows(slots, pos, span), cos, sin, mask, last_only)
 
     def forward_static(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """One token per row, tokens (bsz, 1), at position `pos` (a one-element long tensor).
@@ -316,11 +365,12 @@ class Transformer(nn.Module):
         key_pos = torch.arange(self.params.max_seq_len, device=tokens.device)
         mask = torch.zeros(1, self.params.max_seq_len, dtype=self.tok_embeddings.weight.dtype, device=tokens.device)
         mask = mask.masked_fill(key_pos > pos, float("-inf"))
-        return self._run(tokens, pos, cos, sin, mask)
+        return self._run(tokens, pos, cos[None, :, None], sin[None, :, None], mask)
 
     def _run(self, tokens, start_pos, cos, sin, mask, last_only: bool = False) -> torch.Tensor:
+        """cos, sin: the rotary tables of these positions, shaped to broadcast against (bsz, seqlen,
+        heads, head_dim)."""
         h = self.tok_embeddings(tokens)
-        cos, sin = cos[None, :, None, :], sin[None, :, None, :]
         for layer in self.layers:
             h = layer(h, start_pos, cos, sin, mask)
         if last_only:

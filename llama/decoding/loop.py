@@ -109,14 +109,18 @@ def decode_steps(
 def check_finite(all_finite: torch.Tensor, dtype: torch.dtype) -> None:
     """all_finite: a bool tensor, False once any logit was inf or nan. Non-finite logits would make
     sampling fail deep in torch.multinomial (or argmax pick garbage), so say what happened."""
-    if bool(all_finite):
-        return
+    if not bool(all_finite):
+        raise non_finite_error(dtype)
+
+
+def non_finite_error(dtype: torch.dtype) -> GenerationError:
+    """The error for non-finite logits from a model with `dtype` weights, naming the likely cause."""
     name = str(dtype).replace("torch.", "")
     if dtype == torch.float16:
         fix = "float16 overflowed: run with --dtype bfloat16 or --dtype float32 (Llama.build(dtype=...))"
     else:
         fix = "the checkpoint probably holds inf/nan weights: download it again, or try --dtype float32"
-    raise GenerationError(f"the model produced non-finite logits (inf or nan) with {name} weights; {fix}")
+    return GenerationError(f"the model produced non-finite logits (inf or nan) with {name} weights; {fix}")
 
 
 def token_logprobs_of(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> torch.Tensor:

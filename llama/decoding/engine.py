@@ -1,0 +1,297 @@
+"""Many sequences at once: continuous batching over the KV cache's slots, with a prompt cache.
+
+`Engine(generator)` owns the model of a built `Llama` and serves Requests submitted from any
+thread: each is given a free slot (the cache's batch rows, llama.decoding.slots), its prompt is
+computed a chunk per scheduler round (so the running sequences wait at most one chunk), then it
+joins the decode steps, which advance every running sequence by one token, each at its own
+position. A sequence leaves the step it finishes and its slot takes the next request at once;
+requests beyond the slots wait in a bounded queue (full: BusyError). A finished sequence's slot
+keeps its keys and values, so that a later prompt beginning with the same tokens computes only
+the rest.
+
+A sequence's tokens do not depend on its company: its prompt is computed alone, in the same
+chunks; on the native step every row of a decode step is computed by the same instructions
+whatever the others are (llama/kernels/csrc/forward.c), and each sequence samples from its own
+seeded generator (llama.decoding.sampler). `Llama.generate` is a separate path (the reference's
+loop) and unchanged; do not call it on a Llama while an engine serves it (they share the caches).
+
+Model parallel: build the Llama on every rank, run the Engine on rank 0 and `Engine.follow` on the
+others; rank 0's forward calls are broadcast and repeated (llama.decoding.row_steps).
+"""
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Deque, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import BusyError, EngineClosedError, RankError
+from ..runtime.ranks import peer_failure
+from .detokenize import TextDeltas
+from .loop import non_finite_error
+from .requests import Completion, Request, RequestHandle, TokenEvent
+from .row_steps import RowSteps
+from .sampler import Sampler, top_logprobs
+from .slots import SlotTable
+from .stops import StopText
+
+log = logging.getLogger(__name__)
+
+IDLE_HEARTBEAT_S = 30.0  # how often an idle rank 0 tells the other ranks it is alive
+
+
+class _Sequence:
+    """A request while it holds a slot."""
+
+    def __init__(self, handle: RequestHandle, slot: int, cached: int, tokenizer, default_stops):
+        request = handle.request
+        self.handle, self.request, self.slot = handle, request, slot
+        self.prompt = list(request.prompt_tokens)
+        self.next_pos = cached  # the next prompt position to compute (prefill), len(prompt) after it
+        self.sampler = Sampler(request.sampling, self.prompt)
+        self.stops = set(default_stops if request.stop_tokens is None else request.stop_tokens)
+        self.deltas = TextDeltas(tokenizer)
+        self.stop_text = StopText(request.stop_strings)
+        self.result = Completion(prompt_tokens=len(self.prompt), cached_tokens=cached)
+        if request.logprobs:
+            self.result.logprobs = []
+            self.result.top_logprobs = [] if request.top_logprobs else None
+        if request.prompt_logprobs:
+            self.result.prompt_logprobs = [None]
+            self.result.prompt_top_logprobs = [None]
+        self.last: Optional[int] = None  # the newest token, to be fed in the next decode step
+
+    @property
+    def prefilling(self) -> bool:
+        return self.next_pos < len(self.prompt)
+
+
+class Engine:
+    def __init__(self, generator, max_queue: int = 64, prefill_chunk: Optional[int] = None):
+        """generator: a built `Llama` (its model and tokenizer); max_queue: requests that may wait for
+        a slot; prefill_chunk: prompt tokens computed per scheduler round (default: what the native
+        step takes at once, else 512)."""
+        self.tokenizer = generator.tokenizer
+        params = generator.model.params
+        self.max_seq_len, self.n_slots, self.max_queue = params.max_seq_len, params.max_batch_size, max_queue
+        self.steps = RowSteps(generator.model, generator.decode_step)
+        self.prefill_chunk = prefill_chunk or self.steps.prefill_chunk
+        self.slots = SlotTable(self.n_slots)
+        self.weight_dtype = generator.model.tok_embeddings.weight.dtype
+        self._lock = threading.Condition()
+        self._waiting: Deque[RequestHandle] = deque()
+        self._running: Dict[int, _Sequence] = {}
+        self._closing = False
+        self._failure: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._serve, name="llama-engine", daemon=True)
+        self._thread.start()
+
+    # ---- callers ----
+    def submit(self, request: Request, loop=None) -> RequestHandle:
+        """Queue `request`; -> its handle (events as they come). ConfigError for a request it cannot
+        take, BusyError when max_queue requests already wait, EngineClosedError after close()."""
+        request.check(self.tokenizer.n_words, self.max_seq_len)
+        handle = RequestHandle(request, loop)
+        with self._lock:
+            if self._closing or self._failure is not None:
+                why = f": {self._failure}" if self._failure is not None else ""
+                raise EngineClosedError(f"the engine is shut down and takes no more requests{why}")
+            if len(self._waiting) >= self.max_queue:
+                raise BusyError(
+                    f"the engine is busy: {len(self._waiting)} requests already wait for one of {self.n_slots} "
+                    f"slots (max_queue={self.max_queue}); try again shortly"
+                )
+            self._waiting.append(handle)
+            self._lock.notify()
+        return handle
+
+    def generate(self, request: Request) -> Completion:
+        """submit(request) and wait for its Completion."""
+        return self.submit(request).result()
+
+    def status(self) -> dict:
+        with self._lock:
+            return {
+                "running": len(self._running),
+                "waiting": len(self._waiting),
+                "slots": self.n_slots,
+                "closed": self._closing or self._failure is not None,
+            }
+
+    def close(self, drain: bool = True, timeout: Optional[float] = None) -> None:
+        """Take no more requests; drain=True lets the running and waiting ones finish, else they are
+        cancelled. Returns once the engine has stopped (or `timeout` seconds have passed)."""
+        with self._lock:
+            self._closing = True
+            if not drain:
+                for handle in [*self._waiting, *(s.handle for s in self._running.values())]:
+                    handle.cancel()
+            self._lock.notify()
+        self._thread.join(timeout)
+
+    @staticmethod
+    def follow(generator) -> None:
+        """On a model-parallel rank other than 0: run rank 0's engine steps until it closes."""
+        RowSteps(generator.model, generator.decode_step).follow()
+
+    # ---- the scheduler (its own thread) ----
+    def _serve(self) -> None:
+        try:
+            while self._round():
+                pass
+        except Exception as exc:  # noqa: BLE001 - whatever broke, every waiting caller must hear of it
+            log.exception("the engine stopped")
+            self._fail_all(exc)
+        finally:
+            try:
+                self.steps.stop()
+            except Exception as exc:  # noqa: BLE001 - the other ranks are gone already
+                log.debug("could not release the other ranks: %s", exc)
+
+    def _round(self) -> bool:
+        """One scheduler round: admit, one prompt chunk, one decode step. -> False once closed and empty."""
+        with self._lock:
+            if not self._waiting and not self._running:
+                if self._closing:
+                    return False
+                if not self._lock.wait(IDLE_HEARTBEAT_S):
+                    self.steps.idle()
+                return True
+            self._admit()
+        self._drop_cancelled()
+        prefilling = [s for s in self._running.values() if s.prefilling]
+        if prefilling:
+            self._prefill(min(prefilling, key=lambda s: s.handle.id))
+        decoding = [s for s in self._running.values() if not s.prefilling and s.last is not None]
+        if decoding:
+            self._decode(decoding)
+        return True
+
+    def _admit(self) -> None:
+        while self._waiting and self.slots.free():
+            handle = self._waiting.popleft()
+            if handle.cancelled.is_set():
+                handle.put(Completion(finish_reason="cancelled", prompt_tokens=len(handle.request.prompt_tokens)))
+                continue
+            request = handle.request
+            reuse = request.cache_prompt and not request.prompt_logprobs
+            got = self.slots.acquire(request.prompt_tokens, reuse)
+            if got is None:  # cannot happen while free() says otherwise
+                self._waiting.appendleft(handle)
+                return
+            slot, cached = got
+            self._running[slot] = _Sequence(handle, slot, cached, self.tokenizer, self.tokenizer.stop_tokens)
+
+    def _drop_cancelled(self) -> None:
+        for seq in [s for s in self._running.values() if s.handle.cancelled.is_set()]:
+            self._finish(seq, "cancelled")
+
+    def _prefill(self, seq: _Sequence) -> None:
+        start = seq.next_pos
+        chunk = seq.prompt[start : start + self.prefill_chunk]
+        logits = self._step([seq], [chunk], [start], all_logits=seq.result.prompt_logprobs is not None)
+        if logits is None:
+            return
+        self.slots.extend(seq.slot, chunk)
+        seq.next_pos += len(chunk)
+        result = seq.result
+        if result.prompt_logprobs is not None and result.prompt_top_logprobs is not None:
+            following = seq.prompt[start + 1 : start + 1 + len(chunk)]  # what each position's logits predict
+            scores = F.log_softmax(logits[0, : len(following)], dim=-1)
+            result.prompt_logprobs += scores.gather(-1, torch.tensor(following)[:, None])[:, 0].tolist()
+            n = seq.request.top_logprobs
+            result.prompt_top_logprobs += [top_logprobs(row, n) if n else None for row in scores]
+        if not seq.prefilling:
+            self._accept(seq, logits[0, -1])
+
+    def _decode(self, batch: List[_Sequence]) -> None:
+        fed = [s.last for s in batch if s.last is not None]  # every sequence of a decode step has one
+        positions = [self.slots.length(s.slot) for s in batch]
+        logits = self._step(batch, [[token] for token in fed], positions)
+        if logits is None:
+            return
+        for b, (seq, token) in enumerate(zip(batch, fed)):
+            self.slots.extend(seq.slot, [token])
+            self._accept(seq, logits[b, -1])
+
+    def _step(self, batch: List[_Sequence], tokens, positions, all_logits: bool = False) -> Optional[torch.Tensor]:
+        """The forward call for `batch`; on failure its sequences end with the error (None is returned),
+        and a lost peer rank ends the engine."""
+        try:
+            return self.steps(tokens, [s.slot for s in batch], positions, all_logits)
+        except Exception as exc:  # noqa: BLE001 - a failed step fails its requests, not the engine
+            if isinstance(exc, RankError) or peer_failure(exc) is not None:
+                raise
+            log.warning("a step of %d sequence(s) failed: %s", len(batch), exc)
+            for seq in batch:
+                self._finish(seq, "error", exc)
+            return None
+
+    def _accept(self, seq: _Sequence, logits: torch.Tensor) -> None:
+        """The next token of `seq` from its logits (vocab,): sampled, streamed, and checked for the end."""
+        if not bool(torch.isfinite(logits).all()):
+            self._finish(seq, "error", non_finite_error(self.weight_dtype))
+            return
+        token = seq.sampler.choose(logits)
+        if token in seq.stops:
+            seq.result.stop_token = token
+            self._finish(seq, "stop")
+            return
+        event = self._record(seq, token, logits)
+        text, stopped = seq.stop_text.push(seq.deltas.push(token))
+        seq.handle.put(TokenEvent(token, text, event[0], event[1]))
+        seq.result.text += text
+        if stopped:
+            self._finish(seq, "stop")
+        elif len(seq.result.tokens) >= seq.request.max_new_tokens:
+            self._finish(seq, "length")
+        else:
+            seq.last = token
+
+    def _record(self, seq: _Sequence, token: int, logits: torch.Tensor):
+        seq.result.tokens.append(token)
+        seq.sampler.observe(token)
+        if seq.result.logprobs is None:
+            return None, None
+        scores = F.log_softmax(logits, dim=-1)
+        seq.result.logprobs.append(float(scores[token]))
+        top = top_logprobs(scores, seq.request.top_logprobs) if seq.request.top_logprobs else None
+        if seq.result.top_logprobs is not None:
+            seq.result.top_logprobs.append(top or [])
+        return seq.result.logprobs[-1], top
+
+    def _finish(self, seq: _Sequence, reason: str, error: Optional[BaseException] = None) -> None:
+        if reason in ("stop", "length") and not seq.stop_text.stopped:
+            rest, stopped = seq.stop_text.push(seq.deltas.flush())
+            rest += seq.stop_text.flush()
+            if rest:
+                seq.handle.put(TokenEvent(None, rest))
+                seq.result.text += rest
+            reason = "stop" if stopped else reason
+        seq.result.finish_reason, seq.result.error = reason, error
+        with self._lock:
+            self._running.pop(seq.slot, None)
+            self.slots.release(seq.slot, keep=error is None)
+        seq.handle.put(seq.result)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        with self._lock:
+            self._failure = exc
+            waiting, self._waiting = list(self._waiting), deque()
+        for seq in list(self._running.values()):
+            self._finish(seq, "error", exc)
+        for handle in waiting:
+            handle.put(Completion(finish_reason="error", error=exc, prompt_tokens=len(handle.request.prompt_tokens)))
+
+
+def wait_all(handles: List[RequestHandle], timeout: Optional[float] = None) -> List[Completion]:
+    """The Completions of `handles`, in order (each waited for up to what is left of `timeout`)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    out = []
+    for handle in handles:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        out.append(handle.result(left))
+    return out
