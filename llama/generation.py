@@ -8,14 +8,14 @@ outputs are those of Meta's `meta-llama/llama` and `meta-llama/llama3` `llama/ge
 
 import logging
 import time
-from typing import Iterator, List, Optional, Tuple, TypedDict
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, TypedDict
 
 import torch
 
 from . import demo
 from .chat_format import UNSAFE_ERROR, Dialog, Message, encode_dialog, is_unsafe
 from .decoding import native_step
-from .decoding.loop import DecodeState, collect, decode_steps, start_decode
+from .decoding.loop import DecodeState, collect, decode_steps, first_stop, start_decode
 from .decoding.sampling import sample_top_p
 from .decoding.static_step import StaticDecode
 from .errors import ConfigError
@@ -29,6 +29,8 @@ from .runtime.distributed import barrier_then_tighten_timeouts, init_distributed
 from .runtime.group import is_main_process
 from .runtime.ranks import on_all_ranks
 from .tokenizer import Tokenizer
+from .tools.answer import tool_answer
+from .tools.support import check_tool_model
 from .validation import check_request, whole_number
 from .weights import loading, meta
 
@@ -100,7 +102,7 @@ class Llama:
             print(f"Loaded in {time.time() - start_time:.2f} seconds")
         # One-token steps: on an x86 CPU one native call (faster than a compiled step, so it wins over
         # compile=True); else compiled if asked; else llama.model's forward.
-        decode_step = native_step.for_model(model)
+        decode_step: Any = native_step.for_model(model)
         if decode_step is None and compile:
             decode_step = StaticDecode(model, compile_options(rt.device))
         return Llama(model, tokenizer, decode_step, eos_check_interval(rt.device))
@@ -243,7 +245,14 @@ class Llama:
         top_p: float = 0.9,
         max_gen_len: Optional[int] = None,
         logprobs: bool = False,
+        tools: Optional[Sequence[Any]] = None,
+        tool_prompt_format: str = "json",
     ) -> List[ChatPrediction]:
+        """tools (Llama 3.1+; llama.tools): built-in tool names and OpenAI-style function specs offered to the
+        model; each generation then also has "tool_calls" (content "" when the answer is a call) and
+        "stop_reason" ("end_of_turn", "end_of_message": waiting for a tool result, "out_of_tokens")."""
+        if tools:
+            return self._chat_with_tools(dialogs, temperature, top_p, max_gen_len, logprobs, tools, tool_prompt_format)
         prompt_tokens, max_gen_len = self.encode_dialogs(dialogs, max_gen_len)
         unsafe = [self.unsafe(d) for d in dialogs]
         tokens, probs = self._generate_in_batches(prompt_tokens, max_gen_len, temperature, top_p, logprobs)
@@ -256,6 +265,43 @@ class Llama:
                 pred["logprobs"] = probs[i]
             out.append(pred)
         return out
+
+    def _chat_with_tools(self, dialogs, temperature, top_p, max_gen_len, logprobs, tools, tool_prompt_format):
+        check_tool_model(self.tokenizer.kind, bool(getattr(self.model.params, "use_scaled_rope", False)))
+        prompt_tokens = [
+            encode_dialog(self.tokenizer, d, i, tools=tools, tool_prompt_format=tool_prompt_format)
+            for i, d in enumerate(dialogs)
+        ]
+        max_gen_len = self._gen_len(max_gen_len)
+        tokens, probs, stops = self._generate_with_stops(prompt_tokens, max_gen_len, temperature, top_p, logprobs)
+        out: List[ChatPrediction] = []
+        for i, t in enumerate(tokens):
+            pred: ChatPrediction = {"generation": tool_answer(self.tokenizer.decode(t), stops[i], self.tokenizer)}
+            if logprobs:
+                pred["tokens"] = [self.tokenizer.decode([x]) for x in t]
+                pred["logprobs"] = probs[i]
+            out.append(pred)
+        return out
+
+    @torch.inference_mode()
+    def _generate_with_stops(self, prompt_tokens, max_gen_len, temperature, top_p, logprobs):
+        """_generate_in_batches, plus the stop token that ended each row (None: it ran out of tokens); the
+        rows are cut where generate cuts them. Tool calling tells <|eom_id|> from <|eot_id|> by it."""
+        self.check_request(prompt_tokens, temperature, top_p, max_gen_len)
+        size = self.model.params.max_batch_size
+        tokens, probs, stops = [], [], []
+        for start in range(0, len(prompt_tokens), size):
+            batch = prompt_tokens[start : start + size]
+            state, steps = self.decode(batch, max_gen_len, temperature, top_p, logprobs)
+            for _ in steps:
+                pass
+            rows, row_probs = collect(state, batch, max_gen_len, [], echo=False)  # uncut: the stop token stays
+            for k, row in enumerate(rows):
+                cut = first_stop(row, self.stop_tokens)
+                tokens.append(row[:cut])
+                stops.append(row[cut] if cut < len(row) else None)
+                probs.append(row_probs[k][:cut] if row_probs is not None else None)
+        return tokens, (probs if logprobs else None), stops
 
     def _generate_in_batches(self, prompt_tokens, max_gen_len, temperature, top_p, logprobs, echo=False):
         """generate() on consecutive groups of at most max_batch_size prompts; results in input order."""
