@@ -9,9 +9,19 @@ setup(
     # csrc: compiled at first use by llama.kernels.native
     package_data={"llama": ["demo/*", "kernels/csrc/*.c", "kernels/csrc/*.h"]},
     python_requires=">=3.9",
-    install_requires=["torch", "fairscale", "fire", "sentencepiece", "tiktoken", "safetensors", "tqdm"],
+    install_requires=[
+        "torch",
+        "fairscale",
+        "fire",
+        "sentencepiece",
+        "tiktoken",
+        "safetensors",
+        "tqdm",
+        "fastapi",
+        "uvicorn",
+    ],
     extras_require={
         # the test suite, and `make lint`: ruff and mypy pinned so that "zero findings" means the same everywhere
-        "test": ["pytest", "transformers", "llama-models==0.3.0", "ruff==0.17.6", "mypy==2.4.1"],
+        "test": ["pytest", "transformers", "openai", "httpx", "llama-models==0.3.0", "ruff==0.17.6", "mypy==2.4.1"],
     },
 )
