@@ -1,6 +1,6 @@
 """Decode speed of this project against the reference's decode loop, float32, one process, CPU.
 
-The reference side is tests/reference_impl.py: an independent restatement of Meta's
+The reference side is llama/testing/reference.py: an independent restatement of Meta's
 `meta-llama/llama` math and loop (`llama/model.py`, `llama/generation.py`) with plain tensors,
 whose matmuls (x @ W.T), cache and loop do what the reference's do on one process; Meta's own
 code needs fairscale's model-parallel layers and CUDA/NCCL, so it does not run here as shipped.
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # measure the checkout this script is in
 from llama import Llama  # noqa: E402
 from llama.model import ModelArgs  # noqa: E402
+from llama.testing.reference import RefModel, ref_generate  # noqa: E402
 from llama.weights.meta import find_shards, load_shard, read_params_json  # noqa: E402
-from reference_impl import RefModel, ref_generate  # noqa: E402
 
 
 def timed(fn) -> float:

@@ -102,6 +102,14 @@ class Tokenizer:
             cls = TiktokenTokenizer if is_bpe_table(_checked_path(model_path)) else SentencePieceTokenizer
         return super().__new__(cls)
 
+    def encode(self, s: str, *, bos: bool, eos: bool) -> List[int]:
+        """s -> token ids, with the BOS token first if `bos` and the EOS token last if `eos`."""
+        raise NotImplementedError
+
+    def decode(self, t: List[int]) -> str:
+        """Token ids -> text."""
+        raise NotImplementedError
+
 
 class SentencePieceTokenizer(Tokenizer):
     """Llama 2: the reference's SentencePiece wrapper, encode(s, bos, eos) and decode(ids)."""

@@ -36,6 +36,10 @@ def check_sampling(temperature: float, top_p: float, max_gen_len: Optional[int])
         whole_number("max_gen_len", max_gen_len, minimum=0)
 
 
+def _is_token(t, n_words: int) -> bool:
+    return not isinstance(t, bool) and isinstance(t, Integral) and 0 <= int(t) < n_words
+
+
 def check_prompt_tokens(prompt_tokens: Sequence, n_words: int, max_seq_len: int) -> None:
     """Every prompt a non-empty list of token ids of this tokenizer, no longer than max_seq_len."""
     if isinstance(prompt_tokens, (str, bytes)) or not isinstance(prompt_tokens, Sequence):
@@ -56,7 +60,9 @@ def check_prompt_tokens(prompt_tokens: Sequence, n_words: int, max_seq_len: int)
                 f"prompt {i} has {len(row)} tokens, more than max_seq_len={max_seq_len}; "
                 "shorten the prompt or build with a larger max_seq_len"
             )
-        bad = next((t for t in row if isinstance(t, bool) or not isinstance(t, Integral) or not 0 <= t < n_words), None)
+        bad = next(
+            (t for t in row if isinstance(t, bool) or not isinstance(t, Integral) or not 0 <= int(t) < n_words), None
+        )
         if bad is not None:
             raise ConfigError(
                 f"prompt_tokens[{i}] holds {bad!r}, not a token id of this tokenizer (0 .. {n_words - 1}); "

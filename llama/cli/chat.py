@@ -79,7 +79,7 @@ class Conversation:
         self.messages.append({"role": "assistant", "content": strip_special_tags(text)})
 
     def dialog(self) -> Dialog:
-        system = [{"role": "system", "content": self.system}] if self.system else []
+        system: List[Message] = [{"role": "system", "content": self.system}] if self.system else []
         return system + self.messages
 
     def _n_tokens(self) -> int:

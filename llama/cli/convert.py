@@ -83,9 +83,9 @@ def convert(
     check_destination(src, dst, force)
     with written_beside(dst) as work:
         if to == "meta":
-            _hf_to_meta(src, work, shards, DTYPES.get(dtype))
+            _hf_to_meta(src, work, shards, None if dtype is None else DTYPES[dtype])
         else:
-            _meta_to_hf(src, work, DTYPES.get(dtype), limit)
+            _meta_to_hf(src, work, None if dtype is None else DTYPES[dtype], limit)
         copy_tokenizer(src, work, to)
     return dst
 
@@ -160,7 +160,8 @@ def _meta_to_hf(src: Path, out: Path, dtype: Optional[torch.dtype], limit: int) 
 
 
 def _groups(tensors: Dict[str, torch.Tensor], limit: int) -> List[Dict[str, torch.Tensor]]:
-    groups, size = [{}], 0
+    groups: List[Dict[str, torch.Tensor]] = [{}]
+    size = 0
     for name, tensor in tensors.items():
         nbytes = tensor.numel() * tensor.element_size()
         if groups[-1] and size + nbytes > limit:

@@ -5,7 +5,7 @@ and the closing summary line."""
 import logging
 import os
 import time
-from typing import Callable, Iterator, List, Optional, Union
+from typing import Any, Callable, Iterator, List, Optional, Union, cast
 
 import torch
 
@@ -72,7 +72,7 @@ def use_one_thread_for_the_demo() -> None:
     A process-wide setting, so it is made here, where the user's command starts, and said once:
     the demo's matrices are too small to gain from a second thread, and where the cores are busy
     with other work a second OpenMP thread makes every matmul wait for a descheduled peer
-    (decode steps measured 5.7 ms with one thread, 420 ms with two, on a shared 2-core machine).
+    (BENCHMARKS.md, "Figures behind choices in the code").
     """
     if "OMP_NUM_THREADS" in os.environ:
         return
@@ -145,7 +145,7 @@ def print_answers(generator: Llama, answers: List[str], print_prompt: Callable[[
             print_prompt(i)
             print(f"{answer_prefix}{answer}")
             print(SEPARATOR)
-    return sum(len(generator.tokenizer.encode(answer, bos=False, eos=False)) for answer in answers)
+    return sum([len(generator.tokenizer.encode(answer, bos=False, eos=False)) for answer in answers])
 
 
 def complete(
@@ -162,17 +162,26 @@ def complete(
     """What Meta's example scripts print (on rank 0) for `inputs`, prompts or (chat=True) dialogs,
     in their layout, streamed or at the end; then the summary line."""
     started = time.perf_counter()
-    show = (lambda i: print_dialog(inputs[i])) if chat else (lambda i: print(inputs[i]))
     prefix = "> Assistant: " if chat else "> "
-    if stream:
-        streamer = stream_chat_completion if chat else stream_text_completion
-        n_tokens = print_streamed(streamer(generator, inputs, temperature, top_p, max_gen_len), show, prefix)
-    elif chat:
-        results = generator.chat_completion(inputs, max_gen_len=max_gen_len, temperature=temperature, top_p=top_p)
-        n_tokens = print_answers(generator, [r["generation"]["content"] for r in results], show, prefix)
+    sampling: Any = dict(max_gen_len=max_gen_len, temperature=temperature, top_p=top_p)
+    if chat:
+        dialogs = cast(List[Dialog], inputs)
+        show: Callable[[int], None] = lambda i: print_dialog(dialogs[i])  # noqa: E731
+        if stream:
+            events = stream_chat_completion(generator, dialogs, temperature, top_p, max_gen_len)
+            n_tokens = print_streamed(events, show, prefix)
+        else:
+            chats = generator.chat_completion(dialogs, **sampling)
+            n_tokens = print_answers(generator, [r["generation"]["content"] for r in chats], show, prefix)
     else:
-        results = generator.text_completion(inputs, max_gen_len=max_gen_len, temperature=temperature, top_p=top_p)
-        n_tokens = print_answers(generator, [r["generation"] for r in results], show, prefix)
+        prompts = cast(List[str], inputs)
+        show = lambda i: print(prompts[i])  # noqa: E731
+        if stream:
+            events = stream_text_completion(generator, prompts, temperature, top_p, max_gen_len)
+            n_tokens = print_streamed(events, show, prefix)
+        else:
+            texts = generator.text_completion(prompts, **sampling)
+            n_tokens = print_answers(generator, [r["generation"] for r in texts], show, prefix)
     log_summary(
         n_tokens, time.perf_counter() - started, compiled and not isinstance(generator.decode_step, NativeDecode)
     )

@@ -12,7 +12,7 @@ there but cost tens of microseconds each, hundreds of times per decoded token.
 import logging
 from contextlib import redirect_stdout
 from io import StringIO
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -58,7 +58,7 @@ def _local(size: int, world: int, what: str) -> int:
     return size // world
 
 
-class _EmptyLinear:
+class _EmptyLinear(nn.Module):
     """Mixin: fairscale's linear-layer attributes with an empty (rows, cols) weight, no bias."""
 
     def _empty_weight(self, in_features: int, out_features: int, rows: int, cols: int, world: int) -> None:
@@ -101,7 +101,7 @@ class RowParallelLinear(_EmptyLinear, layers.RowParallelLinear):
         return y if self.single_rank else reduce_from_model_parallel_region(y)
 
 
-def _embedding_attributes(module: nn.Module, num_embeddings: int, embedding_dim: int) -> None:
+def _embedding_attributes(module: Any, num_embeddings: int, embedding_dim: int) -> None:
     module.num_embeddings, module.embedding_dim = num_embeddings, embedding_dim
     module.padding_idx, module.max_norm, module.norm_type = None, None, 2.0
     module.scale_grad_by_freq, module.sparse, module._weight = False, False, None
@@ -146,7 +146,7 @@ class VocabParallelEmbedding(layers.VocabParallelEmbedding):
 LINEAR_CLASSES = {"column": ColumnParallelLinear, "row": RowParallelLinear}
 
 
-def _parallel_layer(style: Style, child: nn.Module, world: int, rank: int, linear_classes) -> nn.Module:
+def _parallel_layer(style: Style, child: Any, world: int, rank: int, linear_classes) -> nn.Module:
     if style.kind == "column":
         return linear_classes["column"](child.in_features, child.out_features, world, style.gather_output)
     if style.kind == "row":

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
-from typing import Mapping, Optional, Tuple, Union
+from typing import Any, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -101,7 +101,7 @@ class Runtime:
 
 
 def parse_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
-    if dtype is None or dtype in DTYPES.values():
+    if dtype is None or isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
         return dtype
     try:
         return DTYPES[str(dtype).lower()]
@@ -218,7 +218,7 @@ def _requested_backend(value: str, source: str, device: torch.device, probe: Pro
     return name
 
 
-def _override(value, env: Mapping[str, str], var: str, arg: str) -> Tuple[Optional[object], str, str]:
+def _override(value: Any, env: Mapping[str, str], var: str, arg: str) -> Tuple[Any, str, str]:
     """-> (value, where it came from, how the log line shows it); the argument beats the env var."""
     if value is not None:
         return value, f"{arg} argument", f"{arg}={str(value)!r}"

@@ -6,10 +6,9 @@ Two things make a CPU load hold more than the model it builds:
   the resident set beside the result (`release_mapped` drops them).
 - glibc's malloc raises its mmap threshold each time a large block is freed, so after the first
   freed temporary every block up to 32 MB comes from the heap; quantizing a 7B-shaped model then
-  interleaves long-lived codes with freed temporaries there, and the heap cannot shrink (measured
-  on the 7B shape with 4 layers, int8: peak RSS growth 1.1 to 1.9 GB from run to run, for 1.07 GB
-  of weights). `loading_allocations` fixes the threshold at 128 KB while loading, so that large
-  blocks are mapped and unmapped on their own (1.0 GB, every run), then sets it to glibc's own
+  interleaves long-lived codes with freed temporaries there, and the heap cannot shrink (BENCHMARKS.md,
+  "Quantized checkpoints and memory"). `loading_allocations` fixes the threshold at 128 KB while
+  loading, so that large blocks are mapped and unmapped on their own, then sets it to glibc's own
   upper bound (32 MB) for the run, which is where the dynamic threshold settles anyway.
 """
 

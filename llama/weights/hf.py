@@ -70,7 +70,7 @@ def meta_shapes(params: dict, vocab_size: int) -> Dict[str, Tuple[int, ...]]:
         "attention_norm": (dim,),
         "ffn_norm": (dim,),
     }
-    shapes = {"tok_embeddings.weight": (vocab_size, dim)}
+    shapes: Dict[str, Tuple[int, ...]] = {"tok_embeddings.weight": (vocab_size, dim)}
     for i in range(params["n_layers"]):
         shapes.update({f"layers.{i}.{name}.weight": shape for name, shape in layer.items()})
     shapes["norm.weight"] = (dim,)

@@ -130,7 +130,7 @@ def rope_params(key: str, rope: dict, source: str) -> dict:
     factor = rope.get("factor")
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0:
         raise ConfigError(f"{source}: {key}.factor must be a number > 0, got {factor!r}")
-    out = {"use_scaled_rope": True}
+    out: dict = {"use_scaled_rope": True}
     if factor != META_ROPE_FACTOR:
         out["rope_scaling_factor"] = factor
     return out

@@ -26,7 +26,7 @@ class TensorFiles:
 
     def __init__(self, ckpt_dir: Path):
         self.ckpt_dir = Path(ckpt_dir)
-        self._handles = {}
+        self._handles: dict = {}
         single = self.ckpt_dir / SINGLE_FILE
         if single.is_file():
             self.where = {name: single for name in self._open(single).keys()}
@@ -84,7 +84,7 @@ class TensorFiles:
         """Rows start..stop of a tensor, read into memory of their own with plain file reads (no mapping).
 
         For weights that must be rearranged anyway (q and k): a mapped read would keep the file's
-        pages resident beside the rearranged copy, ~16% of a Llama 2 checkpoint counted twice.
+        pages resident beside the rearranged copy (BENCHMARKS.md, "Lean loading").
         """
         path = self.where[name]
         entry, data_start = _header(path)[name], _data_start(path)
