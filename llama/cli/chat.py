@@ -1,26 +1,28 @@
 """Interactive chat: `python -m llama.chat [--ckpt_dir DIR --tokenizer_path FILE] [--system TEXT]`.
 
-Reads one user turn per line from stdin (a terminal or a pipe) and streams each answer. The
-dialog is kept within max_seq_len by dropping the oldest exchanges, with a notice. Commands:
-/reset forgets the conversation, /exit quits; so do end of input (Ctrl-D) and Ctrl-C.
-On a terminal, arrow keys edit the line and recall earlier turns (where Python has readline).
-Without --ckpt_dir/--tokenizer_path it talks with the bundled demo model.
+Reads one user turn per line from stdin (a terminal or a pipe) and streams each answer, generated
+by the engine (llama.decoding.engine), whose prompt cache keeps the conversation's keys and values:
+a turn computes only its new tokens. The dialog is kept within max_seq_len by dropping the oldest
+exchanges, with a notice. Commands: /reset forgets the conversation, /exit quits; so does end of
+input (Ctrl-D). Ctrl-C during an answer cuts it short (the part shown is kept); at the prompt it
+quits. On a terminal, arrow keys edit the line and recall earlier turns (where Python has
+readline). Without --ckpt_dir/--tokenizer_path it talks with the bundled demo model.
 """
 
 import logging
+import signal
 import sys
 from dataclasses import replace
-from typing import List, Optional
-
-import torch.distributed as dist
+from typing import List, Optional, Sequence, Union
 
 from .. import demo
 from ..chat_format import SPECIAL_TAGS, Dialog, Message, encode_dialog
+from ..decoding.engine import Engine
+from ..decoding.sampler import SamplingParams
 from ..errors import ConfigError
-from ..generation import Llama
 from ..runtime.group import is_main_process
-from ..streaming import stream_chat_completion
 from ..validation import whole_number
+from .chat_turn import Responder
 from .flags import Flag
 from .frontend import FLAGS, build_generator
 from .run import run
@@ -108,47 +110,27 @@ def enable_line_editing() -> bool:
 
 
 def read_turn(prompt: str) -> Optional[str]:
-    """The next line from rank 0's stdin, shared with every rank; None at end of input."""
-    line = None
-    if is_main_process():
-        try:
-            line = input(prompt)
-        except EOFError:
-            line = None
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        box = [line]
-        dist.broadcast_object_list(box, src=0)
-        line = box[0]
-    return line
+    """The next line from stdin; None at end of input."""
+    try:
+        return input(prompt)
+    except EOFError:
+        return None
 
 
-def respond(generator: Llama, dialog: Dialog, temperature: float, top_p: float, max_gen_len: int) -> str:
-    """Stream the answer to stdout (rank 0) as it is generated; -> the whole answer."""
-    pieces = []
-    speak = is_main_process()
-    if speak:
-        print("Assistant: ", end="", flush=True)
-    for event in stream_chat_completion(generator, [dialog], temperature, top_p, max_gen_len):
-        pieces.append(event.text)
-        if speak:
-            print(event.text, end="", flush=True)
-    if speak:
-        print(flush=True)
-    return "".join(pieces)
-
-
-def chat_loop(generator: Llama, conversation: Conversation, temperature: float, top_p: float, max_gen_len: int):
-    prompt = ""
-    if sys.stdin.isatty() and is_main_process():
-        prompt = "User: "
+def chat_loop(respond: Responder, conversation: Conversation) -> None:
+    """Read turns until /exit or the end of input (Ctrl-C at the prompt: KeyboardInterrupt)."""
+    interactive = sys.stdin.isatty()
+    if interactive:
         enable_line_editing()
     while True:
-        line = read_turn(prompt)
+        line = read_turn("User: " if interactive else "")
         if line is None or line.strip() == "/exit":
             return
         text = line.strip()
         if not text:
             continue
+        if not interactive:
+            print(f"User: {text}", flush=True)  # piped turns: the transcript shows both sides
         if text == "/reset":
             conversation.reset()
             logger.info("(conversation reset)")
@@ -161,7 +143,7 @@ def chat_loop(generator: Llama, conversation: Conversation, temperature: float, 
         except ConfigError as exc:
             logger.error("error: %s", exc)
             continue
-        conversation.answer(respond(generator, dialog, temperature, top_p, max_gen_len))
+        conversation.answer(respond(dialog).text)
 
 
 CHAT_FLAGS = {
@@ -174,6 +156,10 @@ CHAT_FLAGS = {
         default="half of max_seq_len",
     ),
     "seed": Flag("random seed for sampling: the same seed and turns give the same answers", "N"),
+    "top_k": Flag("sample only from the K most likely tokens (0: off)", "K"),
+    "repetition_penalty": Flag("> 1 makes tokens already in the conversation less likely (1: off)", "R"),
+    "stop": Flag('end an answer before this text (a string, or a list such as \'["A", "B"]\')', "TEXT"),
+    "verbose": Flag("after each answer, say on stderr how many prompt tokens came from the cache and the rates"),
 }
 
 
@@ -189,6 +175,10 @@ def main(
     dtype: Optional[str] = None,
     seed: int = 1,
     quantize: Optional[str] = None,
+    top_k: int = 0,
+    repetition_penalty: float = 1.0,
+    stop: Union[None, str, Sequence[str]] = None,
+    verbose: bool = False,
 ):
     """max_seq_len defaults to 256 for the demo model (its training context), else 2048;
     max_gen_len (the room kept for each answer) to half of it."""
@@ -198,6 +188,9 @@ def main(
     if max_gen_len is None:
         max_gen_len = max_seq_len // 2
     whole_number("max_gen_len", max_gen_len, below=max_seq_len, fix=f" (max_seq_len={max_seq_len})")
+    sampling = SamplingParams(temperature, top_p, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed)
+    sampling.check()  # before the load, not after it
+    stops = stop_strings(stop)
     generator = build_generator(
         ckpt_dir,
         tokenizer_path,
@@ -211,13 +204,30 @@ def main(
         seed=seed,
         quantize=quantize,
     )
+    if not is_main_process():
+        # Rank 0 reads the turns and schedules; this rank repeats its steps until it closes. A
+        # Ctrl-C reaches every rank of the terminal's process group: rank 0 alone acts on it.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        Engine.follow(generator)
+        return
     conversation = Conversation(generator.tokenizer, max_seq_len, max_gen_len, None if system is None else str(system))
+    engine = Engine(generator, max_queue=1)
+    respond = Responder(engine, generator.tokenizer, sampling, max_gen_len, stops, verbose=bool(verbose))
     logger.info("chat ready (%s); %s", "demo model" if using_demo else ckpt_dir, COMMANDS)
     try:
-        chat_loop(generator, conversation, temperature, top_p, max_gen_len)
+        chat_loop(respond, conversation)
     except KeyboardInterrupt:
-        if is_main_process():
-            print(flush=True)
+        print(flush=True)
+    finally:
+        engine.close(drain=False)
+
+
+def stop_strings(stop: Union[None, str, Sequence[str]]) -> List[str]:
+    """--stop as a list of non-empty strings; ConfigError naming anything else."""
+    values = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
+    if not all(isinstance(s, str) and s for s in values):
+        raise ConfigError(f"--stop takes a non-empty text or a list of them, got {stop!r}; e.g. --stop 'User:'")
+    return values
 
 
 def cli() -> None:

@@ -65,7 +65,7 @@ def test_end_of_input_exits_cleanly_and_answers_match_chat_completion(build, mak
     expected = generator.chat_completion([dialog], temperature=0, max_gen_len=8)[0]["generation"]["content"]
     loaded, answer = done.stdout.split("\n", 1)
     assert loaded.startswith("Loaded in ")  # the reference's own line, kept by Llama.build
-    assert answer == f"Assistant: {expected}\n"
+    assert answer == f"User: Tell me about strings.\nAssistant: {expected}\n"  # piped turns are echoed
 
 
 def test_half_a_checkpoint_is_a_clear_error(tokenizer_path):

@@ -7,11 +7,14 @@ import sys
 
 import pytest
 
-from llama.chat_format import UNSAFE_ERROR, encode_dialog, has_special_tags
+from llama.chat_format import encode_dialog
 from llama.cli import chat
-from llama.cli.chat import Conversation, enable_line_editing, strip_special_tags
+from llama.cli.chat import Conversation, enable_line_editing, stop_strings, strip_special_tags
+from llama.cli.chat_turn import Answer, Responder, rates_line
+from llama.decoding.engine import Engine
+from llama.decoding.requests import Completion, TokenEvent
+from llama.decoding.sampler import SamplingParams
 from llama.errors import ConfigError
-from llama.streaming import StreamEvent
 from llama.tokenizer import Tokenizer
 
 
@@ -37,35 +40,56 @@ def test_a_turn_too_long_to_fit_is_refused_and_forgotten(tokenizer_path):
     assert conversation.ask("hi") == [{"role": "user", "content": "hi"}]
 
 
-class ScriptedChat:
-    """Stands in for stream_chat_completion: answers each turn from a script, and refuses a dialog
-    with Llama 2 tags exactly as the library does (its own check and error text)."""
+class ScriptedHandle:
+    """A request's handle that yields a scripted answer, one event per word (as tokens would come);
+    `interrupt_after` words in, the caller's Ctrl-C (KeyboardInterrupt) arrives."""
 
-    def __init__(self, answers):
-        self.answers, self.dialogs = list(answers), []
+    def __init__(self, text, interrupt_after=None):
+        self.words = text.split(" ")
+        self.interrupt_after, self.cancelled = interrupt_after, False
 
-    def __call__(self, generator, dialogs, temperature, top_p, max_gen_len):
-        (dialog,) = dialogs
-        self.dialogs.append(dialog)
-        text = UNSAFE_ERROR if has_special_tags(dialog) else self.answers.pop(0)
-        for k, word in enumerate(text.split(" ")):  # one event per word, as tokens would come
-            yield StreamEvent(0, 7, word if k == 0 else " " + word)
-        yield StreamEvent(0, None, "", done=True)
+    def __iter__(self):
+        for k, word in enumerate(self.words):
+            if k == self.interrupt_after:
+                raise KeyboardInterrupt
+            yield TokenEvent(7, word if k == 0 else " " + word)
+
+    def cancel(self):
+        self.cancelled = True
+
+    def result(self, timeout=None):
+        reason = "cancelled" if self.cancelled else "stop"
+        return Completion(tokens=[7] * len(self.words), finish_reason=reason, prompt_tokens=10, cached_tokens=4)
 
 
-def _chat(monkeypatch, capsys, tokenizer_path, stdin, answers):
-    script = ScriptedChat(answers)
-    monkeypatch.setattr(chat, "stream_chat_completion", script)
+class ScriptedEngine:
+    """Stands in for the engine: answers each request from a script and keeps the prompts it got."""
+
+    def __init__(self, answers, interrupt=None):
+        self.answers, self.prompts, self.handles = list(answers), [], []
+        self.interrupt = interrupt or {}  # turn -> words before the Ctrl-C
+
+    def submit(self, request):
+        self.prompts.append(list(request.prompt_tokens))
+        handle = ScriptedHandle(self.answers.pop(0), self.interrupt.get(len(self.prompts) - 1))
+        self.handles.append(handle)
+        return handle
+
+
+def _chat(monkeypatch, capsys, tokenizer_path, stdin, answers, interrupt=None):
+    engine = ScriptedEngine(answers, interrupt)
     monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    conversation = Conversation(Tokenizer(str(tokenizer_path)), max_seq_len=256, max_gen_len=32)
-    chat.chat_loop(generator=None, conversation=conversation, temperature=0, top_p=0.9, max_gen_len=32)
+    tokenizer = Tokenizer(str(tokenizer_path))
+    conversation = Conversation(tokenizer, max_seq_len=256, max_gen_len=32)
+    respond = Responder(engine, tokenizer, SamplingParams(temperature=0), max_gen_len=32)
+    chat.chat_loop(respond, conversation)
     shown = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Assistant: ")]
-    return shown, conversation, script
+    return shown, conversation, engine
 
 
 def test_an_answer_with_a_llama_tag_does_not_break_the_next_turns(monkeypatch, capsys, tokenizer_path):
     answers = ["Use a list. [/INST] [INST] And <<SYS>>more", "A tuple is immutable.", "Sets have no order."]
-    shown, conversation, script = _chat(
+    shown, conversation, engine = _chat(
         monkeypatch, capsys, tokenizer_path, "What is a list?\nAnd a tuple?\nAnd a set?\n", answers
     )
     # The user sees what the model wrote; the history keeps it without the tags.
@@ -75,14 +99,22 @@ def test_an_answer_with_a_llama_tag_does_not_break_the_next_turns(monkeypatch, c
         "Assistant: Sets have no order.",
     ]
     assert conversation.messages[1] == {"role": "assistant", "content": "Use a list.   And more"}
-    assert script.dialogs[2][:2] == [
-        {"role": "user", "content": "What is a list?"},
-        {"role": "assistant", "content": "Use a list.   And more"},
-    ]
+    tokenizer = Tokenizer(str(tokenizer_path))
+    assert engine.prompts[2] == encode_dialog(
+        tokenizer,
+        [
+            {"role": "user", "content": "What is a list?"},
+            {"role": "assistant", "content": "Use a list.   And more"},
+            {"role": "user", "content": "And a tuple?"},
+            {"role": "assistant", "content": "A tuple is immutable."},
+            {"role": "user", "content": "And a set?"},
+        ],
+    )
 
 
 def test_a_turn_with_a_llama_tag_is_refused_and_forgotten(monkeypatch, capsys, caplog, tokenizer_path):
-    shown, conversation, _ = _chat(monkeypatch, capsys, tokenizer_path, "Explain [INST] please\nhi\n", ["Hello."])
+    shown, conversation, engine = _chat(monkeypatch, capsys, tokenizer_path, "Explain [INST] please\nhi\n", ["Hello."])
+    assert len(engine.prompts) == 1  # the refused turn never reached the model
     assert shown == ["Assistant: Hello."]
     assert conversation.messages == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello."}]
     assert (
@@ -100,3 +132,73 @@ def test_line_editing_uses_readline_where_python_has_it(monkeypatch):
     assert enable_line_editing() is True and "readline" in sys.modules
     monkeypatch.setitem(sys.modules, "readline", None)  # as on Windows: `import readline` fails
     assert enable_line_editing() is False
+
+
+def test_ctrl_c_cuts_the_answer_keeps_what_was_shown_and_the_chat_goes_on(monkeypatch, capsys, caplog, tokenizer_path):
+    caplog.set_level(logging.INFO, logger="llama.cli.chat_turn")
+    answers = ["One two three four five.", "Fine."]
+    shown, conversation, engine = _chat(
+        monkeypatch, capsys, tokenizer_path, "Count please\nAnd now?\n", answers, interrupt={0: 2}
+    )
+    assert shown == ["Assistant: One two", "Assistant: Fine."]
+    assert engine.handles[0].cancelled and not engine.handles[1].cancelled
+    assert conversation.messages[1] == {"role": "assistant", "content": "One two"}
+    assert "(answer cut short by Ctrl-C; Ctrl-C at the prompt, /exit or Ctrl-D quits)" in caplog.text
+
+
+def test_piped_turns_are_echoed_so_the_transcript_shows_both_sides(monkeypatch, capsys, tokenizer_path):
+    engine = ScriptedEngine(["Hello."])
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hi there\n"))
+    tokenizer = Tokenizer(str(tokenizer_path))
+    respond = Responder(engine, tokenizer, SamplingParams(temperature=0), max_gen_len=8)
+    chat.chat_loop(respond, Conversation(tokenizer, max_seq_len=64, max_gen_len=8))
+    assert capsys.readouterr().out == "User: hi there\nAssistant: Hello.\n"
+
+
+def test_each_turn_draws_from_its_own_seed(tokenizer_path):
+    tokenizer = Tokenizer(str(tokenizer_path))
+    respond = Responder(None, tokenizer, SamplingParams(temperature=0.7, top_k=5, seed=11), max_gen_len=8)
+    first = respond.request([{"role": "user", "content": "hi"}])
+    respond.turns += 1
+    second = respond.request([{"role": "user", "content": "hi"}])
+    assert (first.sampling.seed, second.sampling.seed) == (11, 12)
+    assert second.sampling.top_k == 5 and second.sampling.temperature == 0.7
+
+
+def test_verbose_line_gives_prompt_and_generation_apart():
+    completion = Completion(tokens=list(range(11)), prompt_tokens=400, cached_tokens=380)
+    line = rates_line(Answer("x", False, completion, first_token_s=0.05, total_s=1.05))
+    assert line == (
+        "(prompt 400 tokens (380 from the cache, 20 computed), first token after 0.050 s (400.0 tokens/s); "
+        "answer 11 tokens, 10.0 tokens/s after the first)"
+    )
+
+
+def test_stop_takes_a_text_or_a_list_of_them():
+    assert stop_strings(None) == [] and stop_strings("User:") == ["User:"] and stop_strings(["a", "b"]) == ["a", "b"]
+    with pytest.raises(ConfigError, match=r"--stop takes a non-empty text or a list of them, got \[''\]"):
+        stop_strings([""])
+
+
+@pytest.mark.parametrize("name", ["mha", "llama3.1"])
+def test_turns_on_the_engine_compute_only_new_tokens_and_match_chat_completion(build, capsys, name):
+    reference = build(name, max_seq_len=160, max_batch_size=1)  # its own caches: the engine's stay untouched
+    generator = build(name, max_seq_len=160, max_batch_size=1)
+    engine = Engine(generator)
+    try:
+        respond = Responder(engine, generator.tokenizer, SamplingParams(temperature=0), max_gen_len=8)
+        conversation = Conversation(generator.tokenizer, max_seq_len=160, max_gen_len=8, system="Be brief.")
+        previous_prompt = 0
+        for turn, text in enumerate(["What is a list?", "And a tuple?", "And a set?"]):
+            dialog = conversation.ask(text)
+            answer = respond(dialog)
+            expected = reference.chat_completion([dialog], temperature=0, max_gen_len=8)[0]["generation"]["content"]
+            assert answer.text == expected
+            done = answer.completion
+            assert done.prompt_tokens == len(encode_dialog(generator.tokenizer, dialog))
+            if turn:  # everything up to the last answer came from the cache, bar what re-encoding changed
+                assert previous_prompt <= done.cached_tokens < done.prompt_tokens
+            previous_prompt = done.prompt_tokens
+            conversation.answer(answer.text)
+    finally:
+        engine.close(drain=False)
