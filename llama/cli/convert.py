@@ -29,6 +29,7 @@ from ..layers.plan import PLANS, split_dim
 from ..runtime.progress import slow_progress
 from ..validation import whole_number
 from ..weights import hf, hf_config, meta
+from ..weights.gguf import refuse_gguf
 from .destination import check_destination, copy_tokenizer, written_beside
 from .flags import Flag
 from .run import run
@@ -78,6 +79,7 @@ def convert(
 ) -> Path:
     """Convert the checkpoint in `src` into `dst` (see the module docstring) -> dst."""
     src, dst = Path(src), Path(dst)
+    refuse_gguf(src)
     to = _check_options(hf.checkpoint_layout(src), to, shards, dtype)
     limit = parse_size(max_shard_size)
     check_destination(src, dst, force)

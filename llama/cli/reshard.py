@@ -18,6 +18,7 @@ from ..errors import ConfigError
 from ..layers.plan import PLANS
 from ..validation import whole_number
 from ..weights import meta
+from ..weights.gguf import refuse_gguf
 from .destination import check_destination, copy_tokenizer, written_beside
 from .flags import Flag
 from .run import run
@@ -29,6 +30,7 @@ def reshard(src_dir, dst_dir, shards: int, force: bool = False) -> List[Path]:
     """Write the checkpoint in `src_dir` to `dst_dir` with `shards` shards (and its tokenizer.model);
     -> the files written."""
     whole_number("--shards", shards, fix="; e.g. --shards 2")
+    refuse_gguf(src_dir)
     src_dir, dst_dir = meta.source_dir(src_dir, "reshard", "llama-2-13b/"), Path(dst_dir)
     sources = meta.find_shards(src_dir)
     params = meta.read_params_json(src_dir)

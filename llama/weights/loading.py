@@ -20,6 +20,7 @@ from ..runtime.group import is_main_process
 from ..runtime.host_memory import loading_allocations, release_mapped
 from ..runtime.progress import slow_progress
 from . import hf, hf_config, meta
+from .gguf import refuse_gguf
 from .quantized import check_stored, read_stored_params
 
 
@@ -52,6 +53,8 @@ class Checkpoint:
 
 def open_checkpoint(ckpt_dir) -> Checkpoint:
     """Find the weights and read params.json (or config.json), checking both before any weight is read."""
+    if isinstance(ckpt_dir, (str, Path)):
+        refuse_gguf(ckpt_dir)
     if isinstance(ckpt_dir, (str, Path)) and hf.is_hf_dir(ckpt_dir):
         params = hf_config.params_from_hf_dir(ckpt_dir)
         return Checkpoint(Path(ckpt_dir), params, [])
