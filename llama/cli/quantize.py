@@ -25,6 +25,7 @@ from ..errors import ConfigError
 from ..kernels.formats import INT4_GROUP, check_int4_width, check_method, quantize_rows
 from ..layers.plan import LINEAR_OWNERS, PLANS, split_dim
 from ..runtime.host_memory import loading_allocations
+from ..runtime.progress import Progress
 from ..weights import hf, meta
 from ..weights.gguf import refuse_gguf
 from ..weights.quantized import MARKER, marker, read_stored_params
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 Source = Tuple[str, str, Callable[[], Mapping[str, torch.Tensor]]]
 
 
-def quantize_shard(state, method: str, source: str):
+def quantize_shard(state, method: str, source: str, after_each: Callable[[], None] = lambda: None):
     """One shard's state dict -> its quantized entries, one float tensor in flight at a time, its
     mapped pages released as it is quantized (else the whole float shard would end up resident)."""
     out = {}
@@ -54,6 +55,7 @@ def quantize_shard(state, method: str, source: str):
             )
         else:
             out[key] = tensor
+        after_each()
     return out
 
 
@@ -84,10 +86,14 @@ def quantize_checkpoint(src_dir, dst_dir, method: str, force: bool = False) -> L
     check_destination(src_dir, dst_dir, force, "SRC_DIR", "DST_DIR")
     with written_beside(dst_dir) as work:
         for name, source, read in sources:
-            with loading_allocations():  # the codes stay, the float temporaries go: no heap left fragmented
-                quantized = quantize_shard(read(), method, source)
-            meta.save_shard(quantized, work / name)
-            del quantized
+            with Progress(f"quantizing {name} to {method}", unit="tensor") as bar:
+                with loading_allocations():  # the codes stay, the float temporaries go: no heap left fragmented
+                    state = read()
+                    bar.total = len(state)
+                    quantized = quantize_shard(state, method, source, bar.update)
+                    del state
+                meta.save_shard(quantized, work / name)
+                del quantized
             logger.info("wrote %s", dst_dir / name)
         (work / "params.json").write_text(json.dumps({**params, MARKER: marker(method)}, indent=2) + "\n")
         copy_tokenizer(src_dir, work, "meta")

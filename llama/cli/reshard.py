@@ -16,6 +16,7 @@ from typing import List
 
 from ..errors import ConfigError
 from ..layers.plan import PLANS
+from ..runtime.progress import Progress
 from ..validation import whole_number
 from ..weights import meta
 from ..weights.gguf import refuse_gguf
@@ -45,10 +46,11 @@ def reshard(src_dir, dst_dir, shards: int, force: bool = False) -> List[Path]:
         )
     check_destination(src_dir, dst_dir, force, "SRC_DIR", "DST_DIR")
     names = [f"consolidated.{part:02d}.pth" for part in range(shards)]
-    with written_beside(dst_dir) as work:
+    with written_beside(dst_dir) as work, Progress(f"resharding into {shards} shards", shards, "shard") as bar:
         for part, name in enumerate(names):
             state = meta.reshard_state(sources, shards, part, PLANS[meta.family(sources, params)])
             meta.save_shard(state, work / name)
+            bar.update()
             logger.info("wrote %s (%d of %d)", dst_dir / name, part + 1, shards)
         shutil.copyfile(src_dir / "params.json", work / "params.json")
         copy_tokenizer(src_dir, work, "meta")
