@@ -26,9 +26,10 @@ import torch
 
 from ..errors import ConfigError
 from ..layers.plan import PLANS, split_dim
-from ..runtime.progress import slow_progress
+from ..runtime.progress import Progress
 from ..validation import whole_number
 from ..weights import hf, hf_config, meta
+from ..weights.gguf import refuse_gguf
 from .destination import check_destination, copy_tokenizer, written_beside
 from .flags import Flag
 from .run import run
@@ -39,6 +40,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 # Meta's Llama 3 tokenizer (meta-llama/llama3, llama/tokenizer.py): <|begin_of_text|>, <|end_of_text|>.
 LLAMA3_BOS_EOS = (128000, 128001)
+LAYOUT_NAMES = {"meta": "Meta's layout", "hf": "Hugging Face's layout"}
 
 
 def parse_size(value) -> int:
@@ -78,34 +80,39 @@ def convert(
 ) -> Path:
     """Convert the checkpoint in `src` into `dst` (see the module docstring) -> dst."""
     src, dst = Path(src), Path(dst)
+    refuse_gguf(src)
     to = _check_options(hf.checkpoint_layout(src), to, shards, dtype)
     limit = parse_size(max_shard_size)
     check_destination(src, dst, force)
-    with written_beside(dst) as work:
+    with written_beside(dst) as work, Progress(f"converting to {LAYOUT_NAMES[to]}", unit="tensor") as bar:
         if to == "meta":
-            _hf_to_meta(src, work, shards, None if dtype is None else DTYPES[dtype])
+            _hf_to_meta(src, work, shards, None if dtype is None else DTYPES[dtype], bar)
         else:
-            _meta_to_hf(src, work, None if dtype is None else DTYPES[dtype], limit)
+            _meta_to_hf(src, work, None if dtype is None else DTYPES[dtype], limit, bar)
         copy_tokenizer(src, work, to)
     return dst
 
 
-def _cast(state: Dict[str, torch.Tensor], dtype: Optional[torch.dtype], desc: str) -> Dict[str, torch.Tensor]:
-    items = slow_progress(state.items(), total=len(state), desc=desc, unit="tensor")
-    return {key: tensor if dtype is None else tensor.to(dtype) for key, tensor in items}
+def _cast(state: Dict[str, torch.Tensor], dtype: Optional[torch.dtype], bar: Progress) -> Dict[str, torch.Tensor]:
+    """`state` in `dtype` (None: as stored); the first half of `bar`, whose second half is the writing."""
+    bar.total = 2 * len(state)
+    out = {}
+    for key, tensor in state.items():
+        out[key] = tensor if dtype is None else tensor.to(dtype)
+        bar.update()
+    return out
 
 
-def _hf_to_meta(src: Path, out: Path, shards: int, dtype: Optional[torch.dtype]) -> None:
+def _hf_to_meta(src: Path, out: Path, shards: int, dtype: Optional[torch.dtype], bar: Progress) -> None:
     params, original_text = meta_params(src)
     n_heads, n_kv_heads = params["n_heads"], params.get("n_kv_heads") or params["n_heads"]
     why = meta.parallelism_problem(1, shards, n_heads, n_kv_heads)
     if why is not None:
         valid = meta.valid_world_sizes(1, n_heads, n_kv_heads)
         raise ConfigError(f"--shards {shards} is not possible: {why}; valid shard counts: {valid}")
-    state = _cast(
-        hf.load_rank_state(src, params, partial(split_dim, PLANS[meta.family([], params)]), 1, 0), dtype, "reading"
-    )
+    state = _cast(hf.load_rank_state(src, params, partial(split_dim, PLANS[meta.family([], params)]), 1, 0), dtype, bar)
     meta.save_checkpoint(state, params, out, shards)
+    bar.update(len(state))
     if original_text is not None:
         (out / "params.json").write_text(original_text)
 
@@ -146,14 +153,14 @@ def _signature(params: dict, vocab_size: int) -> tuple:
     )
 
 
-def _meta_to_hf(src: Path, out: Path, dtype: Optional[torch.dtype], limit: int) -> None:
+def _meta_to_hf(src: Path, out: Path, dtype: Optional[torch.dtype], limit: int, bar: Progress) -> None:
     params = meta.read_params_json(src)
     shards = meta.find_shards(src)
     state = meta.reshard_state(shards, 1, 0, PLANS[meta.family(shards, params)])
     state = {k: t for k, t in state.items() if k not in meta.IGNORED_KEYS}
-    tensors, config = hf.to_hf(_cast(state, dtype, "reading"), params)
+    tensors, config = hf.to_hf(_cast(state, dtype, bar), params)
     config.update(_special_ids(src / meta.TOKENIZER))
-    _save_safetensors(tensors, out, limit)
+    _save_safetensors(tensors, out, limit, bar)
     (out / hf_config.CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     (out / meta.ORIGINAL).mkdir()
     shutil.copyfile(src / "params.json", out / meta.ORIGINAL / "params.json")
@@ -171,18 +178,20 @@ def _groups(tensors: Dict[str, torch.Tensor], limit: int) -> List[Dict[str, torc
     return groups
 
 
-def _save_safetensors(tensors: Dict[str, torch.Tensor], out: Path, limit: int) -> None:
+def _save_safetensors(tensors: Dict[str, torch.Tensor], out: Path, limit: int, bar: Progress) -> None:
     from safetensors.torch import save_file
 
     groups = _groups(tensors, limit)
+    bar.total = bar.n + len(tensors)  # a tied output layer is not written
     names = (
         [hf.SINGLE_FILE]
         if len(groups) == 1
         else [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
     )
-    for name, group in slow_progress(zip(names, groups), total=len(groups), desc="writing", unit="file"):
+    for name, group in zip(names, groups):
         # transformers refuses safetensors files without this metadata entry.
         save_file({k: t.contiguous() for k, t in group.items()}, str(out / name), metadata={"format": "pt"})
+        bar.update(len(group))
     if len(groups) > 1:
         total = sum(t.numel() * t.element_size() for t in tensors.values())
         weight_map = {key: name for name, group in zip(names, groups) for key in group}

@@ -3,8 +3,8 @@
 DST must be a new folder, or an existing one replaced with --force; it must not be SRC, lie inside
 SRC or contain it. The output is written into a temporary folder beside DST and renamed into place
 only once complete, so an interrupted or failed run leaves no half-written DST (and, with --force,
-the old DST until the new one is whole). The folder gets the permissions of a normally created
-one (the umask applies), not the owner-only mode of a temporary folder.
+the old DST until the new one is whole). The folder and its files get the permissions of normally
+created ones (the umask applies), not the owner-only modes of a temporary folder or file.
 """
 
 import os
@@ -16,6 +16,8 @@ from typing import Iterator
 
 from ..errors import ConfigError
 from ..weights.meta import ORIGINAL, TOKENIZER, tokenizer_beside
+
+HF_TOKENIZER = "tokenizer.json"  # transformers' fast tokenizer, kept beside the weights when there is one
 
 
 def check_destination(src: Path, dst: Path, force: bool, src_name: str = "SRC", dst_name: str = "DST") -> None:
@@ -40,6 +42,15 @@ def _umask() -> int:
     return mask
 
 
+def _normal_modes(work: Path) -> None:
+    """The modes a folder and files made with open() and mkdir would have under the umask: neither
+    mkdtemp's 0o700 nor the 0o600 of writers that go through a temporary file (safetensors)."""
+    mask = _umask()
+    for path in [work, *work.rglob("*")]:
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 @contextmanager
 def written_beside(dst: Path) -> Iterator[Path]:
     """A temporary folder beside `dst` to write into; renamed to `dst` when the block succeeds
@@ -48,8 +59,8 @@ def written_beside(dst: Path) -> Iterator[Path]:
     dst.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
     try:
-        os.chmod(work, 0o777 & ~_umask())
         yield work
+        _normal_modes(work)
         _move_into_place(work, dst)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -71,7 +82,10 @@ def copy_tokenizer(src: Path, out: Path, layout: str) -> None:
     """The tokenizer.model that sits with SRC's weights (SRC/tokenizer.model or SRC/original/), if any,
     into `out` where `layout` ("meta" or "hf") keeps it: Meta's folders and Llama 2 Hugging Face
     ones at the top (transformers reads a top-level tokenizer.model as SentencePiece), Llama 3's
-    tiktoken table in a Hugging Face folder under original/, as Meta's repositories there do."""
+    tiktoken table in a Hugging Face folder under original/, as Meta's repositories there do.
+    A Hugging Face tokenizer.json in SRC goes along too, to the top of `out`."""
+    if (Path(src) / HF_TOKENIZER).is_file():
+        shutil.copyfile(Path(src) / HF_TOKENIZER, out / HF_TOKENIZER)
     found = tokenizer_beside(src)
     if found is None:
         return

@@ -16,8 +16,10 @@ from typing import List
 
 from ..errors import ConfigError
 from ..layers.plan import PLANS
+from ..runtime.progress import Progress
 from ..validation import whole_number
 from ..weights import meta
+from ..weights.gguf import refuse_gguf
 from .destination import check_destination, copy_tokenizer, written_beside
 from .flags import Flag
 from .run import run
@@ -29,6 +31,7 @@ def reshard(src_dir, dst_dir, shards: int, force: bool = False) -> List[Path]:
     """Write the checkpoint in `src_dir` to `dst_dir` with `shards` shards (and its tokenizer.model);
     -> the files written."""
     whole_number("--shards", shards, fix="; e.g. --shards 2")
+    refuse_gguf(src_dir)
     src_dir, dst_dir = meta.source_dir(src_dir, "reshard", "llama-2-13b/"), Path(dst_dir)
     sources = meta.find_shards(src_dir)
     params = meta.read_params_json(src_dir)
@@ -43,10 +46,11 @@ def reshard(src_dir, dst_dir, shards: int, force: bool = False) -> List[Path]:
         )
     check_destination(src_dir, dst_dir, force, "SRC_DIR", "DST_DIR")
     names = [f"consolidated.{part:02d}.pth" for part in range(shards)]
-    with written_beside(dst_dir) as work:
+    with written_beside(dst_dir) as work, Progress(f"resharding into {shards} shards", shards, "shard") as bar:
         for part, name in enumerate(names):
             state = meta.reshard_state(sources, shards, part, PLANS[meta.family(sources, params)])
             meta.save_shard(state, work / name)
+            bar.update()
             logger.info("wrote %s (%d of %d)", dst_dir / name, part + 1, shards)
         shutil.copyfile(src_dir / "params.json", work / "params.json")
         copy_tokenizer(src_dir, work, "meta")

@@ -8,7 +8,7 @@ rank quantizes its own slice. After loading, `prepare` gives each layer the kern
 `llama.kernels.routing` picks for the device its weights are on.
 """
 
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import nn
@@ -179,7 +179,9 @@ def quantize_entry(key: str, tensor: torch.Tensor, layers: Dict[str, _Quantized]
     return {f"{owner}.{part}": value for part, value in layer.quantize(tensor).items()}
 
 
-def prepare(model: nn.Module) -> None:
-    """After loading: every quantized layer takes the fused kernel of its device where there is one."""
+def prepare(model: nn.Module, after_each: Callable[[], None] = lambda: None) -> None:
+    """After loading: every quantized layer takes the fused kernel of its device where there is one
+    (`after_each` is called as each is done: a progress bar's step)."""
     for layer in quantized_layers(model).values():
         layer.prepare()
+        after_each()

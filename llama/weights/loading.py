@@ -18,8 +18,9 @@ from ..runtime import memory
 from ..runtime.backend import Runtime
 from ..runtime.group import is_main_process
 from ..runtime.host_memory import loading_allocations, release_mapped
-from ..runtime.progress import slow_progress
+from ..runtime.progress import Progress
 from . import hf, hf_config, meta
+from .gguf import refuse_gguf
 from .quantized import check_stored, read_stored_params
 
 
@@ -52,6 +53,8 @@ class Checkpoint:
 
 def open_checkpoint(ckpt_dir) -> Checkpoint:
     """Find the weights and read params.json (or config.json), checking both before any weight is read."""
+    if isinstance(ckpt_dir, (str, Path)):
+        refuse_gguf(ckpt_dir)
     if isinstance(ckpt_dir, (str, Path)) and hf.is_hf_dir(ckpt_dir):
         params = hf_config.params_from_hf_dir(ckpt_dir)
         return Checkpoint(Path(ckpt_dir), params, [])
@@ -81,15 +84,24 @@ def load_model(ckpt: Checkpoint, args: ModelArgs, world: int, rank: int, rt: Run
     # What the checkpoint holds, checked before anything is converted: the model itself when it is stored as run.
     stored_model = model if ckpt.stored == quantize else empty_model(args, ckpt.family, world, rank, ckpt.stored)
     expected = {k: v.shape for k, v in stored_model.state_dict().items()}
-    state = ckpt.rank_state(world, rank)
-    check_vocab(state, args, world if PLANS[ckpt.family]["tok_embeddings"].dim == 0 else 1, source)
-    meta.check_state(state, expected, source)
-    layers = quantized_layers.quantized_layers(model)
+    # Reading, placing and (for quantized layers) repacking the weights: one step on the progress bar.
+    with Progress("Loading weights", unit="tensor", enabled=is_main_process()) as bar:
+        state = ckpt.rank_state(world, rank)
+        check_vocab(state, args, world if PLANS[ckpt.family]["tok_embeddings"].dim == 0 else 1, source)
+        meta.check_state(state, expected, source)
+        layers = quantized_layers.quantized_layers(model)
+        bar.total = len(state) + len(layers)
+        _place(model, state, layers, rt, bar)
+        quantized_layers.prepare(model, bar.update)
+    model.requires_grad_(False)
+    model.setup_caches()
+    return model.eval()
+
+
+def _place(model: Transformer, state: Dict[str, torch.Tensor], layers, rt: Runtime, bar: Progress) -> None:
+    """Give `model` the weights in `state` (emptied as they are placed) on rt.device in rt.dtype."""
     placed = {}
-    keys = slow_progress(
-        list(state), total=len(state), desc="Loading weights", unit="tensor", enabled=is_main_process()
-    )
-    for key in keys:
+    for key in list(state):
         # To the device in the stored dtype, then converted there: one tensor in flight at a time.
         tensor = state.pop(key).to(device=rt.device)
         if tensor.is_floating_point():  # not the integer codes of a quantized checkpoint
@@ -98,12 +110,9 @@ def load_model(ckpt: Checkpoint, args: ModelArgs, world: int, rank: int, rt: Run
                 release_mapped(tensor)  # a mapped source's pages need not stay resident beside the copy
             tensor = converted
         placed.update(quantized_layers.quantize_entry(key, tensor, layers))
+        bar.update()
     model.load_state_dict(placed, strict=True, assign=True)
     placed.clear()  # the model holds them now; prepare may swap some for converted copies
-    quantized_layers.prepare(model)
-    model.requires_grad_(False)
-    model.setup_caches()
-    return model.eval()
 
 
 def load_model_or_explain(

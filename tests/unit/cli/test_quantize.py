@@ -2,11 +2,13 @@
 Llama.build loads it, and what is refused (the command run as a process: tests/e2e/test_quantize_cli.py)."""
 
 import json
+import shutil
 
 import pytest
 import torch
 
 from llama import Llama
+from llama.cli.convert import convert
 from llama.cli.quantize import quantize_checkpoint
 from llama.errors import CheckpointError, ConfigError
 
@@ -75,3 +77,29 @@ def test_an_unknown_marker_is_refused(make_ckpt, tmp_path, tokenizer_path):
         r'reads \(\{"method": "int8"\}, \{"method": "int4", "group_size": 32\}\)',
     ):
         Llama.build(str(tmp_path), str(tokenizer_path), 64, 4, device="cpu")
+
+
+@pytest.mark.parametrize("method", ["int8", "int4"])
+@pytest.mark.parametrize("with_original", [True, False], ids=["original-params", "config-only"])
+def test_a_hugging_face_folder_quantizes_to_what_its_meta_checkpoint_does(
+    make_ckpt, quantized, tokenizer_path, tmp_path, method, with_original
+):
+    hf_dir = convert(make_ckpt("mha", 1), tmp_path / "hf")  # config.json + model.safetensors (q/k rows reordered)
+    if not with_original:  # as transformers' save_pretrained writes it: params come from config.json
+        shutil.rmtree(hf_dir / "original")
+    written = quantize_checkpoint(hf_dir, tmp_path / "q", method)
+    assert written == [tmp_path / "q" / "consolidated.00.pth"]
+    from_meta = quantized[method][0]
+    if with_original:  # Meta's params.json, kept by convert, comes back verbatim
+        assert (tmp_path / "q" / "params.json").read_text() == (from_meta / "params.json").read_text()
+    got = torch.load(written[0], weights_only=True)
+    want = torch.load(from_meta / "consolidated.00.pth", weights_only=True)
+    assert sorted(got) == sorted(k for k in want if k != "rope.freqs")  # Meta's names, in Meta's q/k row order
+    for key, tensor in got.items():
+        assert torch.equal(tensor, want[key]), key
+    tokens = []
+    for folder in (tmp_path / "q", from_meta):
+        llama = Llama.build(str(folder), str(tokenizer_path), 64, 4, device="cpu", dtype="float32")
+        prompts = [llama.tokenizer.encode(p, bos=True, eos=False) for p in PROMPTS]
+        tokens.append(llama.generate(prompts, 8, temperature=0)[0])
+    assert tokens[0] == tokens[1]
