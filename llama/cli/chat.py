@@ -21,7 +21,6 @@ from ..decoding.engine import Engine
 from ..decoding.sampler import SamplingParams
 from ..errors import ConfigError
 from ..runtime.group import is_main_process
-from ..validation import whole_number
 from .chat_turn import Responder
 from .flags import Flag
 from .frontend import FLAGS, build_generator
@@ -187,7 +186,6 @@ def main(
         max_seq_len = demo.MAX_SEQ_LEN if using_demo else 2048
     if max_gen_len is None:
         max_gen_len = max_seq_len // 2
-    whole_number("max_gen_len", max_gen_len, below=max_seq_len, fix=f" (max_seq_len={max_seq_len})")
     sampling = SamplingParams(temperature, top_p, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed)
     sampling.check()  # before the load, not after it
     stops = stop_strings(stop)

@@ -17,7 +17,7 @@ from ..kernels.formats import METHODS
 from ..runtime.backend import DEVICE_CHOICES
 from ..runtime.group import is_main_process
 from ..streaming import StreamEvent, in_prompt_order, stream_chat_completion, stream_text_completion
-from ..validation import check_sampling
+from ..validation import check_sampling, whole_number
 from .flags import Flag
 
 logger = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ def build_generator(
     """What a command does before generating: check the sampling flags first (not after a slow
     load), fall back to the bundled demo model when neither path is given, Llama.build(**build_kwargs)."""
     check_sampling(temperature, top_p, max_gen_len)
+    check_gen_len(max_gen_len, build_kwargs.get("max_seq_len"))
     if ckpt_dir is None and tokenizer_path is None:
         use_one_thread_for_the_demo()
     ckpt_dir, tokenizer_path = demo.resolve(ckpt_dir, tokenizer_path)
@@ -107,6 +108,30 @@ def build_generator(
                 "for small models, not for 7B-sized ones (see BENCHMARKS.md)"
             )
     return generator
+
+
+def check_gen_len(max_gen_len: Optional[int], max_seq_len: Optional[int]) -> None:
+    """Every front end's rule for max_gen_len: below max_seq_len (room for a prompt), or a ConfigError
+    naming both; an answer that a long prompt leaves less room is clipped with a note (note_clipped)."""
+    if max_gen_len is not None and isinstance(max_seq_len, int) and max_seq_len > 0:  # else Llama.build says
+        fix = f" (max_seq_len={max_seq_len} must leave room for the prompt)"
+        whole_number("max_gen_len", max_gen_len, minimum=0, below=max_seq_len, fix=fix)
+
+
+def note_clipped(prompt_lengths: List[int], max_gen_len: Optional[int], max_seq_len: int) -> None:
+    """Say once on stderr when the longest prompt leaves fewer than max_gen_len tokens for answers (the
+    reference's loop then stops at max_seq_len: total_len = min(max_seq_len, max_gen_len + longest))."""
+    if max_gen_len is None or not prompt_lengths:
+        return
+    longest = max(prompt_lengths)
+    room = max_seq_len - longest
+    if room < max_gen_len:
+        index = prompt_lengths.index(longest)
+        logger.info(
+            "note: max_gen_len=%d does not fit after prompt %d's %d tokens in max_seq_len=%d: answers stop at %d "
+            "new tokens; raise --max_seq_len to let them run to %d",
+            max_gen_len, index + 1, longest, max_seq_len, room, max_gen_len,
+        )  # fmt: skip
 
 
 def log_summary(n_tokens: int, gen_s: float, compiled: bool = False) -> None:
@@ -163,6 +188,11 @@ def complete(
     in their layout, streamed or at the end; then the summary line."""
     started = time.perf_counter()
     prefix = "> Assistant: " if chat else "> "
+    if chat:
+        lengths = [len(t) for t in generator.encode_dialogs(cast(List[Dialog], inputs), max_gen_len)[0]]
+    else:
+        lengths = [len(t) for t in generator.encode_prompts(cast(List[str], inputs), max_gen_len)[0]]
+    note_clipped(lengths, max_gen_len, generator.model.params.max_seq_len)
     sampling: Any = dict(max_gen_len=max_gen_len, temperature=temperature, top_p=top_p)
     if chat:
         dialogs = cast(List[Dialog], inputs)

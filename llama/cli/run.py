@@ -81,7 +81,7 @@ def run(main: Callable, flags: Optional[Mapping[str, Flag]] = None, prog: Option
     try:
         fire.Fire(main, command=check_args(main, argv, flags, prog), name=prog)
     except KeyboardInterrupt:
-        sys.exit(130)
+        interrupted()
     except Exception as exc:  # noqa: BLE001 - the point is to turn any failure into one line
         if debug:
             raise
@@ -89,6 +89,14 @@ def run(main: Callable, flags: Optional[Mapping[str, Flag]] = None, prog: Option
         if _launch_env("WORLD_SIZE", 1) > 1:
             _exit_rank(wait=line is None or peer_exited(exc))
         sys.exit(1)
+
+
+def interrupted() -> None:
+    """Ctrl-C: end the line being printed, say so in one line (rank 0), exit 130 as shells do."""
+    if is_main_process():
+        print(flush=True)
+        print("interrupted", file=sys.stderr, flush=True)
+    sys.exit(130)
 
 
 def _exit_rank(wait: bool) -> None:

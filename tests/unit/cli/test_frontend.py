@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from llama import demo
-from llama.cli.frontend import build_generator, log_summary, use_one_thread_for_the_demo
+from llama.cli.frontend import build_generator, check_gen_len, log_summary, note_clipped, use_one_thread_for_the_demo
 from llama.decoding import native_step as native_decode
 from llama.decoding.native_step import NativeDecode
 from llama.errors import ConfigError
@@ -118,3 +118,22 @@ def test_integer_environment_variables_strict_or_lenient():
     assert env_int("WORLD_SIZE", 1, {"WORLD_SIZE": "four"}, strict=False) == 1
     with pytest.raises(ConfigError, match=r"^environment variable WORLD_SIZE='four' is not an integer$"):
         env_int("WORLD_SIZE", 1, {"WORLD_SIZE": "four"})
+
+
+def test_one_max_gen_len_rule_refused_beyond_max_seq_len_and_noted_when_a_prompt_clips_it(caplog):
+    with pytest.raises(
+        ConfigError,
+        match=r"^max_gen_len must be an integer in \[0, 128\), got 5000 "
+        r"\(max_seq_len=128 must leave room for the prompt\)$",
+    ):
+        check_gen_len(5000, 128)
+    check_gen_len(127, 128)
+    check_gen_len(None, 128)
+    caplog.set_level(logging.INFO, logger="llama.cli.frontend")
+    note_clipped([10, 21, 5], 64, 128)
+    assert caplog.text == ""
+    note_clipped([10, 21, 5], 120, 128)
+    assert (
+        "note: max_gen_len=120 does not fit after prompt 2's 21 tokens in max_seq_len=128: answers stop at 107 "
+        "new tokens; raise --max_seq_len to let them run to 120" in caplog.text
+    )

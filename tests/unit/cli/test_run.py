@@ -56,3 +56,18 @@ def test_which_rank_prints_which_error(monkeypatch, rank, local_rank, world, exc
     for name, value in (("RANK", rank), ("LOCAL_RANK", local_rank), ("WORLD_SIZE", world)):
         monkeypatch.setenv(name, str(value))
     assert error_line(exc) == line
+
+
+def test_ctrl_c_ends_the_line_says_interrupted_and_exits_130(monkeypatch, capsys):
+    from llama.cli import run as run_module
+
+    def main():
+        print("> partial answer", end="")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("sys.argv", ["example_text_completion.py"])
+    with pytest.raises(SystemExit) as stopped:
+        run_module.run(main)
+    assert stopped.value.code == 130
+    out, err = capsys.readouterr()
+    assert out == "> partial answer\n" and err == "interrupted\n"
