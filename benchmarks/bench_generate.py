@@ -157,6 +157,12 @@ def time_generate(generator, bsz: int, prompt_len: int, gen_len: int):
 
     vocab = generator.model.params.vocab_size
     rows = torch.randint(3, vocab, (bsz, prompt_len), generator=torch.Generator().manual_seed(bsz)).tolist()
+    first, total, _ = time_rows(generator, rows, gen_len)
+    return first, total
+
+
+def time_rows(generator, rows, gen_len: int):
+    """(seconds to the first token, seconds for gen_len tokens, the tokens) of these prompts in one batch."""
     start = time.perf_counter()
     generator.generate(rows, max_gen_len=1, temperature=0)
     first = time.perf_counter() - start
@@ -165,7 +171,7 @@ def time_generate(generator, bsz: int, prompt_len: int, gen_len: int):
     total = time.perf_counter() - start
     if any(len(t) != gen_len for t in out):
         raise RuntimeError("a row stopped early; the benchmark needs exactly gen_len tokens per row")
-    return first, total
+    return first, total, out
 
 
 def measure_batch(generator, args, bsz: int, bandwidth) -> dict:

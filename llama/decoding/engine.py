@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import BusyError, EngineClosedError, RankError
+from ..runtime.device_tuning import release_openmp_workers
 from ..runtime.ranks import peer_failure
 from .detokenize import TextDeltas
 from .loop import non_finite_error
@@ -86,6 +87,8 @@ class Engine:
         self._running: Dict[int, _Sequence] = {}
         self._closing = False
         self._failure: Optional[BaseException] = None
+        if self.steps.device.type == "cpu":
+            release_openmp_workers()  # the steps run on the engine's thread, with its own OpenMP workers
         self._thread = threading.Thread(target=self._serve, name="llama-engine", daemon=True)
         self._thread.start()
 
