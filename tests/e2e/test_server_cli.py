@@ -132,3 +132,28 @@ def test_torchrun_two_processes_serve_the_single_processs_answers(make_ckpt, tok
         assert sharded.proc.wait(60) == 0
     finally:
         sharded.stop()
+
+
+def test_a_killed_rank_ends_the_sharded_server_and_torchrun_names_it(make_ckpt, tokenizer_path):
+    args = ("--ckpt_dir", make_ckpt("mha", 2), "--tokenizer_path", tokenizer_path, "--max_seq_len", 64)
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                "llama.server")  # fmt: skip
+    sharded = Server(*args, launcher=launcher)
+    try:
+        assert sharded.complete("A list", 4).status_code == 200
+        rank0 = httpx.get(sharded.url.replace("/v1", "/health"), timeout=30).json()["pid"]
+        pid = sharded.proc.pid
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            workers = [int(p) for p in f.read().split()]
+        os.kill(next(p for p in workers if p != rank0), signal.SIGKILL)  # rank 1, as by the OOM killer
+        try:
+            sharded.complete("The function", 4)  # rank 0 finds its peer gone, or is ended first
+        except httpx.HTTPError:
+            pass
+        started = time.monotonic()
+        assert sharded.proc.wait(90) != 0
+        assert time.monotonic() - started < 90
+        report = sharded.proc.stderr.read()
+        assert "rank      : 1 (local_rank: 1)" in report and "(SIGKILL)" in report, report[-2000:]
+    finally:
+        sharded.stop()
