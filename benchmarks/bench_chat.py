@@ -12,13 +12,10 @@ import argparse
 import contextlib
 import io
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_generate import SHAPES, make_checkpoint, machine  # noqa: E402 - the benchmarks folder's own helper
+from bench_generate import SHAPES, machine, make_checkpoint  # beside this script (its folder is on sys.path)
 
 QUESTIONS = [
     "What does the with statement do, and when should I use it in my programs?",
@@ -117,8 +114,10 @@ def main(argv=None) -> None:
     old = before(generator, Conversation, args)
     new = after(generator, Conversation, args)
     same = [a[3] == b[3] for a, b in zip(old, new)]
-    print(f"machine: {machine()}; threads {torch.get_num_threads()}; {ckpt.name} {args.quantize or args.dtype or ''}")
-    print("| turn | prompt tokens | first token, whole dialog (s) | first token, engine (s) | from the cache | speed-up |")
+    fmt = args.quantize or args.dtype or ""
+    print(f"machine: {machine()}; threads {torch.get_num_threads()}; {ckpt.name} {fmt}")
+    columns = ["turn", "prompt tokens", "first token, whole dialog (s)", "first token, engine (s)", "from the cache"]
+    print("| " + " | ".join(columns) + " | speed-up |")
     print("|---|---|---|---|---|---|")
     for turn, ((n, t_old, _, _), (_, t_new, cached, _)) in enumerate(zip(old, new), 1):
         print(f"| {turn} | {n} | {t_old:.3f} | {t_new:.3f} | {cached} | {t_old / t_new:.1f}x |")
