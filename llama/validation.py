@@ -57,7 +57,7 @@ def check_prompt_tokens(prompt_tokens: Sequence, n_words: int, max_seq_len: int)
             raise ConfigError(f"prompt_tokens[{i}] is empty (0 tokens); encode prompts with bos=True")
         if len(row) > max_seq_len:
             raise ConfigError(
-                f"prompt {i} has {len(row)} tokens, more than max_seq_len={max_seq_len}; "
+                f"prompt {i + 1} (index {i}) has {len(row)} tokens, more than max_seq_len={max_seq_len}; "
                 "shorten the prompt or build with a larger max_seq_len"
             )
         bad = next(

@@ -307,7 +307,7 @@ def test_sampling_settings_out_of_range(llama, kw, message):
 
 
 def test_prompt_longer_than_max_seq_len_gives_both_lengths(llama):
-    with pytest.raises(ConfigError, match=r"prompt 1 has 40 tokens, more than max_seq_len=32"):
+    with pytest.raises(ConfigError, match=r"prompt 2 \(index 1\) has 40 tokens, more than max_seq_len=32"):
         llama.generate([[1, 5], [1] * 40], max_gen_len=2)
 
 
