@@ -71,4 +71,4 @@ def test_the_examples_and_the_chat_repl_run_int4(build, make_ckpt, tokenizer_pat
 
     gen = build("mha", max_seq_len=64, max_batch_size=1, quantize="int4")
     answer = gen.chat_completion([MAYONNAISE], temperature=0, max_gen_len=8)[0]["generation"]["content"]
-    assert repl_out.split("\n", 1)[1] == f"Assistant: {answer}\n"
+    assert repl_out.split("\n", 1)[1] == f"User: {MAYONNAISE[0]['content']}\nAssistant: {answer}\n"  # turn echoed
