@@ -10,9 +10,12 @@ of --prompt_len tokens, prompt cache off, greedy, no stop token: every request m
 --gen_len tokens) and timestamps every token as its consumer thread receives it.
 
 - TTFT: submission to a request's first token (median over the round's requests and repeats).
-- decode tok/s: the tokens after each request's first, over the span from the earliest first token
-  to the last token of the round. The span includes the later requests' prompt chunks, which the
-  engine interleaves with the decode steps, so this is a conservative figure.
+- decode tok/s: the steady rate, while every request of the round decodes (from the last first
+  token to the first request's last token: tokens in that window over its length; N = 1: the
+  tokens after the first over their time).
+- span tok/s: the tokens after each request's first over the span from the earliest first token
+  to the round's last token, which includes the later requests' prompt chunks (the engine computes
+  one per round, between decode steps) and the ramp up and down: a conservative figure.
 - end-to-end tok/s: all tokens over submission to the last token.
 - generate: `Llama.generate` on the same N prompts as one batch; decode tok/s as
   bench_generate.py counts it (a 1-token run gives the prompt time, which is subtracted).
@@ -20,11 +23,11 @@ of --prompt_len tokens, prompt cache off, greedy, no stop token: every request m
 """
 
 import argparse
+import asyncio
 import json
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Dict, List
@@ -73,7 +76,10 @@ def prompts(n: int, length: int, vocab: int, seed: int) -> List[List[int]]:
 
 
 def engine_round(engine, rows: List[List[int]], gen_len: int) -> dict:
-    """Submit every row at once; -> timings of the round and each request's tokens."""
+    """Submit every row at once; -> timings of the round and each request's tokens.
+
+    The tokens are received as the server receives them: on one asyncio loop (its own thread), each
+    stamped when the loop sees it."""
     from llama.decoding.requests import Request
     from llama.decoding.sampler import SamplingParams
 
@@ -81,32 +87,34 @@ def engine_round(engine, rows: List[List[int]], gen_len: int) -> dict:
     stamps: List[List[float]] = [[] for _ in rows]
     tokens: List[List[int]] = [[] for _ in rows]
 
-    def consume(i: int, handle) -> None:
-        for event in handle:
+    async def consume(i: int, handle) -> None:
+        async for event in handle.async_events():
             if event.token is not None:
                 stamps[i].append(time.perf_counter())
                 tokens[i].append(event.token)
 
-    start = time.perf_counter()
-    handles = [
-        engine.submit(Request(row, gen_len, greedy, stop_tokens=(), cache_prompt=False)) for row in rows
-    ]  # fmt: skip
-    threads = [threading.Thread(target=consume, args=(i, h), daemon=True) for i, h in enumerate(handles)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(ROUND_TIMEOUT_S)
-        if t.is_alive():
+    async def submit_all() -> None:
+        loop = asyncio.get_running_loop()
+        requests = [Request(row, gen_len, greedy, stop_tokens=(), cache_prompt=False) for row in rows]
+        handles = [engine.submit(r, loop) for r in requests]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(consume(i, h) for i, h in enumerate(handles))), ROUND_TIMEOUT_S)
+        except asyncio.TimeoutError as exc:
             for h in handles:
                 h.cancel()
-            raise BenchError(f"a round of {len(rows)} requests took more than {ROUND_TIMEOUT_S:.0f} s")
+            raise BenchError(f"a round of {len(rows)} requests took more than {ROUND_TIMEOUT_S:.0f} s") from exc
+
+    start = time.perf_counter()
+    asyncio.run(submit_all())
     if any(len(s) != gen_len for s in stamps):
         raise BenchError(f"a request made {min(len(s) for s in stamps)} tokens, not {gen_len}")
-    first = min(s[0] for s in stamps)
-    end = max(s[-1] for s in stamps)
+    first, end = min(s[0] for s in stamps), max(s[-1] for s in stamps)
+    all_in, first_out = max(s[0] for s in stamps), min(s[-1] for s in stamps)  # every request decoding
+    steady = sum(all_in < t <= first_out for s in stamps for t in s) / (first_out - all_in)
     return dict(
         ttft=[s[0] - start for s in stamps],
-        decode=sum(len(s) - 1 for s in stamps) / (end - first),
+        decode=steady if len(rows) > 1 else (len(stamps[0]) - 1) / (end - first),
+        span=sum(len(s) - 1 for s in stamps) / (end - first),
         e2e=sum(len(s) for s in stamps) / (end - start),
         tokens=tokens,
     )
@@ -115,7 +123,8 @@ def engine_round(engine, rows: List[List[int]], gen_len: int) -> dict:
 def generate_round(generator, rows: List[List[int]], gen_len: int) -> dict:
     first, total, out = time_rows(generator, rows, gen_len)
     n = len(rows)
-    return dict(ttft=first, decode=n * (gen_len - 1) / (total - first), e2e=n * gen_len / total, tokens=out)
+    decode = n * (gen_len - 1) / (total - first)
+    return dict(ttft=first, decode=decode, span=decode, e2e=n * gen_len / total, tokens=out)
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -170,6 +179,7 @@ def summary(kind: str, n: int, rounds: List[dict], weights: int, copy_gb_s: floa
         ttft_max_ms=1e3 * max(ttfts),
         decode_tok_s=decode,
         decode_all=[round(r["decode"], 1) for r in rounds],
+        span_tok_s=statistics.median(r["span"] for r in rounds),
         e2e_tok_s=statistics.median(r["e2e"] for r in rounds),
         roofline_copy=weights * decode / n / 1e9 / copy_gb_s,
         last_tokens=rounds[-1]["tokens"],
@@ -184,7 +194,7 @@ def report(shape: str, fmt: str, result: dict) -> List[str]:
         vs = f"{r['decode_tok_s'] / one:.2f}x" if one else ""
         cells = [shape, fmt, r["kind"], r["n"], f"{r['ttft_ms']:.0f}", f"{r['ttft_max_ms']:.0f}",
                  f"{r['decode_tok_s']:.1f}", " / ".join(map(str, r["decode_all"])), vs,
-                 f"{r['e2e_tok_s']:.1f}", f"{100 * r['roofline_copy']:.0f} %"]  # fmt: skip
+                 f"{r['span_tok_s']:.1f}", f"{r['e2e_tok_s']:.1f}", f"{100 * r['roofline_copy']:.0f} %"]  # fmt: skip
         if "tokens_equal" in r:
             cells[2] += f" (tokens = engine's: {r['tokens_equal']}/{r['n']})"
         lines.append("| " + " | ".join(map(str, cells)) + " |")
@@ -192,7 +202,7 @@ def report(shape: str, fmt: str, result: dict) -> List[str]:
 
 
 HEAD = ("shape", "format", "path", "N", "TTFT ms (median)", "TTFT ms (max)", "decode tok/s (median)",
-        "decode tok/s (rounds)", "x N=1", "end-to-end tok/s", "roofline copy")  # fmt: skip
+        "decode tok/s (rounds)", "x N=1", "span tok/s", "end-to-end tok/s", "roofline copy")  # fmt: skip
 
 
 def main(argv=None) -> None:
