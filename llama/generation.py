@@ -93,8 +93,6 @@ class Llama:
         memory.check_fits(args, mp_size, rt.device, rt.dtype)
         init_distributed(rt)
         init_model_parallel(mp_size)
-        if is_main_process():
-            logger.info("runtime: %s", _describe(rt, quantize or ckpt.stored))  # also what a checkpoint is stored in
         torch.manual_seed(seed)
         model = on_all_ranks(loading.load_model_or_explain, ckpt, args, mp_size, model_parallel_rank(), rt, quantize)
         barrier_then_tighten_timeouts(rt, model_parallel_group())
@@ -105,6 +103,8 @@ class Llama:
         decode_step: Any = native_step.for_model(model)
         if decode_step is None and compile:
             decode_step = StaticDecode(model, compile_options(rt.device))
+        if is_main_process():  # quantize: also what a checkpoint is stored in
+            logger.info("runtime: %s", _describe(rt, quantize or ckpt.stored, decode_step))
         return Llama(model, tokenizer, decode_step, eos_check_interval(rt.device))
 
     @staticmethod
@@ -333,5 +333,10 @@ def _model_parallel_size(rt: Runtime, requested: Optional[int]) -> int:
     return size
 
 
-def _describe(rt: Runtime, quantize: Optional[str]) -> str:
-    return rt.describe() + (f" quantize={quantize}" if quantize else "")
+def _describe(rt: Runtime, quantize: Optional[str], decode_step: Any = None) -> str:
+    """The `runtime:` line: backend, device, dtype and why; the weight format; how one-token steps run."""
+    if isinstance(decode_step, native_step.NativeDecode):
+        path = "native"  # llama.decoding.native_step: one call of forward.c per step
+    else:
+        path = "compiled" if isinstance(decode_step, StaticDecode) else "eager"
+    return rt.describe() + (f" quantize={quantize}" if quantize else "") + f" decode={path}"
