@@ -4,10 +4,10 @@
 Without --ckpt_dir/--tokenizer_path it runs the bundled demo model; --stream prints answers as they come."""
 
 from dataclasses import replace
-from typing import List, Optional
+from typing import List, Optional, Sequence, Union
 
-from llama import Dialog
-from llama.cli.frontend import FLAGS, build_generator, complete
+from llama.chat_format import Dialog  # light: --help renders without torch
+from llama.cli.frontend import FLAGS, build_generator, complete, sampling_options
 from llama.cli.run import run
 
 # The reference's default: as long as the context allows.
@@ -30,7 +30,11 @@ def main(
     stream: bool = False,
     compile: bool = False,
     quantize: Optional[str] = None,
+    top_k: int = 0,
+    repetition_penalty: float = 1.0,
+    stop: Union[None, str, Sequence[str]] = None,
 ):
+    options = sampling_options(top_k, repetition_penalty, stop)  # checked before the load; {} when all are off
     generator = build_generator(
         ckpt_dir,
         tokenizer_path,
@@ -87,7 +91,8 @@ If a question does not make any sense, or is not factually coherent, explain why
             }
         ],
     ]
-    complete(generator, dialogs, temperature, top_p, max_gen_len, chat=True, stream=stream, compiled=compile)
+    complete(generator, dialogs, temperature, top_p, max_gen_len, chat=True, stream=stream, compiled=compile,
+             options=options)  # fmt: skip
 
 
 if __name__ == "__main__":

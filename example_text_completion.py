@@ -3,9 +3,9 @@
 (or plain `python example_text_completion.py ...` on one process: CPU, CUDA or Apple MPS).
 Without --ckpt_dir/--tokenizer_path it runs the bundled demo model; --stream prints text as it comes."""
 
-from typing import List, Optional
+from typing import List, Optional, Sequence, Union
 
-from llama.cli.frontend import FLAGS, build_generator, complete
+from llama.cli.frontend import FLAGS, build_generator, complete, sampling_options
 from llama.cli.run import run
 
 
@@ -25,7 +25,11 @@ def main(
     stream: bool = False,
     compile: bool = False,
     quantize: Optional[str] = None,
+    top_k: int = 0,
+    repetition_penalty: float = 1.0,
+    stop: Union[None, str, Sequence[str]] = None,
 ):
+    options = sampling_options(top_k, repetition_penalty, stop)  # checked before the load; {} when all are off
     generator = build_generator(
         ckpt_dir,
         tokenizer_path,
@@ -57,7 +61,8 @@ def main(
         plush girafe => girafe peluche
         cheese =>""",
     ]
-    complete(generator, prompts, temperature, top_p, max_gen_len, chat=False, stream=stream, compiled=compile)
+    complete(generator, prompts, temperature, top_p, max_gen_len, chat=False, stream=stream, compiled=compile,
+             options=options)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -8,20 +8,22 @@ outputs are those of Meta's `meta-llama/llama` and `meta-llama/llama3` `llama/ge
 
 import logging
 import time
-from typing import Any, Iterator, List, Optional, Sequence, Tuple, TypedDict
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, TypedDict, Union
 
 import torch
 
 from . import demo
 from .chat_format import UNSAFE_ERROR, Dialog, Message, encode_dialog, is_unsafe
 from .decoding import native_step
-from .decoding.loop import DecodeState, collect, decode_steps, first_stop, start_decode
+from .decoding.batches import Decode, Row, Timings, run_batch
+from .decoding.loop import DecodeState, decode_steps, start_decode
+from .decoding.sampler import SamplingParams
 from .decoding.sampling import sample_top_p
 from .decoding.static_step import StaticDecode
 from .errors import ConfigError
 from .kernels.formats import check_method
 from .layers.parallel import init_model_parallel, model_parallel_group, model_parallel_rank
-from .model import ModelArgs, Transformer
+from .model import Transformer
 from .runtime import memory
 from .runtime.backend import Runtime, select
 from .runtime.device_tuning import compile_options, eos_check_interval
@@ -31,15 +33,13 @@ from .runtime.ranks import on_all_ranks
 from .tokenizer import Tokenizer
 from .tools.answer import tool_answer
 from .tools.support import check_tool_model
-from .validation import check_request, whole_number
+from .validation import check_request, stop_list, whole_number
 from .weights import loading, meta
+from .weights.model_args import model_args
 
 __all__ = ["Llama", "Dialog", "Message", "CompletionPrediction", "ChatPrediction", "sample_top_p"]
 
 logger = logging.getLogger(__name__)
-
-# The context each family was trained for; longer ones still run, but quality degrades.
-LLAMA2_CONTEXT, LLAMA3_CONTEXT, LLAMA31_CONTEXT = 4096, 8192, 131072
 
 
 class CompletionPrediction(TypedDict, total=False):
@@ -84,7 +84,7 @@ class Llama:
         start_time = time.time()
         ckpt = loading.open_checkpoint(ckpt_dir)
         tokenizer = Tokenizer(model_path=meta.find_tokenizer(ckpt_dir, tokenizer_path))
-        args = _model_args(ckpt, tokenizer, max_seq_len, max_batch_size)
+        args = model_args(ckpt, tokenizer, max_seq_len, max_batch_size)
 
         rt = select(device=device, dtype=dtype, backend=backend)
         mp_size = _model_parallel_size(rt, model_parallel_size)
@@ -93,8 +93,6 @@ class Llama:
         memory.check_fits(args, mp_size, rt.device, rt.dtype)
         init_distributed(rt)
         init_model_parallel(mp_size)
-        if is_main_process():
-            logger.info("runtime: %s", _describe(rt, quantize or ckpt.stored))  # also what a checkpoint is stored in
         torch.manual_seed(seed)
         model = on_all_ranks(loading.load_model_or_explain, ckpt, args, mp_size, model_parallel_rank(), rt, quantize)
         barrier_then_tighten_timeouts(rt, model_parallel_group())
@@ -105,6 +103,8 @@ class Llama:
         decode_step: Any = native_step.for_model(model)
         if decode_step is None and compile:
             decode_step = StaticDecode(model, compile_options(rt.device))
+        if is_main_process():  # quantize: also what a checkpoint is stored in
+            logger.info("runtime: %s", _describe(rt, quantize or ckpt.stored, decode_step))
         return Llama(model, tokenizer, decode_step, eos_check_interval(rt.device))
 
     @staticmethod
@@ -124,6 +124,7 @@ class Llama:
         self.tokenizer = tokenizer
         self.decode_step = decode_step
         self.eos_check_every = eos_check_every
+        self.last_timings = Timings()  # the last call's prompt and generation times (llama.decoding.batches)
 
     @property
     def is_main(self) -> bool:
@@ -147,49 +148,52 @@ class Llama:
         top_p: float = 0.9,
         logprobs: bool = False,
         echo: bool = False,
+        *,
+        top_k: int = 0,
+        repetition_penalty: float = 1.0,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
     ) -> Tuple[List[List[int]], Optional[List[List[float]]]]:
         """Continue each prompt; -> (tokens per row, log-probabilities per row or None).
 
-        Each row is cut at its first stop token (eos; Llama 3: also <|eot_id|>, <|eom_id|>)."""
+        Each row is cut at its first stop token (eos; Llama 3: also <|eot_id|>, <|eom_id|>).
+        top_k (0: off), repetition_penalty (1: off), frequency_penalty, presence_penalty (0: off; OpenAI's):
+        opt-in, as the engine applies them (llama.decoding.sampler); all off, the draws are the reference's."""
         params = self.model.params
-        self.check_request(prompt_tokens, temperature, top_p, max_gen_len)
+        sampling = SamplingParams(temperature, top_p, top_k, repetition_penalty, frequency_penalty, presence_penalty)
+        self.check_request(prompt_tokens, sampling, max_gen_len)
         bsz = len(prompt_tokens)
         if bsz > params.max_batch_size:
             raise ConfigError(
                 f"{bsz} prompts exceed max_batch_size={params.max_batch_size}; pass at most that many to "
                 "generate, or build with a larger max_batch_size"
             )
+        self.last_timings = Timings()
         if bsz == 0:
             return [], ([] if logprobs else None)
-        state, steps = self.decode(prompt_tokens, max_gen_len, temperature, top_p, logprobs)
-        for _ in steps:
-            pass
-        return collect(state, prompt_tokens, max_gen_len, self.stop_tokens, echo)
+        rows = run_batch(self._decoder(max_gen_len, sampling, logprobs), prompt_tokens, max_gen_len, self.stop_tokens,
+                         self.last_timings, echo)  # fmt: skip
+        return [r.tokens for r in rows], ([r.logprobs or [] for r in rows] if logprobs else None)
 
-    def check_request(self, prompt_tokens, temperature: float, top_p: float, max_gen_len: int) -> None:
+    def check_request(self, prompt_tokens, sampling: SamplingParams, max_gen_len: int) -> None:
         """What generate checks before decoding (the streams check the same, before their first event)."""
-        check_request(
-            prompt_tokens, temperature, top_p, max_gen_len, self.tokenizer.n_words, self.model.params.max_seq_len
-        )
+        sampling.check()
+        check_request(prompt_tokens, sampling.temperature, sampling.top_p, max_gen_len, self.tokenizer.n_words,
+                      self.model.params.max_seq_len)  # fmt: skip
 
     def decode(
-        self, prompt_tokens: List[List[int]], max_gen_len: int, temperature: float, top_p: float, logprobs: bool = False
+        self, prompt_tokens: List[List[int]], max_gen_len: int, sampling: SamplingParams, logprobs: bool = False
     ) -> Tuple[DecodeState, Iterator[int]]:
         """One batch's decode state and the (lazy) loop that fills it, step by step: see llama.decoding.loop"""
         state = start_decode(
             prompt_tokens, max_gen_len, self.model.params.max_seq_len, self.tokenizer.pad_id, self.device, logprobs
         )
-        steps = decode_steps(
-            self._forward,
-            state,
-            temperature,
-            top_p,
-            self.stop_tokens,
-            self.tokenizer.pad_id,
-            self.model.tok_embeddings.weight.dtype,
-            self.eos_check_every,
-        )
+        steps = decode_steps(self._forward, state, sampling, self.stop_tokens, self.tokenizer.pad_id,
+                             self.model.tok_embeddings.weight.dtype, self.eos_check_every)  # fmt: skip
         return state, steps
+
+    def _decoder(self, max_gen_len: int, sampling: SamplingParams, logprobs: bool) -> Decode:
+        return lambda batch: self.decode(batch, max_gen_len, sampling, logprobs)
 
     def _forward(self, tokens: torch.Tensor, start_pos: int, last_only: bool = False) -> torch.Tensor:
         step = self.decode_step
@@ -226,17 +230,20 @@ class Llama:
         max_gen_len: Optional[int] = None,
         logprobs: bool = False,
         echo: bool = False,
+        *,
+        top_k: int = 0,
+        repetition_penalty: float = 1.0,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
+        stop: Union[None, str, Sequence[str]] = None,
     ) -> List[CompletionPrediction]:
+        """top_k and the penalties: as in generate. stop: a string or a list; each generation ends
+        before the first of them (its tokens with the one that completed it), not with echo."""
+        sampling = SamplingParams(temperature, top_p, top_k, repetition_penalty, frequency_penalty, presence_penalty)
+        stops = stop_list(stop, echo)
         prompt_tokens, max_gen_len = self.encode_prompts(prompts, max_gen_len)
-        tokens, probs = self._generate_in_batches(prompt_tokens, max_gen_len, temperature, top_p, logprobs, echo)
-        out: List[CompletionPrediction] = []
-        for i, t in enumerate(tokens):
-            pred: CompletionPrediction = {"generation": self.tokenizer.decode(t)}
-            if logprobs:
-                pred["tokens"] = [self.tokenizer.decode([x]) for x in t]
-                pred["logprobs"] = probs[i]
-            out.append(pred)
-        return out
+        rows = self._rows(prompt_tokens, max_gen_len, sampling, logprobs, echo, stops)
+        return [self._with_logprobs({"generation": self._text(r)}, r, logprobs) for r in rows]
 
     def chat_completion(
         self,
@@ -247,72 +254,75 @@ class Llama:
         logprobs: bool = False,
         tools: Optional[Sequence[Any]] = None,
         tool_prompt_format: str = "json",
+        *,
+        top_k: int = 0,
+        repetition_penalty: float = 1.0,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
+        stop: Union[None, str, Sequence[str]] = None,
     ) -> List[ChatPrediction]:
         """tools (Llama 3.1+; llama.tools): built-in tool names and OpenAI-style function specs offered to the
         model; each generation then also has "tool_calls" (content "" when the answer is a call) and
-        "stop_reason" ("end_of_turn", "end_of_message": waiting for a tool result, "out_of_tokens")."""
+        "stop_reason" ("end_of_turn", also after a stop string; "end_of_message": waiting for a tool
+        result; "out_of_tokens"). top_k, the penalties and stop: as in text_completion."""
+        sampling = SamplingParams(temperature, top_p, top_k, repetition_penalty, frequency_penalty, presence_penalty)
+        stops = stop_list(stop)
         if tools:
-            return self._chat_with_tools(dialogs, temperature, top_p, max_gen_len, logprobs, tools, tool_prompt_format)
+            return self._chat_with_tools(dialogs, sampling, max_gen_len, logprobs, tools, tool_prompt_format, stops)
         prompt_tokens, max_gen_len = self.encode_dialogs(dialogs, max_gen_len)
         unsafe = [self.unsafe(d) for d in dialogs]
-        tokens, probs = self._generate_in_batches(prompt_tokens, max_gen_len, temperature, top_p, logprobs)
+        rows = self._rows(prompt_tokens, max_gen_len, sampling, logprobs, stop=stops)
         out: List[ChatPrediction] = []
-        for i, t in enumerate(tokens):
-            content = UNSAFE_ERROR if unsafe[i] else self.tokenizer.decode(t)
-            pred: ChatPrediction = {"generation": {"role": "assistant", "content": content}}
-            if logprobs:
-                pred["tokens"] = [self.tokenizer.decode([x]) for x in t]
-                pred["logprobs"] = probs[i]
-            out.append(pred)
+        for i, r in enumerate(rows):
+            content = UNSAFE_ERROR if unsafe[i] else self._text(r)
+            out.append(self._with_logprobs({"generation": {"role": "assistant", "content": content}}, r, logprobs))
         return out
 
-    def _chat_with_tools(self, dialogs, temperature, top_p, max_gen_len, logprobs, tools, tool_prompt_format):
+    def _chat_with_tools(self, dialogs, sampling, max_gen_len, logprobs, tools, tool_prompt_format, stops):
         check_tool_model(self.tokenizer.kind, bool(getattr(self.model.params, "use_scaled_rope", False)))
         prompt_tokens = [
             encode_dialog(self.tokenizer, d, i, tools=tools, tool_prompt_format=tool_prompt_format)
             for i, d in enumerate(dialogs)
         ]
-        max_gen_len = self._gen_len(max_gen_len)
-        tokens, probs, stops = self._generate_with_stops(prompt_tokens, max_gen_len, temperature, top_p, logprobs)
-        out: List[ChatPrediction] = []
-        for i, t in enumerate(tokens):
-            pred: ChatPrediction = {"generation": tool_answer(self.tokenizer.decode(t), stops[i], self.tokenizer)}
-            if logprobs:
-                pred["tokens"] = [self.tokenizer.decode([x]) for x in t]
-                pred["logprobs"] = probs[i]
-            out.append(pred)
-        return out
+        rows = self._rows(prompt_tokens, self._gen_len(max_gen_len), sampling, logprobs, stop=stops, ends=True)
+        ended = self.stop_tokens[0]  # a stop string ends the turn as <|end_of_text|> would: end_of_turn
+        answers = [tool_answer(self._text(r), ended if r.by_text else r.stop_token, self.tokenizer) for r in rows]
+        return [self._with_logprobs({"generation": a}, r, logprobs) for a, r in zip(answers, rows)]
 
     @torch.inference_mode()
-    def _generate_with_stops(self, prompt_tokens, max_gen_len, temperature, top_p, logprobs):
-        """_generate_in_batches, plus the stop token that ended each row (None: it ran out of tokens); the
-        rows are cut where generate cuts them. Tool calling tells <|eom_id|> from <|eot_id|> by it."""
-        self.check_request(prompt_tokens, temperature, top_p, max_gen_len)
-        size = self.model.params.max_batch_size
-        tokens, probs, stops = [], [], []
+    def _rows(self, prompt_tokens, max_gen_len, sampling, logprobs, echo=False, stop=(), ends=False) -> List[Row]:
+        """generate's rows for any number of prompts (groups of max_batch_size), in input order; with
+        stop strings or `ends`, each also with the stop token that ended it (tool calling tells
+        <|eom_id|> from <|eot_id|> by it), else through generate itself, as the reference runs."""
+        self.check_request(prompt_tokens, sampling, max_gen_len)  # once, with indices into the whole list
+        size, decode = self.model.params.max_batch_size, self._decoder(max_gen_len, sampling, logprobs)
+        timings, rows = Timings(), []
         for start in range(0, len(prompt_tokens), size):
             batch = prompt_tokens[start : start + size]
-            state, steps = self.decode(batch, max_gen_len, temperature, top_p, logprobs)
-            for _ in steps:
-                pass
-            rows, row_probs = collect(state, batch, max_gen_len, [], echo=False)  # uncut: the stop token stays
-            for k, row in enumerate(rows):
-                cut = first_stop(row, self.stop_tokens)
-                tokens.append(row[:cut])
-                stops.append(row[cut] if cut < len(row) else None)
-                probs.append(row_probs[k][:cut] if row_probs is not None else None)
-        return tokens, (probs if logprobs else None), stops
+            if stop or ends:
+                rows += run_batch(decode, batch, max_gen_len, self.stop_tokens, timings, echo, stop, self.tokenizer)
+                continue
+            tokens, probs = self.generate(batch, max_gen_len, sampling.temperature, sampling.top_p, logprobs, echo,
+                                          **sampling.options())  # fmt: skip
+            timings.add(self.last_timings)
+            rows += [Row(t, probs[i] if probs is not None else None, None) for i, t in enumerate(tokens)]
+        self.last_timings = timings
+        return rows
 
-    def _generate_in_batches(self, prompt_tokens, max_gen_len, temperature, top_p, logprobs, echo=False):
-        """generate() on consecutive groups of at most max_batch_size prompts; results in input order."""
-        self.check_request(prompt_tokens, temperature, top_p, max_gen_len)  # once, with indices into the whole list
-        size = self.model.params.max_batch_size
-        tokens, probs = [], []
-        for start in range(0, len(prompt_tokens), size):
-            t, p = self.generate(prompt_tokens[start : start + size], max_gen_len, temperature, top_p, logprobs, echo)
-            tokens += t
-            probs += p or []
-        return tokens, (probs if logprobs else None)
+    def _generate_with_stops(self, prompt_tokens, max_gen_len, temperature, top_p, logprobs):
+        """-> (tokens, log-probabilities or None, the stop token that ended each row or None)."""
+        rows = self._rows(prompt_tokens, max_gen_len, SamplingParams(temperature, top_p), logprobs, ends=True)
+        probs = [r.logprobs for r in rows] if logprobs else None
+        return [r.tokens for r in rows], probs, [r.stop_token for r in rows]
+
+    def _text(self, row: Row) -> str:
+        return row.text if row.text is not None else self.tokenizer.decode(row.tokens)
+
+    def _with_logprobs(self, pred: Any, row: Row, logprobs: bool) -> Any:
+        if logprobs:
+            pred["tokens"] = [self.tokenizer.decode([x]) for x in row.tokens]
+            pred["logprobs"] = row.logprobs
+        return pred
 
 
 def _model_parallel_size(rt: Runtime, requested: Optional[int]) -> int:
@@ -323,33 +333,10 @@ def _model_parallel_size(rt: Runtime, requested: Optional[int]) -> int:
     return size
 
 
-def _model_args(ckpt: "loading.Checkpoint", tokenizer: Tokenizer, max_seq_len: int, max_batch_size: int) -> ModelArgs:
-    """params.json + the run's sizes; the vocabulary is the tokenizer's, as in the reference."""
-    declared = ckpt.params.get("vocab_size", -1)
-    if declared > 0 and declared != tokenizer.n_words:
-        raise ConfigError(
-            f"params.json in {str(ckpt.path)!r} says vocab_size={declared}, but the tokenizer has "
-            f"{tokenizer.n_words} words; use the tokenizer.model that came with these weights"
-        )
-    args = ModelArgs(max_seq_len=max_seq_len, max_batch_size=max_batch_size, **ckpt.params)
-    args.vocab_size = tokenizer.n_words
-    trained = _trained_context(args, tokenizer)
-    if max_seq_len > trained and is_main_process():
-        logger.warning(
-            "max_seq_len=%d is beyond the %d tokens this model was trained for; text past that point degrades",
-            max_seq_len,
-            trained,
-        )
-    return args
-
-
-def _trained_context(args: ModelArgs, tokenizer: Tokenizer) -> int:
-    if args.use_scaled_rope:
-        return LLAMA31_CONTEXT
-    if tokenizer.kind == "tiktoken":
-        return LLAMA3_CONTEXT
-    return LLAMA2_CONTEXT if args.rope_theta == 10000.0 else LLAMA31_CONTEXT  # Code Llama: long contexts
-
-
-def _describe(rt: Runtime, quantize: Optional[str]) -> str:
-    return rt.describe() + (f" quantize={quantize}" if quantize else "")
+def _describe(rt: Runtime, quantize: Optional[str], decode_step: Any = None) -> str:
+    """The `runtime:` line: backend, device, dtype and why; the weight format; how one-token steps run."""
+    if isinstance(decode_step, native_step.NativeDecode):
+        path = "native"  # llama.decoding.native_step: one call of forward.c per step
+    else:
+        path = "compiled" if isinstance(decode_step, StaticDecode) else "eager"
+    return rt.describe() + (f" quantize={quantize}" if quantize else "") + f" decode={path}"

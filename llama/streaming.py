@@ -5,21 +5,26 @@ call returns: `text_completion(...)[i]["generation"]`, or the chat answer's cont
 beyond max_batch_size are run in later batches, so their events come after the earlier ones.
 """
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import DefaultDict, Iterable, Iterator, List, Optional
+from typing import Any, DefaultDict, Iterable, Iterator, List, Optional, Sequence, Union
 
 from .chat_format import UNSAFE_ERROR, Dialog
-from .decoding.detokenize import TextDeltas
+from .decoding.batch_rows import BatchRows, RowEvent
+from .decoding.batches import Timings
+from .decoding.sampler import SamplingParams
 from .generation import Llama
+from .validation import stop_list
 
 
 @dataclass(frozen=True)
 class StreamEvent:
     index: int  # which prompt, in input order
     token: Optional[int]  # the token just generated; None on the closing event
-    text: str  # text this event adds ("" while a multi-byte character is still incomplete)
+    text: str  # text this event adds ("" while a multi-byte character or a possible stop string is held back)
     done: bool = False  # the prompt's last event: its generation is complete
+    logprob: Optional[float] = None  # with logprobs=True: the token's log-probability, as text_completion's
 
 
 def stream_generate(
@@ -28,41 +33,45 @@ def stream_generate(
     max_gen_len: int,
     temperature: float = 0.6,
     top_p: float = 0.9,
+    logprobs: bool = False,
+    *,
+    stop: Union[None, str, Sequence[str]] = None,
+    **sampling: Any,
 ) -> Iterator[StreamEvent]:
     """Llama.generate as a stream, for any number of prompts (batches of max_batch_size).
 
-    Arguments are checked here, before the first event is asked for.
+    sampling: top_k, repetition_penalty, frequency_penalty, presence_penalty, as generate takes them;
+    stop: as text_completion's (the stop text is never given out). Arguments are checked here, before
+    the first event is asked for. Once the stream is over, generator.last_timings holds its timings.
     """
-    generator.check_request(prompt_tokens, temperature, top_p, max_gen_len)
+    params = SamplingParams(temperature, top_p, **sampling)
+    stops = stop_list(stop)
+    generator.check_request(prompt_tokens, params, max_gen_len)
     size = generator.model.params.max_batch_size
     batches = [prompt_tokens[start : start + size] for start in range(0, len(prompt_tokens), size)]
+    timings = generator.last_timings = Timings()
     return (
         event
         for k, batch in enumerate(batches)
-        for event in _stream_batch(generator, batch, k * size, max_gen_len, temperature, top_p)
+        for event in _stream_batch(generator, batch, k * size, max_gen_len, params, logprobs, stops, timings)
     )
 
 
-def _stream_batch(generator: Llama, batch, offset: int, max_gen_len: int, temperature: float, top_p: float):
-    state, steps = generator.decode(batch, max_gen_len, temperature, top_p)
-    stops = set(generator.stop_tokens)
-    ends = [min(len(p) + max_gen_len, state.total_len) for p in batch]  # first position past each generation
-    decoders = [TextDeltas(generator.tokenizer) for _ in batch]
-    done = [len(p) >= end for p, end in zip(batch, ends)]
-    for i in (i for i, d in enumerate(done) if d):
-        yield StreamEvent(offset + i, None, "", done=True)
+def _stream_batch(generator: Llama, batch, offset: int, max_gen_len: int, params, logprobs, stops, timings):
+    started, first = time.perf_counter(), None
+    state, steps = generator.decode(batch, max_gen_len, params, logprobs)
+    rows = BatchRows(state, batch, max_gen_len, generator.stop_tokens, generator.tokenizer, stops)
+    yield from (_event(e, offset) for e in rows.opening())
     for cur_pos in steps:
-        column = state.tokens[:, cur_pos].tolist()
-        for i, token in enumerate(column):
-            if done[i] or cur_pos < len(batch[i]):
-                continue
-            if token not in stops:
-                yield StreamEvent(offset + i, token, decoders[i].push(token))
-            if token in stops or cur_pos + 1 >= ends[i]:
-                done[i] = True
-                yield StreamEvent(offset + i, None, decoders[i].flush(), done=True)
-    for i in (i for i, d in enumerate(done) if not d):  # defensive: every row normally closes in the loop
-        yield StreamEvent(offset + i, None, decoders[i].flush(), done=True)
+        first = time.perf_counter() if first is None else first
+        yield from (_event(e, offset) for e in rows.step(cur_pos))
+    closing = rows.closing()  # defensive: every row normally closes in the loop
+    timings.add_batch(batch, started, first, sum(rows.kept))
+    yield from (_event(e, offset) for e in closing)
+
+
+def _event(e: RowEvent, offset: int) -> StreamEvent:
+    return StreamEvent(offset + e.row, e.token, e.text, e.done, e.logprob)
 
 
 def stream_text_completion(
@@ -71,10 +80,12 @@ def stream_text_completion(
     temperature: float = 0.6,
     top_p: float = 0.9,
     max_gen_len: Optional[int] = None,
+    logprobs: bool = False,
+    **options: Any,
 ) -> Iterator[StreamEvent]:
-    """Llama.text_completion as a stream of StreamEvent."""
+    """Llama.text_completion as a stream of StreamEvent; options: stop, top_k and the penalties."""
     prompt_tokens, max_gen_len = generator.encode_prompts(prompts, max_gen_len)
-    return stream_generate(generator, prompt_tokens, max_gen_len, temperature, top_p)
+    return stream_generate(generator, prompt_tokens, max_gen_len, temperature, top_p, logprobs, **options)
 
 
 def stream_chat_completion(
@@ -83,11 +94,14 @@ def stream_chat_completion(
     temperature: float = 0.6,
     top_p: float = 0.9,
     max_gen_len: Optional[int] = None,
+    logprobs: bool = False,
+    **options: Any,
 ) -> Iterator[StreamEvent]:
     """Llama.chat_completion as a stream; a dialog with special tags streams only its error text."""
     prompt_tokens, max_gen_len = generator.encode_dialogs(dialogs, max_gen_len)
     unsafe = [generator.unsafe(d) for d in dialogs]
-    return _replace_unsafe(stream_generate(generator, prompt_tokens, max_gen_len, temperature, top_p), unsafe)
+    events = stream_generate(generator, prompt_tokens, max_gen_len, temperature, top_p, logprobs, **options)
+    return _replace_unsafe(events, unsafe)
 
 
 def _replace_unsafe(events: Iterator[StreamEvent], unsafe: List[bool]) -> Iterator[StreamEvent]:

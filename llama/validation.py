@@ -3,7 +3,7 @@ and the fix, where the value is first seen."""
 
 import math
 from numbers import Integral
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 from .errors import ConfigError
 
@@ -34,6 +34,18 @@ def check_sampling(temperature: float, top_p: float, max_gen_len: Optional[int])
         raise ConfigError(f"top_p must be a number in (0, 1], got {top_p!r}; e.g. 0.9 (1 = no nucleus cut)")
     if max_gen_len is not None:
         whole_number("max_gen_len", max_gen_len, minimum=0)
+
+
+def stop_list(stop, echo: bool = False) -> List[str]:
+    """stop=: None, a string or a list of strings (each generation ends before the first) -> the list;
+    ConfigError naming anything else, or stop strings with echo."""
+    values = [] if stop is None else [stop] if isinstance(stop, str) else stop
+    listed = isinstance(values, Sequence) and not isinstance(values, bytes)
+    if not listed or not all(isinstance(s, str) and s for s in values):
+        raise ConfigError(f"stop must be a non-empty string or a list of them, got {stop!r:.80}; e.g. stop=['\\n\\n']")
+    if values and echo:
+        raise ConfigError("stop strings cut the generated text, but echo=True returns the prompt too; pass one of them")
+    return list(values)
 
 
 def _is_token(t, n_words: int) -> bool:

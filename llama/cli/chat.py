@@ -13,18 +13,17 @@ import logging
 import signal
 import sys
 from dataclasses import replace
-from typing import List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, List, Optional, Sequence, Union
 
 from .. import demo
 from ..chat_format import SPECIAL_TAGS, Dialog, Message, encode_dialog
-from ..decoding.engine import Engine
-from ..decoding.sampler import SamplingParams
 from ..errors import ConfigError
-from ..runtime.group import is_main_process
-from .chat_turn import Responder
 from .flags import Flag
-from .frontend import FLAGS, build_generator
+from .frontend import FLAGS, build_generator, stop_strings
 from .run import run
+
+if TYPE_CHECKING:  # torch and the engine are imported by main, so that --help renders without them
+    from .chat_turn import Responder
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +115,7 @@ def read_turn(prompt: str) -> Optional[str]:
         return None
 
 
-def chat_loop(respond: Responder, conversation: Conversation) -> None:
+def chat_loop(respond: "Responder", conversation: Conversation) -> None:
     """Read turns until /exit or the end of input (Ctrl-C at the prompt: KeyboardInterrupt)."""
     interactive = sys.stdin.isatty()
     if interactive:
@@ -155,9 +154,9 @@ CHAT_FLAGS = {
         default="half of max_seq_len",
     ),
     "seed": Flag("random seed for sampling: the same seed and turns give the same answers", "N"),
-    "top_k": Flag("sample only from the K most likely tokens (0: off)", "K"),
-    "repetition_penalty": Flag("> 1 makes tokens already in the conversation less likely (1: off)", "R"),
-    "stop": Flag('end an answer before this text (a string, or a list such as \'["A", "B"]\')', "TEXT"),
+    "repetition_penalty": replace(
+        FLAGS["repetition_penalty"], help="> 1 makes tokens already in the conversation less likely (1: off)"
+    ),
     "verbose": Flag("after each answer, say on stderr how many prompt tokens came from the cache and the rates"),
 }
 
@@ -181,6 +180,11 @@ def main(
 ):
     """max_seq_len defaults to 256 for the demo model (its training context), else 2048;
     max_gen_len (the room kept for each answer) to half of it."""
+    from ..decoding.engine import Engine
+    from ..decoding.sampler import SamplingParams
+    from ..runtime.group import is_main_process
+    from .chat_turn import Responder
+
     using_demo = ckpt_dir is None and tokenizer_path is None
     if max_seq_len is None:
         max_seq_len = demo.MAX_SEQ_LEN if using_demo else 2048
@@ -220,14 +224,9 @@ def main(
         engine.close(drain=False)
 
 
-def stop_strings(stop: Union[None, str, Sequence[str]]) -> List[str]:
-    """--stop as a list of non-empty strings; ConfigError naming anything else."""
-    values = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
-    if not all(isinstance(s, str) and s for s in values):
-        raise ConfigError(f"--stop takes a non-empty text or a list of them, got {stop!r}; e.g. --stop 'User:'")
-    return values
-
-
 def cli() -> None:
     """`python -m llama.chat`."""
     run(main, CHAT_FLAGS, prog="python -m llama.chat")
+
+
+__all__ = ["CHAT_FLAGS", "Conversation", "chat_loop", "cli", "main", "stop_strings", "strip_special_tags"]

@@ -1,24 +1,26 @@
 """What the example scripts and `python -m llama.chat` share: their flags, building the generator (or
 the bundled demo model), the thread count, printing results as the reference does (or streamed),
-and the closing summary line."""
+and the closing summary line.
+
+torch and the generator are imported where they are used, not here: `--help` renders the flags of
+every command without them (well under a second).
+"""
 
 import logging
 import os
-import time
-from typing import Any, Callable, Iterator, List, Optional, Union, cast
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Sequence, Union, cast
 
 from .. import demo
 from ..chat_format import Dialog
-from ..decoding.native_step import NativeDecode
-from ..generation import Llama
-from ..kernels.formats import METHODS
-from ..runtime.backend import DEVICE_CHOICES
-from ..runtime.group import is_main_process
-from ..streaming import StreamEvent, in_prompt_order, stream_chat_completion, stream_text_completion
+from ..errors import ConfigError
+from ..runtime.choices import DEVICE_CHOICES, METHODS
 from ..validation import check_sampling, whole_number
 from .flags import Flag
+
+if TYPE_CHECKING:
+    from ..decoding.batches import Timings
+    from ..generation import Llama
+    from ..streaming import StreamEvent
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,9 @@ FLAGS = {
         "faster native step runs instead); the first generation pays the compilation"
     ),
     "quantize": Flag("weight-only quantization of the linear layers", "METHOD", choices=METHODS),
+    "top_k": Flag("sample only from the K most likely tokens (0: off)", "K"),
+    "repetition_penalty": Flag("> 1 makes tokens already in the prompt or answer less likely (1: off)", "R"),
+    "stop": Flag('end an answer before this text (a string, or a list such as \'["A", "B"]\')', "TEXT"),
 }
 
 
@@ -76,6 +81,8 @@ def use_one_thread_for_the_demo() -> None:
     """
     if "OMP_NUM_THREADS" in os.environ:
         return
+    import torch
+
     torch.set_num_threads(1)
     logger.info("the demo model runs on 1 CPU thread (set OMP_NUM_THREADS to choose another count)")
 
@@ -87,9 +94,12 @@ def build_generator(
     top_p: float,
     max_gen_len: Optional[int],
     **build_kwargs,
-) -> Llama:
+) -> "Llama":
     """What a command does before generating: check the sampling flags first (not after a slow
     load), fall back to the bundled demo model when neither path is given, Llama.build(**build_kwargs)."""
+    from ..decoding.native_step import NativeDecode
+    from ..generation import Llama
+
     check_sampling(temperature, top_p, max_gen_len)
     check_gen_len(max_gen_len, build_kwargs.get("max_seq_len"))
     if ckpt_dir is None and tokenizer_path is None:
@@ -134,10 +144,41 @@ def note_clipped(prompt_lengths: List[int], max_gen_len: Optional[int], max_seq_
         )  # fmt: skip
 
 
-def log_summary(n_tokens: int, gen_s: float, compiled: bool = False) -> None:
-    """The closing line: generation only (Llama.build's `Loaded in X seconds` line gives the load)."""
+def sampling_options(top_k: int, repetition_penalty: float, stop: Union[None, str, Sequence[str]]) -> dict:
+    """--top_k, --repetition_penalty, --stop checked before the load; -> text_completion's keyword
+    arguments for them (none when all are off: the reference's code path and draws)."""
+    from ..decoding.sampler import SamplingParams
+
+    SamplingParams(top_k=top_k, repetition_penalty=repetition_penalty).check()
+    stops = stop_strings(stop)
+    options: dict = {}
+    if top_k:
+        options["top_k"] = top_k
+    if repetition_penalty != 1.0:
+        options["repetition_penalty"] = repetition_penalty
+    if stops:
+        options["stop"] = stops
+    return options
+
+
+def stop_strings(stop: Union[None, str, Sequence[str]]) -> List[str]:
+    """--stop as a list of non-empty strings; ConfigError naming anything else."""
+    values = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
+    if not all(isinstance(s, str) and s for s in values):
+        raise ConfigError(f"--stop takes a non-empty text or a list of them, got {stop!r}; e.g. --stop 'User:'")
+    return values
+
+
+def log_summary(timings: "Timings", compiled: bool = False) -> None:
+    """The closing line, on stderr: the prompt (to the first token) and the generation after it, apart
+    (Llama.build's `Loaded in X seconds` line gives the load)."""
     note = ", including the decode step's compilation" if compiled else ""
-    logger.info("generated %d tokens in %.2f s (%.1f tokens/s%s)", n_tokens, gen_s, n_tokens / max(gen_s, 1e-9), note)
+    t = timings
+    logger.info(
+        "generated %d tokens: the first after %.2f s (prompt %d tokens, %.1f tokens/s), the rest in %.2f s "
+        "(%.1f tokens/s%s)",
+        t.generated_tokens, t.prompt_s, t.prompt_tokens, t.prompt_rate, t.generation_s, t.generation_rate, note,
+    )  # fmt: skip
 
 
 def print_dialog(dialog: Dialog) -> None:
@@ -145,11 +186,13 @@ def print_dialog(dialog: Dialog) -> None:
         print(f"{msg['role'].capitalize()}: {msg['content']}\n")
 
 
-def print_streamed(events: Iterator[StreamEvent], print_prompt: Callable[[int], None], answer_prefix: str) -> int:
-    """Print each answer as it is generated, one prompt after another; -> tokens generated."""
-    n_tokens, started = 0, set()
+def print_streamed(events: Iterator["StreamEvent"], print_prompt: Callable[[int], None], answer_prefix: str) -> None:
+    """Print each answer as it is generated, one prompt after another."""
+    from ..runtime.group import is_main_process
+    from ..streaming import in_prompt_order
+
+    started = set()
     for event in in_prompt_order(events):
-        n_tokens += event.token is not None
         if not is_main_process():
             continue
         if event.index not in started:
@@ -160,21 +203,21 @@ def print_streamed(events: Iterator[StreamEvent], print_prompt: Callable[[int], 
         if event.done:
             print()
             print(SEPARATOR)
-    return n_tokens
 
 
-def print_answers(generator: Llama, answers: List[str], print_prompt: Callable[[int], None], answer_prefix: str) -> int:
-    """Print every answer after its prompt; -> tokens generated."""
+def print_answers(answers: List[str], print_prompt: Callable[[int], None], answer_prefix: str) -> None:
+    """Print every answer after its prompt."""
+    from ..runtime.group import is_main_process
+
     if is_main_process():
         for i, answer in enumerate(answers):
             print_prompt(i)
             print(f"{answer_prefix}{answer}")
             print(SEPARATOR)
-    return sum([len(generator.tokenizer.encode(answer, bos=False, eos=False)) for answer in answers])
 
 
 def complete(
-    generator: Llama,
+    generator: "Llama",
     inputs: Union[List[str], List[Dialog]],
     temperature: float,
     top_p: float,
@@ -183,35 +226,35 @@ def complete(
     chat: bool,
     stream: bool = False,
     compiled: bool = False,
+    options: Optional[dict] = None,
 ) -> None:
     """What Meta's example scripts print (on rank 0) for `inputs`, prompts or (chat=True) dialogs,
-    in their layout, streamed or at the end; then the summary line."""
-    started = time.perf_counter()
+    in their layout, streamed or at the end; then the summary line. options: sampling_options()."""
+    from ..decoding.native_step import NativeDecode
+    from ..streaming import stream_chat_completion, stream_text_completion
+
     prefix = "> Assistant: " if chat else "> "
     if chat:
         lengths = [len(t) for t in generator.encode_dialogs(cast(List[Dialog], inputs), max_gen_len)[0]]
     else:
         lengths = [len(t) for t in generator.encode_prompts(cast(List[str], inputs), max_gen_len)[0]]
     note_clipped(lengths, max_gen_len, generator.model.params.max_seq_len)
-    sampling: Any = dict(max_gen_len=max_gen_len, temperature=temperature, top_p=top_p)
+    sampling: Any = dict(max_gen_len=max_gen_len, temperature=temperature, top_p=top_p, **(options or {}))
     if chat:
         dialogs = cast(List[Dialog], inputs)
         show: Callable[[int], None] = lambda i: print_dialog(dialogs[i])  # noqa: E731
         if stream:
-            events = stream_chat_completion(generator, dialogs, temperature, top_p, max_gen_len)
-            n_tokens = print_streamed(events, show, prefix)
+            print_streamed(stream_chat_completion(generator, dialogs, **sampling), show, prefix)
         else:
             chats = generator.chat_completion(dialogs, **sampling)
-            n_tokens = print_answers(generator, [r["generation"]["content"] for r in chats], show, prefix)
+            print_answers([r["generation"]["content"] for r in chats], show, prefix)
     else:
         prompts = cast(List[str], inputs)
         show = lambda i: print(prompts[i])  # noqa: E731
         if stream:
-            events = stream_text_completion(generator, prompts, temperature, top_p, max_gen_len)
-            n_tokens = print_streamed(events, show, prefix)
+            print_streamed(stream_text_completion(generator, prompts, **sampling), show, prefix)
         else:
             texts = generator.text_completion(prompts, **sampling)
-            n_tokens = print_answers(generator, [r["generation"] for r in texts], show, prefix)
-    log_summary(
-        n_tokens, time.perf_counter() - started, compiled and not isinstance(generator.decode_step, NativeDecode)
-    )
+            print_answers([r["generation"] for r in texts], show, prefix)
+    # Both ways count the tokens generate returned (no stop tokens), as Llama.last_timings has them.
+    log_summary(generator.last_timings, compiled and not isinstance(generator.decode_step, NativeDecode))

@@ -1,7 +1,9 @@
 """What every command-line entry point shares: its arguments checked before it runs, --help, one
 `error:` line instead of a traceback, rank 0 speaks, and the exit status.
 
-It imports nothing of the generator, so offline tools (`python -m llama.reshard`) start quickly.
+It imports nothing of the generator, nor torch until a command runs (the rank rules need
+torch.distributed), so offline tools (`python -m llama.reshard`) start quickly and every --help
+renders without torch.
 """
 
 import json
@@ -15,8 +17,6 @@ import fire
 
 from ..errors import LlamaError
 from ..runtime.envvars import env_int
-from ..runtime.group import is_main_process
-from ..runtime.ranks import REPORT_ON_ANY_RANK, peer_exited, peer_failure
 from .flags import Flag, check_args, render_help, wants_help
 
 DEBUG_ENV = "LLAMA_DEBUG"
@@ -28,6 +28,8 @@ EXIT_GRACE_S = 2.0
 
 def setup_logging() -> None:
     """INFO on rank 0, warnings only elsewhere (so one rank speaks for all)."""
+    from ..runtime.group import is_main_process
+
     level = logging.INFO if is_main_process() else logging.WARNING
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
 
@@ -71,13 +73,13 @@ def run(main: Callable, flags: Optional[Mapping[str, Flag]] = None, prog: Option
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0") or "--debug" in sys.argv
     if "--debug" in sys.argv:
         sys.argv.remove("--debug")
-    setup_logging()
     flags = flags or {}
     prog = prog or f"python {os.path.basename(sys.argv[0])}"
     argv = sys.argv[1:]
     if wants_help(argv):
         print(render_help(main, flags, prog, main.__globals__.get("__doc__") or ""))
         return
+    setup_logging()
     try:
         fire.Fire(main, command=check_args(main, argv, flags, prog), name=prog)
     except KeyboardInterrupt:
@@ -87,12 +89,16 @@ def run(main: Callable, flags: Optional[Mapping[str, Flag]] = None, prog: Option
             raise
         line = report(exc)
         if _launch_env("WORLD_SIZE", 1) > 1:
+            from ..runtime.ranks import peer_exited
+
             _exit_rank(wait=line is None or peer_exited(exc))
         sys.exit(1)
 
 
 def interrupted() -> None:
     """Ctrl-C: end the line being printed, say so in one line (rank 0), exit 130 as shells do."""
+    from ..runtime.group import is_main_process
+
     if is_main_process():
         print(flush=True)
         print("interrupted", file=sys.stderr, flush=True)
@@ -129,6 +135,8 @@ def error_line(exc: BaseException) -> Optional[str]:
     rank, local_rank, world = _launch_env("RANK", 0), _launch_env("LOCAL_RANK", 0), _launch_env("WORLD_SIZE", 1)
     if world <= 1:
         return f"error: {_one_line(exc)}"
+    from ..runtime.ranks import REPORT_ON_ANY_RANK, peer_failure
+
     if getattr(exc, REPORT_ON_ANY_RANK, False) and rank != 0:
         return f"error: rank {rank}: {_one_line(exc)}"  # its peers could not be told
     peer = peer_failure(exc)

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Optional
 
 from .. import demo
-from ..runtime.group import is_main_process
 from .flags import Flag
 from .frontend import FLAGS, build_generator
 from .run import run
@@ -79,6 +78,7 @@ def main(
     shutdown_timeout: int = 30,
 ):
     from ..decoding.engine import Engine
+    from ..runtime.group import is_main_process
     from ..serve.app import create_app
 
     using_demo = ckpt_dir is None and tokenizer_path is None

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import GenerationError
+from .sampler import SamplingParams, limit_top_k, penalize
 from .sampling import sample_next
 
 # (tokens (bsz, seqlen), start_pos, last_only) -> float32 logits (bsz, seqlen or, with last_only, 1, vocab)
@@ -56,8 +57,7 @@ def start_decode(
 def decode_steps(
     forward: Forward,
     state: DecodeState,
-    temperature: float,
-    top_p: float,
+    params: SamplingParams,
     stop_tokens: Sequence[int],
     pad_id: int,
     weight_dtype: torch.dtype,
@@ -65,11 +65,15 @@ def decode_steps(
 ) -> Iterator[int]:
     """Run the decode loop on `state`, yielding each position just written (for all rows at once).
 
+    params: temperature and top_p as the reference samples; top_k and the penalties, when set, change
+    the logits first (llama.decoding.sampler: the engine's rules), then the reference's draw runs.
+
     weight_dtype names the likely cause when the logits stop being finite.
     check_every: greedy decoding reads "every row finished?" (and "all logits finite?") back
     from the device only this often; sampling checks every step, since running on would
     consume random draws the reference does not.
     """
+    temperature, top_p = params.temperature, params.top_p
     tokens, token_logprobs, input_text_mask = state.tokens, state.token_logprobs, state.input_text_mask
     finished, min_prompt_len, total_len = state.finished, state.min_prompt_len, state.total_len
     stops = torch.tensor(list(stop_tokens), dtype=torch.long, device=tokens.device)
@@ -89,6 +93,8 @@ def decode_steps(
             check_finite(torch.isfinite(last_logits).all(), weight_dtype)
         else:  # greedy: no host sync here; checked below, with the stop tokens
             all_finite &= torch.isfinite(last_logits).all()
+        if params.top_k or params.penalized:
+            last_logits = adjust_logits(last_logits, params, tokens[:, :cur_pos], input_text_mask[:, :cur_pos], pad_id)
         next_token = sample_next(last_logits, temperature, top_p)
         next_token = torch.where(input_text_mask[:, cur_pos], tokens[:, cur_pos], next_token)
         tokens[:, cur_pos] = next_token
@@ -104,6 +110,19 @@ def decode_steps(
         yield cur_pos
         if check_now and bool(finished.all()):
             break
+
+
+def adjust_logits(
+    logits: torch.Tensor, params: SamplingParams, before: torch.Tensor, in_prompt: torch.Tensor, pad_id: int
+) -> torch.Tensor:
+    """(bsz, vocab) logits with the opt-in penalties and top_k of `params`; before (bsz, cur_pos): the
+    tokens so far (prompt and answer: the repetition penalty's), in_prompt: which are the prompt's
+    (the frequency and presence penalties count the answer's only)."""
+    if params.penalized:
+        ids = torch.where(before == pad_id, before[:, :1], before)  # a prompt's first token stands in for padding
+        generated = (~in_prompt & (before != pad_id)).to(logits.dtype)
+        logits = penalize(logits, params, ids, ids, generated)
+    return limit_top_k(logits, params.top_k)
 
 
 def check_finite(all_finite: torch.Tensor, dtype: torch.dtype) -> None:

@@ -23,6 +23,9 @@ from ..validation import check_sampling, whole_number
 FIRST_NUCLEUS = 64  # candidates taken first; x4 each time they hold less than top_p
 
 
+OPTIONS = ("top_k", "repetition_penalty", "frequency_penalty", "presence_penalty")  # beyond the reference's
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How a sequence chooses its tokens. The defaults are the reference's sampling (temperature 0.6,
@@ -48,6 +51,10 @@ class SamplingParams:
                 raise ConfigError(f"{name} must be a number in [-2, 2] (0 = off), got {value!r}")
         if self.seed is not None:
             whole_number("seed", self.seed, minimum=None)
+
+    def options(self) -> dict:
+        """The opt-in additions, as keyword arguments (of Llama.generate)."""
+        return {name: getattr(self, name) for name in OPTIONS}
 
     @property
     def penalized(self) -> bool:
@@ -90,17 +97,9 @@ class Sampler:
         self.counts[token] += 1
 
     def _penalize(self, logits: torch.Tensor) -> torch.Tensor:
-        p = self.params
-        logits = logits.clone()
-        if p.repetition_penalty != 1.0 and self.seen:
-            ids = torch.tensor(sorted(self.seen))
-            picked = logits[ids]
-            logits[ids] = torch.where(picked > 0, picked / p.repetition_penalty, picked * p.repetition_penalty)
-        if self.counts and (p.frequency_penalty or p.presence_penalty):
-            ids = torch.tensor(list(self.counts))
-            counts = torch.tensor([self.counts[t] for t in self.counts], dtype=logits.dtype)
-            logits[ids] -= counts * p.frequency_penalty + p.presence_penalty
-        return logits
+        generated = torch.tensor(list(self.counts), dtype=torch.long)
+        counts = torch.tensor([self.counts[t] for t in self.counts], dtype=logits.dtype)
+        return penalize(logits, self.params, torch.tensor(sorted(self.seen), dtype=torch.long), generated, counts)
 
     def _draw(self, probs: torch.Tensor, index: Optional[torch.Tensor]) -> int:
         """One draw from `probs` (unnormalised), mapped through `index` where given."""
@@ -108,6 +107,31 @@ class Sampler:
         u = torch.rand((), generator=self.generator) * cumulative[-1]
         at = min(int(torch.searchsorted(cumulative, u, right=True)), probs.shape[-1] - 1)
         return int(index[at]) if index is not None else at
+
+
+def penalize(
+    logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor, generated: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """logits (..., vocab) with the penalties of `params` (a new tensor): the repetition penalty on the
+    token ids in `seen` (..., n), the frequency and presence penalties on those in `generated` (..., m),
+    each counted `weights` (..., m) times (0: not at all). Ids may repeat, in both."""
+    logits = logits.clone()
+    r = params.repetition_penalty
+    if r != 1.0 and seen.numel():
+        picked = logits.gather(-1, seen)
+        logits.scatter_(-1, seen, torch.where(picked > 0, picked / r, picked * r))
+    if (params.frequency_penalty or params.presence_penalty) and generated.numel():
+        counts = torch.zeros_like(logits).scatter_add_(-1, generated, weights.to(logits.dtype))
+        logits -= counts * params.frequency_penalty + (counts > 0) * params.presence_penalty
+    return logits
+
+
+def limit_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """logits (..., vocab) with all but the k largest of each row set to -inf (k 0 or >= vocab: as they are)."""
+    if not 0 < k < logits.shape[-1]:
+        return logits
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, torch.topk(logits, k).indices, True)
+    return logits.masked_fill(~keep, float("-inf"))
 
 
 def _top_mass(probs: torch.Tensor, top_p: float) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -14,9 +14,9 @@ from typing import Dict, Tuple
 import torch
 
 from ..errors import ConfigError
+from ..runtime.choices import METHODS
 from ..runtime.host_memory import release_mapped
 
-METHODS = ("int8", "int4")
 # Weights per int4 group along the input dim: llama.cpp's q4_0 block (the trade-off against group
 # 128 is measured in BENCHMARKS.md, "Quality").
 INT4_GROUP = 32

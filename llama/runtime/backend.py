@@ -26,11 +26,11 @@ import torch
 import torch.distributed as dist
 
 from ..errors import BackendError, ConfigError
+from .choices import DEVICE_CHOICES
 from .envvars import env_int, env_seconds
 from .group import caller_group
 
 # The devices a user may name (--device, LLAMA_DEVICE), as they are written.
-DEVICE_CHOICES = ("cpu", "cuda", "cuda:N", "mps")
 _DEVICE_TYPES = tuple(d for d in DEVICE_CHOICES if ":" not in d)
 _DEVICE_HINT = ", ".join(DEVICE_CHOICES[:-1]) + " or " + DEVICE_CHOICES[-1]  # "cpu, cuda, cuda:N or mps"
 

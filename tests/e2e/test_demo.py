@@ -7,6 +7,12 @@ import sys
 
 from support.helpers import REPO
 
+# The closing line: the prompt (to the first token) and the generation after it, apart.
+SUMMARY = (
+    r"generated \d+ tokens: the first after \d+\.\d\d s \(prompt \d+ tokens, [\d.]+ tokens/s\), "
+    r"the rest in \d+\.\d\d s \([\d.]+ tokens/s\)"
+)
+
 
 def run_example(script: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -15,7 +21,7 @@ def run_example(script: str, *args: str) -> subprocess.CompletedProcess:
     )
     assert done.returncode == 0, done.stderr
     assert "using the bundled demo model" in done.stderr
-    assert re.search(r"generated \d+ tokens in [\d.]+ s \([\d.]+ tokens/s\)", done.stderr)
+    assert re.search(SUMMARY, done.stderr)
     return done
 
 

@@ -176,7 +176,7 @@ def test_torchrun_example_prints_the_single_process_text(
     single = capsys.readouterr().out
     assert "> " in single
     assert _without_timing(run.stdout) == _without_timing(single)  # rank 0 alone prints, the same text
-    runtime = [line for line in run.stderr.splitlines() if line.startswith("runtime: ")]
+    runtime = [line.rsplit(" decode=", 1)[0] for line in run.stderr.splitlines() if line.startswith("runtime: ")]
     assert runtime == [
         f"runtime: backend=gloo device=cpu dtype=float32 world_size={nproc} rank=0 "
         "(no CUDA or MPS -> cpu; no CUDA -> gloo)"
@@ -243,7 +243,7 @@ def test_torchrun_quantized_models_generate_the_single_process_tokens(launches, 
     (run,), _ = launches("2procs-quantized")
     assert run.returncode == 0, run.stderr
     results = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
-    runtime = [line for line in run.stderr.splitlines() if line.startswith("runtime: ")]
+    runtime = [line.rsplit(" decode=", 1)[0] for line in run.stderr.splitlines() if line.startswith("runtime: ")]
     assert len(results) == len(runtime) == 2 * len(METHODS)
     live, stored = (results[i * len(METHODS) + METHODS.index(method)] for i in (0, 1))
     line = (

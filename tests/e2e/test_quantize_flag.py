@@ -26,7 +26,7 @@ def _finish(proc, stdin=""):
     out, err = proc.communicate(stdin, timeout=180)
     assert proc.returncode == 0, err
     runtime = [line for line in err.splitlines() if line.startswith("runtime: ")]
-    assert len(runtime) == 1 and runtime[0].endswith(") quantize=int4"), err
+    assert len(runtime) == 1 and ") quantize=int4 decode=" in runtime[0], err
     return out
 
 

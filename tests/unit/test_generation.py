@@ -224,3 +224,20 @@ def test_text_completion_defaults_max_gen_len_to_max_seq_len_minus_one(build, mo
     llama.chat_completion([[{"role": "user", "content": "Hi"}]], temperature=0)
     assert asked == [31, 31]  # the reference's max_seq_len - 1, for both completions
     assert llama.encode_prompts(["Hi"], None)[1] == 31 and llama.encode_prompts(["Hi"], 3)[1] == 3
+
+
+def test_the_runtime_line_names_the_decode_path(build, caplog, monkeypatch):
+    from llama.decoding import native_step
+
+    caplog.set_level("INFO", logger="llama.generation")
+    llama = build("mha")
+    expected = "native" if native_step.why_not(llama.model) is None else "eager"
+    line = [m for m in caplog.messages if m.startswith("runtime: ")][-1]
+    assert line.startswith("runtime: backend=gloo device=cpu dtype=float32 ") and line.endswith(f") decode={expected}")
+    monkeypatch.setattr(native_step, "for_model", lambda model: None)
+    caplog.clear()
+    build("mha", compile=True)
+    assert [m for m in caplog.messages if m.startswith("runtime: ")][-1].endswith(" decode=compiled")
+    caplog.clear()
+    build("mha")
+    assert [m for m in caplog.messages if m.startswith("runtime: ")][-1].endswith(" decode=eager")

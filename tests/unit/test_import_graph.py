@@ -139,3 +139,18 @@ def test_an_offline_tools_help_imports_neither_fairscale_nor_the_native_kernels(
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
     assert f"llama.cli.{tool}" in imported  # the listing works ...
     assert not {m for m in imported if m.split(".")[0] == "fairscale" or m.startswith("llama.kernels.native")}
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["-m", "llama.chat"], ["-m", "llama.server"], ["example_text_completion.py"], ["example_chat_completion.py"]],
+)
+def test_a_generator_commands_help_does_not_import_torch(command):
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", *command, "--help"], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("usage: python ") and "--top_k K" in done.stdout or command[-1] == "llama.server"
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "llama.cli.flags" in imported  # the listing works ...
+    assert not {m for m in imported if m.split(".")[0] == "torch"}  # ... and torch is not in it

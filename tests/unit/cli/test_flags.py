@@ -137,9 +137,10 @@ def test_help_describes_every_flag_once_with_its_default(monkeypatch, capsys, pr
 
 def test_help_lines_of_the_text_example(monkeypatch, capsys):
     text = _help(monkeypatch, capsys, PROG)
-    assert "\n  --stream               print each answer as it is generated, token by token (default: off)\n" in text
+    assert "\n  --stream                print each answer as it is generated, token by token (default: off)\n" in text
     assert f"(choices: {', '.join(METHODS)}; default: none)" in text
-    assert "  --max_gen_len N        most tokens to generate for each prompt (default: 64)\n" in text
+    assert "  --max_gen_len N         most tokens to generate for each prompt (default: 64)\n" in text
+    assert "  --repetition_penalty R  > 1 makes tokens already in the prompt or answer less likely" in text
     assert text.endswith(
         "in this order: CKPT_DIR TOKENIZER_PATH TEMPERATURE TOP_P MAX_SEQ_LEN MAX_GEN_LEN "
         "MAX_BATCH_SIZE DEVICE DTYPE.\n"

@@ -7,8 +7,17 @@ import pytest
 import torch
 
 from llama import demo
-from llama.cli.frontend import build_generator, check_gen_len, log_summary, note_clipped, use_one_thread_for_the_demo
+from llama.cli.frontend import (
+    SEPARATOR,
+    build_generator,
+    check_gen_len,
+    complete,
+    log_summary,
+    note_clipped,
+    use_one_thread_for_the_demo,
+)
 from llama.decoding import native_step as native_decode
+from llama.decoding.batches import Timings
 from llama.decoding.native_step import NativeDecode
 from llama.errors import ConfigError
 from llama.runtime import distributed, group
@@ -79,11 +88,14 @@ def test_compile_on_the_cpu_is_said_once_and_the_summary_says_what_it_timed(
         "models, not for 7B-sized ones (see BENCHMARKS.md)"
     ]
     caplog.clear()
-    log_summary(12, 1.5, compiled=True)
-    log_summary(12, 1.5)
+    timings = Timings(prompt_tokens=40, prompt_s=0.5, generated_tokens=12, generation_s=1.1)
+    log_summary(timings, compiled=True)
+    log_summary(timings)
     assert caplog.messages == [
-        "generated 12 tokens in 1.50 s (8.0 tokens/s, including the decode step's compilation)",
-        "generated 12 tokens in 1.50 s (8.0 tokens/s)",
+        "generated 12 tokens: the first after 0.50 s (prompt 40 tokens, 80.0 tokens/s), the rest in 1.10 s "
+        "(10.0 tokens/s, including the decode step's compilation)",
+        "generated 12 tokens: the first after 0.50 s (prompt 40 tokens, 80.0 tokens/s), the rest in 1.10 s "
+        "(10.0 tokens/s)",
     ]
 
 
@@ -137,3 +149,18 @@ def test_one_max_gen_len_rule_refused_beyond_max_seq_len_and_noted_when_a_prompt
         "note: max_gen_len=120 does not fit after prompt 2's 21 tokens in max_seq_len=128: answers stop at 107 "
         "new tokens; raise --max_seq_len to let them run to 120" in caplog.text
     )
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_streamed_and_printed_runs_report_the_same_token_count(build, caplog, capsys, chat):
+    generator = build("mha", max_seq_len=64, max_batch_size=2)
+    inputs = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "A list?"}]] if chat else ["A", "B c"]
+    caplog.set_level(logging.INFO, logger="llama.cli.frontend")
+    counts = []
+    for stream in (False, True):
+        caplog.clear()
+        complete(generator, inputs, 0, 0.9, 12, chat=chat, stream=stream, options={"stop": ["zzq"]} if stream else {})
+        summary = next(m for m in caplog.messages if m.startswith("generated "))
+        counts.append(int(summary.split()[1].rstrip(":")))
+    assert counts[0] == counts[1] == generator.last_timings.generated_tokens > 0
+    assert capsys.readouterr().out.count(SEPARATOR) == 4
