@@ -15,7 +15,7 @@ import statistics
 import time
 from pathlib import Path
 
-from bench_generate import SHAPES, machine, make_checkpoint  # beside this script (its folder is on sys.path)
+from bench_generate import add_model_source, machine, make_checkpoint  # beside this script (its folder is on sys.path)
 
 QUESTIONS = [
     "What does the with statement do, and when should I use it in my programs?",
@@ -33,13 +33,7 @@ QUESTIONS = [
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--shape", choices=sorted(SHAPES), help="random weights of this Llama 2 shape")
-    src.add_argument("--ckpt_dir", help="a checkpoint folder (Meta's or Hugging Face's)")
-    p.add_argument("--tokenizer_path", help="with --ckpt_dir: its tokenizer (default: found in the folder)")
-    p.add_argument("--n_layers", type=int, help="with --shape: fewer layers than the real model")
-    p.add_argument("--cache_dir", default="bench-cache", help="with --shape: keep the checkpoint here and reuse it")
-    p.add_argument("--ckpt_dtype", default="float32", help="with --shape: the dtype the checkpoint is written in")
+    add_model_source(p, cache_dir="bench-cache")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 (default: as Llama.build picks)")
     p.add_argument("--quantize", default=None, help="int8 or int4")
     p.add_argument("--turns", type=int, default=8)

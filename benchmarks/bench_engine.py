@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from bench_generate import SHAPES, bytes_per_step, machine, make_checkpoint, measure_bandwidth, time_rows
+from bench_generate import add_model_source, bytes_per_step, machine, make_checkpoint, measure_bandwidth, time_rows
 
 FORMATS = {"int4": dict(quantize="int4"), "int8": dict(quantize="int8"), "bfloat16": dict(dtype="bfloat16")}
 FORMATS["float32"] = dict(dtype="float32")
@@ -45,12 +45,7 @@ class BenchError(RuntimeError):
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--shape", choices=sorted(SHAPES), help="random weights of this Llama 2 shape")
-    src.add_argument("--ckpt_dir", help="a Meta checkpoint directory (then --tokenizer_path too)")
-    p.add_argument("--tokenizer_path", help="tokenizer.model (default with --shape: the made-up 32000-piece one)")
-    p.add_argument("--n_layers", type=int, help="with --shape: fewer layers than the real model")
-    p.add_argument("--cache_dir", default="benchcache", help="with --shape: where the checkpoint is written/reused")
+    add_model_source(p, cache_dir="benchcache")
     p.add_argument("--formats", default="int4,int8,bfloat16", help=f"comma-separated, of {sorted(FORMATS)}")
     p.add_argument("--concurrency", default="1,4,8", help="comma-separated numbers of concurrent requests")
     p.add_argument("--max_batch_size", type=int, default=8, help="Llama.build(max_batch_size=): the engine's slots")
@@ -214,8 +209,7 @@ def main(argv=None) -> None:
         print("RESULT " + json.dumps(result))
         return
     if args.shape:
-        spec = argparse.Namespace(shape=args.shape, n_layers=args.n_layers, ckpt_dtype="float32", dtype=None)
-        ckpt, tok = make_checkpoint(spec, Path(args.cache_dir))
+        ckpt, tok = make_checkpoint(argparse.Namespace(**{**vars(args), "dtype": None}), Path(args.cache_dir))
         args.ckpt_dir, args.tokenizer_path = str(ckpt), args.tokenizer_path or str(tok)
         shape = f"{args.shape}" + (f", {args.n_layers} layers" if args.n_layers else "")
     elif not args.tokenizer_path:

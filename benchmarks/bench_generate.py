@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 SHAPES = {  # Llama 2 layer shapes (params.json of the released models), and a small CPU model
     "7B": dict(dim=4096, n_layers=32, n_heads=32, multiple_of=256, norm_eps=1e-5),
@@ -36,15 +37,7 @@ VOCAB_SIZE = 32000
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--shape", choices=sorted(SHAPES), help="random weights of this Llama 2 shape")
-    src.add_argument("--ckpt_dir", help="a Meta checkpoint directory (params.json, consolidated.*.pth)")
-    p.add_argument("--tokenizer_path", help="tokenizer.model (default with --shape: a made-up 32000-piece one)")
-    p.add_argument("--n_layers", type=int, help="with --shape: fewer layers than the real model")
-    p.add_argument(
-        "--ckpt_dtype", default=None, help="with --shape: dtype written to disk (default: --dtype, else float32)"
-    )
-    p.add_argument("--cache_dir", help="with --shape: keep the written checkpoint here and reuse it")
+    add_model_source(p, cache_dir=None)
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: as Llama.build picks)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: as Llama.build picks)")
     p.add_argument("--batch_sizes", default="1", help="comma-separated, e.g. 1,4")
@@ -57,6 +50,20 @@ def parse_args(argv=None):
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+def add_model_source(p: argparse.ArgumentParser, cache_dir: Optional[str]) -> None:
+    """The flags that name the model a benchmark runs, as make_checkpoint reads them: --shape (random
+    weights, written once under --cache_dir) or --ckpt_dir with --tokenizer_path."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--shape", choices=sorted(SHAPES), help="random weights of this Llama 2 shape")
+    src.add_argument("--ckpt_dir", help="a checkpoint directory (Meta's layout)")
+    p.add_argument("--tokenizer_path", help="its tokenizer (default with --shape: a made-up 32000-piece one)")
+    p.add_argument("--n_layers", type=int, help="with --shape: fewer layers than the real model")
+    p.add_argument(
+        "--ckpt_dtype", default=None, help="with --shape: dtype written to disk (default: --dtype, else float32)"
+    )
+    p.add_argument("--cache_dir", default=cache_dir, help="with --shape: keep the written checkpoint here and reuse it")
 
 
 def make_tokenizer(path: Path, vocab_size: int = VOCAB_SIZE) -> Path:

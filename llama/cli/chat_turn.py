@@ -8,7 +8,7 @@ only the tokens that are new since the last answer (the prompt cache), not the w
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Optional, Sequence
 
 from ..chat_format import Dialog, encode_dialog
@@ -49,7 +49,7 @@ class Responder:
 
     def request(self, dialog: Dialog) -> Request:
         seed = None if self.sampling.seed is None else self.sampling.seed + self.turns
-        sampling = SamplingParams(**{**self.sampling.__dict__, "seed": seed})
+        sampling = replace(self.sampling, seed=seed)
         return Request(encode_dialog(self.tokenizer, dialog), self.max_gen_len, sampling, stop_strings=self.stop)
 
     def __call__(self, dialog: Dialog) -> Answer:

@@ -234,27 +234,23 @@ def complete(
     from ..streaming import stream_chat_completion, stream_text_completion
 
     prefix = "> Assistant: " if chat else "> "
-    if chat:
-        lengths = [len(t) for t in generator.encode_dialogs(cast(List[Dialog], inputs), max_gen_len)[0]]
-    else:
-        lengths = [len(t) for t in generator.encode_prompts(cast(List[str], inputs), max_gen_len)[0]]
-    note_clipped(lengths, max_gen_len, generator.model.params.max_seq_len)
     sampling: Any = dict(max_gen_len=max_gen_len, temperature=temperature, top_p=top_p, **(options or {}))
+    dialogs, prompts = cast(List[Dialog], inputs), cast(List[str], inputs)
     if chat:
-        dialogs = cast(List[Dialog], inputs)
+        prompt_tokens = generator.encode_dialogs(dialogs, max_gen_len)[0]
         show: Callable[[int], None] = lambda i: print_dialog(dialogs[i])  # noqa: E731
-        if stream:
-            print_streamed(stream_chat_completion(generator, dialogs, **sampling), show, prefix)
-        else:
-            chats = generator.chat_completion(dialogs, **sampling)
-            print_answers([r["generation"]["content"] for r in chats], show, prefix)
     else:
-        prompts = cast(List[str], inputs)
+        prompt_tokens = generator.encode_prompts(prompts, max_gen_len)[0]
         show = lambda i: print(prompts[i])  # noqa: E731
-        if stream:
-            print_streamed(stream_text_completion(generator, prompts, **sampling), show, prefix)
-        else:
-            texts = generator.text_completion(prompts, **sampling)
-            print_answers([r["generation"] for r in texts], show, prefix)
+    note_clipped([len(t) for t in prompt_tokens], max_gen_len, generator.model.params.max_seq_len)
+    if stream:
+        events = stream_chat_completion(generator, dialogs, **sampling) if chat else \
+            stream_text_completion(generator, prompts, **sampling)  # fmt: skip
+        print_streamed(events, show, prefix)
+    elif chat:
+        chats = generator.chat_completion(dialogs, **sampling)
+        print_answers([r["generation"]["content"] for r in chats], show, prefix)
+    else:
+        print_answers([r["generation"] for r in generator.text_completion(prompts, **sampling)], show, prefix)
     # Both ways count the tokens generate returned (no stop tokens), as Llama.last_timings has them.
     log_summary(generator.last_timings, compiled and not isinstance(generator.decode_step, NativeDecode))
