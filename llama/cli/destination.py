@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import ConfigError
-from ..weights.meta import ORIGINAL, TOKENIZER, tokenizer_beside
+from ..weights.meta import ORIGINAL, TOKENIZER, TOKENIZER_JSON, tokenizer_beside
 
 
 def check_destination(src: Path, dst: Path, force: bool, src_name: str = "SRC", dst_name: str = "DST") -> None:
@@ -68,15 +68,21 @@ def _move_into_place(work: Path, dst: Path) -> None:
 
 
 def copy_tokenizer(src: Path, out: Path, layout: str) -> None:
-    """The tokenizer.model that sits with SRC's weights (SRC/tokenizer.model or SRC/original/), if any,
-    into `out` where `layout` ("meta" or "hf") keeps it: Meta's folders and Llama 2 Hugging Face
-    ones at the top (transformers reads a top-level tokenizer.model as SentencePiece), Llama 3's
-    tiktoken table in a Hugging Face folder under original/, as Meta's repositories there do."""
+    """The tokenizer that sits with SRC's weights (SRC/tokenizer.model, SRC/original/tokenizer.model or
+    SRC/tokenizer.json), if any, into `out` where `layout` ("meta" or "hf") keeps it: Meta's folders
+    and Llama 2 Hugging Face ones at the top (transformers reads a top-level tokenizer.model as
+    SentencePiece), Llama 3's tiktoken table in a Hugging Face folder under original/, as Meta's
+    repositories there do; a tokenizer.json at the top in either layout."""
     found = tokenizer_beside(src)
     if found is None:
         return
     from ..tokenizer import is_bpe_table
 
-    target = out / ORIGINAL / TOKENIZER if layout == "hf" and is_bpe_table(str(found)) else out / TOKENIZER
+    if found.name == TOKENIZER_JSON:
+        target = out / TOKENIZER_JSON
+    elif layout == "hf" and is_bpe_table(str(found)):
+        target = out / ORIGINAL / TOKENIZER
+    else:
+        target = out / TOKENIZER
     target.parent.mkdir(exist_ok=True)
     shutil.copyfile(found, target)
