@@ -15,6 +15,7 @@ setup(
         "fire",
         "sentencepiece",
         "tiktoken",
+        "tokenizers",
         "safetensors",
         "tqdm",
         "fastapi",

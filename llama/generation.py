@@ -71,7 +71,8 @@ class Llama:
     ) -> "Llama":
         """Load a checkpoint directory on this process's share of the model-parallel group.
 
-        tokenizer_path None: tokenizer.model in ckpt_dir, else ckpt_dir/original/tokenizer.model.
+        tokenizer_path None: tokenizer.model in ckpt_dir, else ckpt_dir/original/tokenizer.model, else
+        ckpt_dir/tokenizer.json.
         device, dtype and backend override the automatic choice made in `llama.runtime.backend`.
         compile: run one-token decode steps through torch.compile (static shapes; the first
         generate call pays the compilation), unless they run natively (llama.decoding.native_step, x86

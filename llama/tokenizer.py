@@ -1,13 +1,14 @@
-"""Llama tokenizers behind one interface: SentencePiece (Llama 2) and tiktoken BPE (Llama 3, 3.1, 3.2).
+"""Llama tokenizers behind one interface: SentencePiece (Llama 2), tiktoken BPE (Llama 3, 3.1, 3.2)
+and Hugging Face tokenizer.json files of either family.
 
-`Tokenizer(model_path)` reads the file's first line to tell the two apart and returns a
-`SentencePieceTokenizer` or a `TiktokenTokenizer`. Both have `kind`, `n_words`, `bos_id`, `eos_id`,
-`pad_id`, `stop_tokens`, `encode(s, bos=..., eos=...)` and `decode(ids)`, with the ids and text of
-Meta's references (`meta-llama/llama`, `meta-llama/llama3`: `llama/tokenizer.py`).
+`Tokenizer(model_path)` reads the file's first bytes to tell the three apart and returns a
+`SentencePieceTokenizer`, a `TiktokenTokenizer` or a `JsonTokenizer`. All have `kind`, `n_words`,
+`bos_id`, `eos_id`, `pad_id`, `stop_tokens`, `encode(s, bos=..., eos=...)` and `decode(ids)`, with the
+ids and text of Meta's references (`meta-llama/llama`, `meta-llama/llama3`: `llama/tokenizer.py`).
+`kind` names the family's tokenizer ("sentencepiece" or "tiktoken"), also for a tokenizer.json: the
+chat layout and the generator follow it.
 """
 
-import base64
-import binascii
 import logging
 import os
 import re
@@ -16,8 +17,10 @@ from typing import AbstractSet, Collection, Dict, Iterator, List, Literal, Seque
 import tiktoken
 from sentencepiece import SentencePieceProcessor
 
+from .bpe_table import load_bpe_table
 from .chat_format import ChatFormat  # noqa: F401  (Meta's Llama 3 code imports it from here)
 from .errors import CheckpointError, ConfigError, MissingFileError
+from .tokenizer_json import TokenizerFile, is_tokenizer_json
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ _NAMED_SPECIALS = [
     "<|python_tag|>",
     "<|image|>",
 ]
+_CHAT_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 SPECIAL_TOKEN_NAMES = _NAMED_SPECIALS + [
     f"<|reserved_special_token_{i}|>" for i in range(2, 2 + NUM_RESERVED_SPECIAL_TOKENS - len(_NAMED_SPECIALS))
 ]
@@ -72,7 +76,7 @@ def _checked_path(model_path) -> str:
         what = "is a directory, not a file" if os.path.isdir(model_path) else "not found"
         raise MissingFileError(
             f"tokenizer file {model_path!r} {what}; pass --tokenizer_path pointing at the "
-            "tokenizer.model that came with the weights"
+            "tokenizer.model or tokenizer.json that came with the weights"
         )
     return model_path
 
@@ -88,7 +92,7 @@ def is_bpe_table(model_path: str) -> bool:
 
 
 class Tokenizer:
-    """`Tokenizer(model_path)` loads either kind of tokenizer.model, chosen by the file's bytes."""
+    """`Tokenizer(model_path)` loads a tokenizer.model (either kind) or a tokenizer.json, chosen by the file's bytes."""
 
     kind: str
     n_words: int
@@ -99,7 +103,7 @@ class Tokenizer:
 
     def __new__(cls, model_path=None):  # the default lets pickle and copy rebuild a subclass instance
         if cls is Tokenizer:
-            cls = TiktokenTokenizer if is_bpe_table(_checked_path(model_path)) else SentencePieceTokenizer
+            cls = _class_for(_checked_path(model_path))
         return super().__new__(cls)
 
     def encode(self, s: str, *, bos: bool, eos: bool) -> List[int]:
@@ -123,9 +127,10 @@ class SentencePieceTokenizer(Tokenizer):
             self.sp_model.Load(model_path)
         except (OSError, RuntimeError) as exc:
             raise CheckpointError(
-                f"{model_path!r} is not a SentencePiece model ({exc}) nor a tiktoken BPE table (its first line "
-                f"{_first_line(model_path)[:60]!r} is not '<base64> <rank>'); pass the tokenizer.model file "
-                "that came with the weights"
+                f"{model_path!r} is not a SentencePiece model ({exc}), a tiktoken BPE table (its first line "
+                f"{_first_line(model_path)[:60]!r} is not '<base64> <rank>') nor a Hugging Face tokenizer.json "
+                "(it does not start with '{'); pass the tokenizer.model or tokenizer.json file that came with "
+                "the weights"
             ) from None
         self.n_words: int = self.sp_model.vocab_size()
         self.bos_id: int = self.sp_model.bos_id()
@@ -200,6 +205,82 @@ class TiktokenTokenizer(Tokenizer):
         return self.model.decode(list(t))
 
 
+class JsonTokenizer(Tokenizer):
+    """A Hugging Face tokenizer.json (llama.tokenizer_json) with the ids, specials and chat layout of its
+    family: Llama 3's when it has <|begin_of_text|> (kind "tiktoken", as TiktokenTokenizer), else
+    Llama 2's <s> and </s> (kind "sentencepiece", as SentencePieceTokenizer)."""
+
+    def __init__(self, model_path):
+        model_path = _checked_path(model_path)
+        self.file = TokenizerFile(model_path)
+        self.n_words: int = self.file.n_words
+        self.pad_id: int = -1  # as both families' tokenizers: the generator only fills prompt buffers with it
+        first_special = self.file.token_id("<|begin_of_text|>")
+        if first_special is not None:
+            self.kind = "tiktoken"
+            self.special_tokens: Dict[str, int] = special_token_ids(first_special)
+            self._check_llama3_ids()
+            self.bos_id, self.eos_id = self.special_tokens["<|begin_of_text|>"], self.special_tokens["<|end_of_text|>"]
+            self.eot_id: int = self.special_tokens["<|eot_id|>"]
+            self.eom_id: int = self.special_tokens["<|eom_id|>"]
+            self.stop_tokens: List[int] = [self.eos_id, self.eom_id, self.eot_id]
+        else:
+            self.kind = "sentencepiece"
+            self.bos_id, self.eos_id = self._required_id("<s>"), self._required_id("</s>")
+            self.stop_tokens = [self.eos_id]
+        logger.debug("tokenizer %s: tokenizer.json (%s family), %d words", model_path, self.kind, self.n_words)
+
+    def _check_llama3_ids(self) -> None:
+        # Named tokens the file has must sit where Llama 3 numbers them (reserved ones change names across versions).
+        for name in _NAMED_SPECIALS:
+            found = self.file.token_id(name)
+            if found is not None and found != self.special_tokens[name]:
+                raise CheckpointError(
+                    f"{self.file.path!r} has {name} as token {found}, but Llama 3 numbers it "
+                    f"{self.special_tokens[name]} (<|begin_of_text|> + {_NAMED_SPECIALS.index(name)}); "
+                    "this tokenizer.json is not a Llama 3 one: pass the tokenizer that came with the weights"
+                )
+        for name in _CHAT_SPECIALS:
+            self._required_id(name)
+
+    def _required_id(self, name: str) -> int:
+        found = self.file.token_id(name)
+        if found is None:
+            raise CheckpointError(
+                f"{self.file.path!r} has no {name} token; a Llama tokenizer.json has Llama 3's "
+                f"{', '.join(_CHAT_SPECIALS)} or Llama 2's <s> and </s>: pass the tokenizer that came with the weights"
+            )
+        return found
+
+    def encode(self, s: str, *, bos: bool, eos: bool) -> List[int]:
+        """Ids of `s`; text that looks like a special token is encoded as plain text. Llama 3's are cut
+        into the pieces its reference encodes one by one (`split_for_encoding`)."""
+        _check_text(s)
+        t: List[int] = [self.bos_id] if bos else []
+        for piece in split_for_encoding(s) if self.kind == "tiktoken" else [s]:
+            t += self.file.encode(piece)
+        if eos:
+            t.append(self.eos_id)
+        return t
+
+    def decode(self, t: Union[int, Sequence[int]]) -> str:
+        """Text of the ids: with the text of special tokens for Llama 3 (as tiktoken), without for
+        Llama 2 (SentencePiece decodes bos and eos to nothing). Bytes that are not UTF-8 come out as
+        `tokenizers` (and transformers) decode them: U+FFFD for each of Llama 2's byte tokens in a run
+        that is not valid UTF-8, where SentencePiece keeps the valid bytes of the run."""
+        return self.file.decode([t] if isinstance(t, int) else list(t), skip_special=self.kind == "sentencepiece")
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes token `token` stands for."""
+        return self.file.token_bytes(token)
+
+
+def _class_for(model_path: str) -> type:
+    if is_bpe_table(model_path):
+        return TiktokenTokenizer
+    return JsonTokenizer if is_tokenizer_json(model_path) else SentencePieceTokenizer
+
+
 def _check_text(s) -> None:
     if not isinstance(s, str):
         raise TypeError(f"a prompt must be a str, got {type(s).__name__}: {s!r:.60}")
@@ -241,54 +322,3 @@ def _encoding(model_path: str) -> tiktoken.Encoding:
             special_tokens=special_token_ids(len(ranks)),
         )
     return _ENCODINGS[key]
-
-
-def load_bpe_table(model_path: str) -> Dict[bytes, int]:
-    """token bytes -> rank, read from a tiktoken BPE file and checked line by line.
-
-    Parsed here rather than by tiktoken.load, which copies every file it reads into a cache directory.
-    """
-    with open(model_path, "rb") as f:
-        return _parse_bpe_lines(model_path, f.read())
-
-
-def _parse_bpe_lines(model_path: str, data: bytes) -> Dict[bytes, int]:
-    numbered = [(i, line) for i, line in enumerate(data.splitlines(), 1) if line]
-    n = len(numbered)
-    ranks: Dict[bytes, int] = {}
-    line_of_rank: Dict[int, int] = {}
-
-    def bad(lineno: int, why: str) -> CheckpointError:
-        return CheckpointError(
-            f"{model_path!r}, line {lineno}: {why}; a tiktoken BPE table has one '<base64 token> <rank>' per "
-            "line with ranks 0..n-1. The file is corrupt or truncated: download tokenizer.model again"
-        )
-
-    for lineno, line in numbered:
-        fields = line.split()
-        if len(fields) != 2:
-            raise bad(lineno, f"expected 2 fields, got {line[:60]!r}")
-        try:
-            token = base64.b64decode(fields[0], validate=True)
-        except binascii.Error:
-            raise bad(lineno, f"token {fields[0][:60]!r} is not valid base64") from None
-        if not fields[1].isdigit():
-            raise bad(lineno, f"rank {fields[1][:20]!r} is not a non-negative integer")
-        rank = int(fields[1])
-        if rank >= n:
-            raise bad(lineno, f"rank {rank} is out of range for a table of {n} lines (0..{n - 1})")
-        if rank in line_of_rank:
-            raise bad(lineno, f"rank {rank} was already given on line {line_of_rank[rank]}")
-        if token in ranks:
-            raise bad(lineno, f"token {token!r} was already given on line {line_of_rank[ranks[token]]}")
-        ranks[token] = rank
-        line_of_rank[rank] = lineno
-    missing = [b for b in range(256) if bytes([b]) not in ranks]
-    if missing:
-        last = numbered[-1][0] if numbered else 0
-        raise CheckpointError(
-            f"{model_path!r} ends after line {last} with {n} ranks and none for byte 0x{missing[0]:02x} "
-            f"({len(missing)} of the 256 single bytes have none); a byte-level BPE table ranks every byte. "
-            "The file is truncated or is not a tokenizer: download tokenizer.model again"
-        )
-    return ranks

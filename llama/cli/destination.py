@@ -15,9 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import ConfigError
-from ..weights.meta import ORIGINAL, TOKENIZER, tokenizer_beside
-
-HF_TOKENIZER = "tokenizer.json"  # transformers' fast tokenizer, kept beside the weights when there is one
+from ..weights.meta import ORIGINAL, TOKENIZER, TOKENIZER_JSON, tokenizer_beside
 
 
 def check_destination(src: Path, dst: Path, force: bool, src_name: str = "SRC", dst_name: str = "DST") -> None:
@@ -79,18 +77,23 @@ def _move_into_place(work: Path, dst: Path) -> None:
 
 
 def copy_tokenizer(src: Path, out: Path, layout: str) -> None:
-    """The tokenizer.model that sits with SRC's weights (SRC/tokenizer.model or SRC/original/), if any,
-    into `out` where `layout` ("meta" or "hf") keeps it: Meta's folders and Llama 2 Hugging Face
-    ones at the top (transformers reads a top-level tokenizer.model as SentencePiece), Llama 3's
-    tiktoken table in a Hugging Face folder under original/, as Meta's repositories there do.
-    A Hugging Face tokenizer.json in SRC goes along too, to the top of `out`."""
-    if (Path(src) / HF_TOKENIZER).is_file():
-        shutil.copyfile(Path(src) / HF_TOKENIZER, out / HF_TOKENIZER)
+    """The tokenizer that sits with SRC's weights (SRC/tokenizer.model or SRC/original/tokenizer.model),
+    if any, into `out` where `layout` ("meta" or "hf") keeps it: Meta's folders and Llama 2 Hugging
+    Face ones at the top (transformers reads a top-level tokenizer.model as SentencePiece), Llama 3's
+    tiktoken table in a Hugging Face folder under original/, as Meta's repositories there do. A
+    Hugging Face tokenizer.json in SRC goes along too, to the top of `out` in either layout."""
+    if (Path(src) / TOKENIZER_JSON).is_file():
+        shutil.copyfile(Path(src) / TOKENIZER_JSON, out / TOKENIZER_JSON)
     found = tokenizer_beside(src)
     if found is None:
         return
     from ..tokenizer import is_bpe_table
 
-    target = out / ORIGINAL / TOKENIZER if layout == "hf" and is_bpe_table(str(found)) else out / TOKENIZER
+    if found.name == TOKENIZER_JSON:
+        return  # copied above
+    if layout == "hf" and is_bpe_table(str(found)):
+        target = out / ORIGINAL / TOKENIZER
+    else:
+        target = out / TOKENIZER
     target.parent.mkdir(exist_ok=True)
     shutil.copyfile(found, target)

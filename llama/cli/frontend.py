@@ -36,10 +36,10 @@ FLAGS = {
         default="the bundled demo model",
     ),
     "tokenizer_path": Flag(
-        "the checkpoint's tokenizer.model (SentencePiece or Llama 3 tiktoken)",
+        "the checkpoint's tokenizer.model (SentencePiece or Llama 3 tiktoken) or Hugging Face tokenizer.json",
         "FILE",
         example="tokenizer.model",
-        default="tokenizer.model in DIR, else DIR/original/tokenizer.model",
+        default="tokenizer.model in DIR, else DIR/original/tokenizer.model, else DIR/tokenizer.json",
         needs=("ckpt_dir", NEEDS_CKPT),
     ),
     "temperature": Flag("sampling temperature; 0 always picks the most likely token (greedy)", "T"),

@@ -34,6 +34,8 @@ def usage(job: Job, completions: Sequence[Completion]) -> dict:
 
 def token_bytes(tokenizer, token: int) -> List[int]:
     """The bytes a token stands for (a piece of a multi-byte character decodes to U+FFFD on its own)."""
+    if hasattr(tokenizer, "token_bytes"):  # a tokenizer.json (llama.tokenizer.JsonTokenizer), either family
+        return list(tokenizer.token_bytes(token))
     if tokenizer.kind == "tiktoken":
         return list(tokenizer.model.decode_single_token_bytes(token))
     piece = tokenizer.sp_model.id_to_piece(token)

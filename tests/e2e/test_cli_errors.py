@@ -168,7 +168,7 @@ def test_missing_tokenizer(cli, ckpts, tmp_path):
 
 
 def test_tokenizer_that_is_not_sentencepiece(cli, ckpts):
-    assert_one_error(cli(TEXT, ckpts["good"], ckpts["good"] / "params.json"), "is not a SentencePiece model")
+    assert_one_error(cli(TEXT, ckpts["good"], ckpts["good"] / "params.json"), "is JSON but not a tokenizer.json")
 
 
 # --- shards -------------------------------------------------------------------------------------
@@ -232,7 +232,7 @@ def test_a_checkpoint_without_its_tokenizer_names_the_places_looked(cli, ckpts):
     assert_one_error(
         cli(CHAT, "--ckpt_dir", good),
         "no tokenizer given and none found with the weights (looked for "
-        f"{good}/tokenizer.model, {good}/original/tokenizer.model)",
+        f"{good}/tokenizer.model, {good}/original/tokenizer.model, {good}/tokenizer.json)",
         "--tokenizer_path",
     )
 

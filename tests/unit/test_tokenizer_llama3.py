@@ -44,15 +44,16 @@ def test_the_kind_is_read_from_the_file(tok, tokenizer_path):
     assert Tokenizer(model_path=llama3_tokenizer_path()).n_words == 128256
 
 
-def test_a_file_that_is_neither_kind_names_both(tmp_path):
+def test_a_file_of_no_known_kind_names_the_three(tmp_path):
     path = tmp_path / "tokenizer.model"
-    path.write_bytes(b'{"model": {"type": "BPE"}}\n')  # a Hugging Face tokenizer.json, say
+    path.write_bytes(b"<html>Not Found</html>\n")  # a failed download, say
     with pytest.raises(CheckpointError) as err:
         Tokenizer(path)
     assert str(err.value) == (
-        f"{str(path)!r} is not a SentencePiece model (INTERNAL: could not parse ModelProto from {path}) nor a "
-        'tiktoken BPE table (its first line b\'{"model": {"type": "BPE"}}\' is not \'<base64> <rank>\'); '
-        "pass the tokenizer.model file that came with the weights"
+        f"{str(path)!r} is not a SentencePiece model (INTERNAL: could not parse ModelProto from {path}), a "
+        "tiktoken BPE table (its first line b'<html>Not Found</html>' is not '<base64> <rank>') nor a Hugging "
+        "Face tokenizer.json (it does not start with '{'); pass the tokenizer.model or tokenizer.json file "
+        "that came with the weights"
     )
 
 

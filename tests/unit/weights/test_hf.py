@@ -502,7 +502,7 @@ def test_build_finds_the_tokenizer_next_to_the_weights_or_under_original(hf_dir,
     with pytest.raises(
         MissingFileError,
         match=r"no tokenizer given and none found with the weights \(looked for "
-        rf"{ckpt}/tokenizer.model, {ckpt}/original/tokenizer.model\)",
+        rf"{ckpt}/tokenizer.model, {ckpt}/original/tokenizer.model, {ckpt}/tokenizer.json\)",
     ):
         Llama.build(str(ckpt), None, 64, 2, device="cpu", dtype="float32")
     (ckpt / "original").mkdir()
