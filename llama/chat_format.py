@@ -47,19 +47,24 @@ LLAMA3_ROLES = ("system", "user", "assistant", "ipython")  # ipython: tool resul
 TOOL_ROLES = LLAMA3_ROLES + ("tool",)  # tool dialogs also take OpenAI's name for tool results
 
 
+def _where(index: int, i: Optional[int] = None) -> str:
+    """Dialogs and messages are numbered from 1 in error messages ("dialog 1, message 2": dialogs[0][1])."""
+    return f"dialog {index + 1}" if i is None else f"dialog {index + 1}, message {i + 1}"
+
+
 def _check_messages(dialog: Sequence, index: int, roles: Sequence[str] = ROLES) -> None:
     if not isinstance(dialog, (list, tuple)) or not dialog:
         raise ConfigError(
-            f"dialog {index} must be a non-empty list of messages, got {dialog!r:.80}; chat_completion takes "
+            f"{_where(index)} must be a non-empty list of messages, got {dialog!r:.80}; chat_completion takes "
             "a list of dialogs, each a list of {'role': ..., 'content': ...} messages"
         )
     for i, msg in enumerate(dialog):
         if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
-            raise ConfigError(f"dialog {index}, message {i}: expected {{'role': ..., 'content': ...}}, got {msg!r:.80}")
+            raise ConfigError(f"{_where(index, i)}: expected {{'role': ..., 'content': ...}}, got {msg!r:.80}")
         if msg["role"] not in roles:
-            raise ConfigError(f"dialog {index}, message {i}: unknown role {msg['role']!r}; use one of {roles}")
+            raise ConfigError(f"{_where(index, i)}: unknown role {msg['role']!r}; use one of {roles}")
         if not isinstance(msg["content"], str):
-            raise TypeError(f"dialog {index}, message {i}: content must be a str, got {type(msg['content']).__name__}")
+            raise TypeError(f"{_where(index, i)}: content must be a str, got {type(msg['content']).__name__}")
 
 
 def is_tool_dialog(dialog: Sequence) -> bool:
@@ -75,16 +80,16 @@ def _message_calls(msg: Mapping[str, Any], where: str) -> List[ToolCall]:
         raise ConfigError(f"{where}: tool_calls must be a list, got {calls!r:.80}")
     if calls and msg["role"] != "assistant":
         raise ConfigError(f"{where}: only assistant messages carry tool_calls, not role {msg['role']!r}")
-    return [tool_call_from(call, f"{where}, tool call {k}") for k, call in enumerate(calls)]
+    return [tool_call_from(call, f"{where}, tool call {k + 1}") for k, call in enumerate(calls)]
 
 
 def _check_tool_messages(dialog: Sequence, index: int) -> None:
     _check_messages(dialog, index, TOOL_ROLES)
     for i, msg in enumerate(dialog):
-        _message_calls(msg, f"dialog {index}, message {i}")
+        _message_calls(msg, _where(index, i))
         if "stop_reason" in msg and msg["stop_reason"] not in STOP_REASONS:
             raise ConfigError(
-                f"dialog {index}, message {i}: unknown stop_reason {msg['stop_reason']!r}; use one of {STOP_REASONS}"
+                f"{_where(index, i)}: unknown stop_reason {msg['stop_reason']!r}; use one of {STOP_REASONS}"
             )
 
 
@@ -150,11 +155,11 @@ def encode_llama2_dialog(tokenizer, dialog: Dialog, index: int = 0) -> List[int]
         want = "user" if i % 2 == 0 else "assistant"
         if role != want:
             raise ConfigError(
-                f"dialog {index}: message {i} has role {role!r} but {want!r} was expected; after an optional "
+                f"{_where(index)}: message {i + 1} has role {role!r} but {want!r} was expected; after an optional "
                 f"system message, roles must alternate user, assistant, user, ... (got {roles})"
             )
     if roles[-1] != "user":
-        raise ConfigError(f"dialog {index} ends with role {roles[-1]!r}; the last message must be from the user")
+        raise ConfigError(f"{_where(index)} ends with role {roles[-1]!r}; the last message must be from the user")
     tokens: List[int] = []
     for prompt, answer in zip(dialog[::2], dialog[1::2]):
         text = f"{B_INST} {prompt['content'].strip()} {E_INST} {answer['content'].strip()} "

@@ -38,7 +38,7 @@ def tool_call_from(obj: Any, where: str) -> ToolCall:
     """A ToolCall from a ToolCall, from chat_completion's {"call_id", "tool_name", "arguments"}, or from an
     OpenAI-style {"id", "type": "function", "function": {"name", "arguments": JSON text or dict}}.
 
-    `where` starts the error messages (e.g. "dialog 0, message 2, tool call 0")."""
+    `where` starts the error messages (e.g. "dialog 1, message 3, tool call 1")."""
     if isinstance(obj, ToolCall):
         return obj
     if not isinstance(obj, dict):

@@ -83,16 +83,16 @@ def test_an_unknown_role_names_dialog_message_role_and_the_allowed_roles(tok):
     with pytest.raises(ConfigError) as err:
         encode_dialog(tok, dialog, index=2)
     assert str(err.value) == (
-        "dialog 2, message 1: unknown role 'tool'; use one of ('system', 'user', 'assistant', 'ipython')"
+        "dialog 3, message 2: unknown role 'tool'; use one of ('system', 'user', 'assistant', 'ipython')"
     )
 
 
 @pytest.mark.parametrize(
     "dialog, error, message",
     [
-        ([], ConfigError, "dialog 0 must be a non-empty list of messages, got []"),
-        ([{"role": "user"}], ConfigError, "dialog 0, message 0: expected {'role': ..., 'content': ...}"),
-        ([{"role": "user", "content": 3}], TypeError, "dialog 0, message 0: content must be a str, got int"),
+        ([], ConfigError, "dialog 1 must be a non-empty list of messages, got []"),
+        ([{"role": "user"}], ConfigError, "dialog 1, message 1: expected {'role': ..., 'content': ...}"),
+        ([{"role": "user", "content": 3}], TypeError, "dialog 1, message 1: content must be a str, got int"),
     ],
 )
 def test_malformed_llama3_dialogs(tok, dialog, error, message):

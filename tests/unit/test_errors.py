@@ -351,26 +351,26 @@ def test_prompt_tokens_are_checked(llama, prompt_tokens, error, message):
     [
         (
             [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
-            r"dialog 0: message 1 has role 'user' but 'assistant' was expected; .*alternate user, assistant",
+            r"dialog 1: message 2 has role 'user' but 'assistant' was expected; .*alternate user, assistant",
         ),
         (
             [{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}],
-            r"message 0 has role 'assistant' but 'user' was expected",
+            r"message 1 has role 'assistant' but 'user' was expected",
         ),
         (
             [{"role": "user", "content": "a"}, {"role": "system", "content": "s"}],
-            r"message 1 has role 'system' but 'assistant' was expected",
+            r"message 2 has role 'system' but 'assistant' was expected",
         ),
         (
             [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
-            r"dialog 0 ends with role 'assistant'; the last message must be from the user",
+            r"dialog 1 ends with role 'assistant'; the last message must be from the user",
         ),
         (
             [{"role": "bot", "content": "a"}],
-            r"dialog 0, message 0: unknown role 'bot'; use one of \('system', 'user', 'assistant'\)",
+            r"dialog 1, message 1: unknown role 'bot'; use one of \('system', 'user', 'assistant'\)",
         ),
         ([{"role": "system", "content": "s"}], "a dialog with a system message needs a user message after it"),
-        ([{"role": "user"}], r"dialog 0, message 0: expected \{'role': \.\.\., 'content': \.\.\.\}"),
+        ([{"role": "user"}], r"dialog 1, message 1: expected \{'role': \.\.\., 'content': \.\.\.\}"),
     ],
 )
 def test_malformed_dialogs(llama, dialog, message):
@@ -379,7 +379,7 @@ def test_malformed_dialogs(llama, dialog, message):
 
 
 def test_a_single_dialog_instead_of_a_list_of_dialogs(llama):
-    with pytest.raises(ConfigError, match="dialog 0 must be a non-empty list of messages.*takes a list of dialogs"):
+    with pytest.raises(ConfigError, match="dialog 1 must be a non-empty list of messages.*takes a list of dialogs"):
         llama.chat_completion([{"role": "user", "content": "hi"}], max_gen_len=2)
 
 

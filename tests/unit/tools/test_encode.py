@@ -204,28 +204,28 @@ def test_dialogs_without_tools_keep_the_stripped_llama3_layout(tok, theirs):
     [
         (
             {"role": "user", "content": "x", "tool_calls": [CALLS["custom"]]},
-            "dialog 3, message 1: only assistant messages carry tool_calls, not role 'user'",
+            "dialog 4, message 2: only assistant messages carry tool_calls, not role 'user'",
         ),
         (
             {"role": "assistant", "content": "", "stop_reason": "done"},
-            "dialog 3, message 1: unknown stop_reason 'done'; use one of ('end_of_turn', 'end_of_message', "
+            "dialog 4, message 2: unknown stop_reason 'done'; use one of ('end_of_turn', 'end_of_message', "
             "'out_of_tokens')",
         ),
         (
             {"role": "assistant", "content": "", "tool_calls": {"tool_name": "f"}},
-            "dialog 3, message 1: tool_calls must be a list, got {'tool_name': 'f'}",
+            "dialog 4, message 2: tool_calls must be a list, got {'tool_name': 'f'}",
         ),
         (
             {"role": "assistant", "content": "", "tool_calls": [{"arguments": {}}]},
-            "dialog 3, message 1, tool call 0: the tool name must be a non-empty str, got None",
+            "dialog 4, message 2, tool call 1: the tool name must be a non-empty str, got None",
         ),
         (
             {"role": "assistant", "content": "", "tool_calls": [{"tool_name": "f", "arguments": [1]}]},
-            "dialog 3, message 1, tool call 0: arguments must be a dict (a JSON object), got [1]",
+            "dialog 4, message 2, tool call 1: arguments must be a dict (a JSON object), got [1]",
         ),
         (
             {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "f", "arguments": "{"}}]},
-            "dialog 3, message 1, tool call 0: 'arguments' is not valid JSON (",
+            "dialog 4, message 2, tool call 1: 'arguments' is not valid JSON (",
         ),
         (
             {"role": "assistant", "content": "", "tool_calls": [{"tool_name": "brave_search", "arguments": {}}]},
