@@ -126,8 +126,17 @@ INLINE void q4_block(const uint8_t *const *w, const int S, int64_t G, const int8
                 _mm256_fnmadd_ps(_mm256_set1_ps(8.0f), scale, bf16x8_to_float((const uint16_t *)(blk + 144)));
             for (int r = 0; r < R; r++) {
                 const int8_t *xg = xq + r * K + g * GROUP;
+#if VNNI
                 __m256i dot = _mm256_setzero_si256();
                 for (int j = 0; j < 8; j++) dot = dot_acc(dot, codes[j], bcast4(xg + 4 * j));
+#else
+                /* The 8 quads' vpmaddubsw pair sums added in int16 first, one vpmaddwd per group: codes
+                 * are 0..15 and activations -127..127, so |sum| <= 8 * 2 * 15 * 127 = 30480 never
+                 * saturates and the integer dot is exactly the one above, at half the multiplies. */
+                __m256i pairs = _mm256_maddubs_epi16(codes[0], bcast4(xg));
+                for (int j = 1; j < 8; j++) pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(codes[j], bcast4(xg + 4 * j)));
+                const __m256i dot = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+#endif
                 __m256 *a = &acc[s * R + r];
                 *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot),
                                      _mm256_mul_ps(scale, _mm256_set1_ps(xd[r * (K / GROUP) + g])), *a);
