@@ -216,9 +216,15 @@ class Engine:
         logits = self._step(batch, [[token] for token in fed], positions)
         if logits is None:
             return
+        last = logits[:, -1]
+        # One pass over the whole step for the checks every row needs (per-row calls cost more than
+        # the step's sampling itself at 8 rows): finiteness, and the greedy rows' argmax.
+        finite = torch.isfinite(last).all(dim=-1).tolist()
+        greedy = [s.sampler.greedy for s in batch]
+        best = last.argmax(dim=-1).tolist() if any(greedy) else None
         for b, (seq, token) in enumerate(zip(batch, fed)):
             self.slots.extend(seq.slot, [token])
-            self._accept(seq, logits[b, -1])
+            self._accept(seq, last[b], finite[b], best[b] if best is not None and greedy[b] else None)
 
     def _step(self, batch: List[_Sequence], tokens, positions, all_logits: bool = False) -> Optional[torch.Tensor]:
         """The forward call for `batch`; on failure its sequences end with the error (None is returned),
@@ -233,12 +239,15 @@ class Engine:
                 self._finish(seq, "error", exc)
             return None
 
-    def _accept(self, seq: _Sequence, logits: torch.Tensor) -> None:
-        """The next token of `seq` from its logits (vocab,): sampled, streamed, and checked for the end."""
-        if not bool(torch.isfinite(logits).all()):
+    def _accept(
+        self, seq: _Sequence, logits: torch.Tensor, finite: Optional[bool] = None, chosen: Optional[int] = None
+    ) -> None:
+        """The next token of `seq` from its logits (vocab,): sampled, streamed, and checked for the end.
+        finite / chosen: whether the logits are finite and the greedy token, where already known."""
+        if not (bool(torch.isfinite(logits).all()) if finite is None else finite):
             self._finish(seq, "error", non_finite_error(self.weight_dtype))
             return
-        token = seq.sampler.choose(logits)
+        token = seq.sampler.choose(logits) if chosen is None else chosen
         if token in seq.stops:
             seq.result.stop_token = token
             self._finish(seq, "stop")

@@ -75,6 +75,11 @@ class Sampler:
         self.seen = set(prompt)  # the repetition penalty's tokens (prompt and answer)
         self.counts: Counter = Counter()  # generated tokens, for the frequency and presence penalties
 
+    @property
+    def greedy(self) -> bool:
+        """Whether choose() is the plain argmax of the logits."""
+        return self.params.temperature == 0 and not self.params.penalized
+
     def choose(self, logits: torch.Tensor) -> int:
         """logits (vocab,) float32 of the next position -> the chosen token."""
         p = self.params
