@@ -37,7 +37,7 @@ from . import abi
 log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = [CSRC / "matmul_int.c", CSRC / "matmul_float.c", CSRC / "forward.c"]  # one library
+SOURCES = [CSRC / "matmul_int.c", CSRC / "matmul_float.c", CSRC / "forward.c", CSRC / "repack.c"]  # one library
 HEADERS = [CSRC / "common.h"]
 CFLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp"]
 
@@ -84,6 +84,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "llama_matmul_bf16_rows": [p, i, i, p, i, p],
         "llama_matmul_f32_tiles": [p, i, i, p, i, p],
         "llama_forward": [p, p, i, i, p, p, p],
+        "llama_repack_int8": [p, i, i, p],
+        "llama_repack_int4": [p, p, i, i, p],
     }
     for name, argtypes in signatures.items():
         fn = getattr(lib, name)
@@ -161,6 +163,31 @@ def loaded() -> ctypes.CDLL:
             "the native CPU kernels are not available here; check llama.kernels.native.available() first"
         )
     return lib
+
+
+# ---- load-time repacking (csrc/repack.c: llama.kernels.repack's layouts, in one parallel pass) ----
+
+
+def _padded_rows(n: int) -> int:
+    return -(-n // abi.BLOCK) * abi.BLOCK
+
+
+def repack_int8_blocks(q: torch.Tensor) -> torch.Tensor:
+    """(N, K) int8 CPU rows -> the same bytes as llama.kernels.repack.int8_blocks(q)."""
+    q = q.contiguous()
+    n, k = q.shape
+    out = torch.empty(_padded_rows(n), k, dtype=torch.int8)
+    check(loaded().llama_repack_int8(q.data_ptr(), n, k, out.data_ptr()))
+    return out
+
+
+def repack_int4_blocks(packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The portable int4 form on the CPU -> the same bytes as llama.kernels.repack.int4_blocks(packed, scales)."""
+    packed, sz = packed.contiguous(), scales.to(torch.bfloat16).contiguous()
+    n, k = packed.shape[0], packed.shape[1] * 2
+    out = torch.empty(_padded_rows(n), 5 * k // 8, dtype=torch.uint8)
+    check(loaded().llama_repack_int4(packed.data_ptr(), sz.data_ptr(), n, k, out.data_ptr()))
+    return out
 
 
 # ---- matmuls ----

@@ -15,7 +15,6 @@ from torch import nn
 
 from ..kernels import native, repack
 from ..kernels import torch_quant as tq
-from ..kernels.abi import BLOCK
 from ..kernels.formats import INT4_GROUP, check_int4_width, check_method, quantize_rows
 from ..kernels.routing import runs_native
 from ..runtime.backend import device_has_kernel
@@ -45,22 +44,11 @@ class _Quantized(nn.Module):
         """Once the weights are loaded: switch to the device's fused kernel where it has one."""
 
 
-def _repacked(repack, weight: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
-    """`repack` (llama.kernels.repack) over REPACK_ROWS rows at a time into one preallocated result, so a
-    big matrix never exists twice in temporaries; the stored weight's mapped pages are released."""
-    out: Optional[torch.Tensor] = None
-    for start in range(0, weight.shape[0], REPACK_ROWS):
-        part = repack(*(t[start : start + REPACK_ROWS] for t in (weight, *extra)))
-        if out is None:
-            out = torch.empty(-(-weight.shape[0] // BLOCK) * BLOCK, part.shape[1], dtype=part.dtype)
-        out[start : start + part.shape[0]] = part
+def _repacked(weight: torch.Tensor, repacked: torch.Tensor) -> torch.Tensor:
+    """`repacked` (the native kernel's blocks, made from `weight` by llama.kernels.native's repacking),
+    with the stored weight's mapped pages released."""
     release_mapped(weight)
-    if out is None:
-        raise ValueError("a weight without rows cannot be repacked")
-    return out
-
-
-REPACK_ROWS = 1024  # a multiple of BLOCK
+    return repacked
 
 
 class _Int8(_Quantized):
@@ -76,7 +64,7 @@ class _Int8(_Quantized):
         if runs_native("int8", self.weight.device, in_features):
             self.rows = rows
             scales = repack.pad_rows(self.scales.float())
-            self._set_buffers(_repacked(repack.int8_blocks, self.weight), scales)
+            self._set_buffers(_repacked(self.weight, native.repack_int8_blocks(self.weight)), scales)
             self.kernel = "native"
         elif device_has_kernel("_weight_int8pack_mm", self.weight.device):
             # The fused kernel takes bfloat16 scales (and activations); 1/256 relative, per row.
@@ -111,7 +99,8 @@ class _Int4(_Quantized):
             self.kernel = "gpu"
         elif runs_native("int4", self.weight.device, self.weight.shape[1] * 2):
             self.rows = self.weight.shape[0]
-            self._set_buffers(_repacked(repack.int4_blocks, self.weight, self.scales), torch.empty(0))
+            blocks = native.repack_int4_blocks(self.weight, self.scales)
+            self._set_buffers(_repacked(self.weight, blocks), torch.empty(0))
             self.kernel = "native"
         elif tq.int4_cpu_kernel_fits(self.weight):
             stored = self.weight

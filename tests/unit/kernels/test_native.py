@@ -14,7 +14,6 @@ from llama.kernels import dense as kernels
 from llama.kernels import formats, native, repack
 from llama.kernels.formats import quantize_int8
 from llama.kernels.routing import runs_native
-from llama.layers.quantized import REPACK_ROWS, _repacked
 
 GEN = torch.Generator().manual_seed(0)
 
@@ -106,12 +105,12 @@ def test_bfloat16_activations_come_back_as_bfloat16():
     torch.testing.assert_close(got, expected.bfloat16())
 
 
-def test_repacking_a_big_matrix_piece_by_piece_gives_the_whole_matrix_layout():
-    rows = REPACK_ROWS + 12  # two pieces, the second one not a whole block of 8
-    packed, scales = formats.quantize_int4(_randn(rows, 64), 32)
-    assert torch.equal(_repacked(repack.int4_blocks, packed, scales), repack.int4_blocks(packed, scales))
-    q, _ = quantize_int8(_randn(rows, 64))
-    assert torch.equal(_repacked(repack.int8_blocks, q), repack.int8_blocks(q))
+@pytest.mark.parametrize("rows", [8, 13, 1031])  # whole blocks, and a last block of padding
+def test_the_native_repacking_writes_the_bytes_of_the_tensor_form(rows):
+    packed, scales = formats.quantize_int4(_randn(rows, 96), 32)
+    assert torch.equal(native.repack_int4_blocks(packed, scales), repack.int4_blocks(packed, scales))
+    q, _ = quantize_int8(_randn(rows, 96))
+    assert torch.equal(native.repack_int8_blocks(q), repack.int8_blocks(q))
 
 
 def test_int8_blocks_put_four_columns_of_eight_rows_in_each_32_bytes():
