@@ -13,33 +13,10 @@ from llama.streaming import stream_text_completion
 from llama.testing.reference import ref_generate
 from llama.testing.synthetic import tiny_args as model_args
 from support.hf_reference import to_hf
+from support.meta_llama3 import metas_transformer
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Ünïcödé and 🙂 emoji"]
 CONFIGS = ["llama3", "llama3.1"]
-
-
-def metas_transformer(state, args, max_seq_len, max_batch_size):
-    """Meta's llama-models Llama 3 Transformer with these weights (fairscale model parallel of 1)."""
-    from llama_models.llama3.args import ModelArgs as MetaArgs
-    from llama_models.llama3.model import Transformer as MetaTransformer
-
-    meta_args = MetaArgs(
-        dim=args.dim,
-        n_layers=args.n_layers,
-        n_heads=args.n_heads,
-        n_kv_heads=args.n_kv_heads,
-        vocab_size=args.vocab_size,
-        multiple_of=args.multiple_of,
-        ffn_dim_multiplier=args.ffn_dim_multiplier,
-        norm_eps=args.norm_eps,
-        rope_theta=args.rope_theta,
-        use_scaled_rope=args.use_scaled_rope,
-        max_batch_size=max_batch_size,
-        max_seq_len=max_seq_len,
-    )
-    model = MetaTransformer(meta_args)
-    model.load_state_dict({k: v for k, v in state.items() if k != "rope.freqs"}, strict=True)
-    return model.eval()
 
 
 @pytest.mark.parametrize("config", CONFIGS)
