@@ -21,6 +21,7 @@ load's wall time. Medians over the rounds.
 import argparse
 import asyncio
 import json
+import os
 import random
 import socket
 import statistics
@@ -52,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gguf", help="llama.cpp: the GGUF file")
     p.add_argument("--max_batch_size", type=int, default=8, help="ours --max_batch_size, llama.cpp -np")
     p.add_argument("--ctx", type=int, default=256, help="context per slot: ours --max_seq_len, llama.cpp -c N*ctx")
-    p.add_argument("--threads", type=int, default=2, help="llama.cpp -t")
+    p.add_argument("--threads", type=int, default=2, help="llama.cpp -t; ours OMP_NUM_THREADS")
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated numbers of concurrent clients")
     p.add_argument("--requests_per_client", type=int, default=2)
     p.add_argument("--prompt_words", type=int, default=24, help="words per prompt (distinct prompts)")
@@ -106,7 +107,9 @@ def start(name: str, args: argparse.Namespace, logdir: Path) -> Server:
     port = free_port()
     log = logdir / f"{name}.log"
     root = str(Path(__file__).resolve().parents[1])
-    proc = subprocess.Popen(command(name, args, port), stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=root)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))  # ours: as many threads as llama.cpp's -t
+    out = log.open("w")
+    proc = subprocess.Popen(command(name, args, port), stdout=out, stderr=subprocess.STDOUT, cwd=root, env=env)
     return Server(name, f"http://127.0.0.1:{port}", proc, log)
 
 
@@ -172,7 +175,9 @@ async def greedy_text(server: Server, prompt: str, max_tokens: int) -> str:
 async def load(server: Server, c: int, args: argparse.Namespace, first_prompt: int) -> dict:
     import httpx
 
-    limits = httpx.Limits(max_connections=c + 1, max_keepalive_connections=c + 1)
+    # A new connection per request: llama-server closes idle keep-alive connections after a few
+    # seconds, and a request sent on one it has just closed fails without an answer.
+    limits = httpx.Limits(max_connections=c + 1, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, limits=limits) as client:
 
         async def client_loop(k: int) -> List[dict]:
