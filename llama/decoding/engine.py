@@ -2,7 +2,8 @@
 
 `Engine(generator)` owns the model of a built `Llama` and serves Requests submitted from any
 thread: each is given a free slot (the cache's batch rows, llama.decoding.slots), its prompt is
-computed a chunk per scheduler round (so the running sequences wait at most one chunk), then it
+computed a chunk per scheduler round (with other prompts' chunks while they fit in one chunk's
+worth of tokens, so the running sequences wait at most one chunk), then it
 joins the decode steps, which advance every running sequence by one token, each at its own
 position. A sequence leaves the step it finishes and its slot takes the next request at once;
 requests beyond the slots wait in a bounded queue (full: BusyError). A finished sequence's slot
@@ -165,9 +166,7 @@ class Engine:
                 return True
             self._admit()
         self._drop_cancelled()
-        prefilling = [s for s in self._running.values() if s.prefilling]
-        if prefilling:
-            self._prefill(min(prefilling, key=lambda s: s.handle.id))
+        self._prefill_round()
         decoding = [s for s in self._running.values() if not s.prefilling and s.last is not None]
         if decoding:
             self._decode(decoding)
@@ -191,6 +190,18 @@ class Engine:
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self._running.values() if s.handle.cancelled.is_set()]:
             self._finish(seq, "cancelled")
+
+    def _prefill_round(self) -> None:
+        """Prompt chunks of the prefilling sequences, oldest request first, as many as fit in one
+        chunk's worth of tokens (always at least one): short prompts that arrive together start
+        together, and the running sequences still wait for at most prefill_chunk prompt tokens."""
+        budget = self.prefill_chunk
+        for seq in sorted((s for s in self._running.values() if s.prefilling), key=lambda s: s.handle.id):
+            size = min(self.prefill_chunk, len(seq.prompt) - seq.next_pos)
+            if size > budget:
+                break
+            budget -= size
+            self._prefill(seq)
 
     def _prefill(self, seq: _Sequence) -> None:
         start = seq.next_pos
