@@ -194,9 +194,13 @@ class Engine:
     def _prefill_round(self) -> None:
         """Prompt chunks of the prefilling sequences, oldest request first, as many as fit in one
         chunk's worth of tokens (always at least one): short prompts that arrive together start
-        together, and the running sequences still wait for at most prefill_chunk prompt tokens."""
-        budget = self.prefill_chunk
-        for seq in sorted((s for s in self._running.values() if s.prefilling), key=lambda s: s.handle.id):
+        together, and the running sequences still wait for at most prefill_chunk prompt tokens.
+        While no sequence decodes there is nobody to keep waiting: every prefilling sequence
+        computes a chunk."""
+        prefilling = [s for s in self._running.values() if s.prefilling]
+        decoding = len(prefilling) < len(self._running)
+        budget = self.prefill_chunk if decoding else sum(len(s.prompt) for s in prefilling)
+        for seq in sorted(prefilling, key=lambda s: s.handle.id):
             size = min(self.prefill_chunk, len(seq.prompt) - seq.next_pos)
             if size > budget:
                 break
