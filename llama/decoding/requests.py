@@ -5,8 +5,9 @@ import asyncio
 import itertools
 import queue
 import threading
+import weakref
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import AsyncIterator, Iterator, List, Optional, Sequence, Tuple, Union, cast
 
 from ..errors import ConfigError
 from ..validation import whole_number
@@ -121,7 +122,7 @@ class RequestHandle:
         if self._loop is None:
             self._items.put_nowait(item)
         elif not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._items.put_nowait, item)
+            _mailbox(self._loop).post(cast("asyncio.Queue[Item]", self._items), item)
 
     # -- the caller's side --
     def __iter__(self) -> Iterator[TokenEvent]:
@@ -153,3 +154,44 @@ class RequestHandle:
     @property
     def done(self) -> bool:
         return self._done.is_set()
+
+
+class _Mailbox:
+    """Items bound for queues on one asyncio loop, handed over with one wake-up of the loop per
+    batch: a decode step's events for all its rows cost one `call_soon_threadsafe` (a write to the
+    loop's self-pipe), not one per row. Each queue still gets its items in the order posted."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = weakref.ref(loop)  # not a strong one: the registry's key must be able to go
+        self.lock = threading.Lock()
+        self.items: "List[Tuple[asyncio.Queue[Item], Item]]" = []
+
+    def post(self, target: "asyncio.Queue[Item]", item: "Item") -> None:
+        with self.lock:
+            wake = not self.items
+            self.items.append((target, item))
+        loop = self.loop()
+        if wake and loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._deliver)
+            except RuntimeError:  # the loop closed meanwhile: nobody is listening any more
+                with self.lock:
+                    self.items.clear()
+
+    def _deliver(self) -> None:
+        with self.lock:
+            items, self.items = self.items, []
+        for target, item in items:
+            target.put_nowait(item)
+
+
+_mailboxes: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox]" = weakref.WeakKeyDictionary()
+_mailboxes_lock = threading.Lock()
+
+
+def _mailbox(loop: asyncio.AbstractEventLoop) -> _Mailbox:
+    with _mailboxes_lock:
+        box = _mailboxes.get(loop)
+        if box is None:
+            box = _mailboxes[loop] = _Mailbox(loop)
+        return box
