@@ -34,7 +34,7 @@ from .tokenizer import Tokenizer
 from .tools.answer import tool_answer
 from .tools.support import check_tool_model
 from .validation import check_request, stop_list, whole_number
-from .weights import loading, meta
+from .weights import loading, meta, tokenizer_files
 from .weights.model_args import model_args
 
 __all__ = ["Llama", "Dialog", "Message", "CompletionPrediction", "ChatPrediction", "sample_top_p"]
@@ -84,7 +84,7 @@ class Llama:
         check_method(quantize)
         start_time = time.time()
         ckpt = loading.open_checkpoint(ckpt_dir)
-        tokenizer = Tokenizer(model_path=meta.find_tokenizer(ckpt_dir, tokenizer_path))
+        tokenizer = Tokenizer(model_path=tokenizer_files.find_tokenizer(ckpt_dir, tokenizer_path))
         args = model_args(ckpt, tokenizer, max_seq_len, max_batch_size)
 
         rt = select(device=device, dtype=dtype, backend=backend)

@@ -28,7 +28,7 @@ from ..errors import ConfigError
 from ..layers.plan import PLANS, split_dim
 from ..runtime.progress import Progress
 from ..validation import whole_number
-from ..weights import hf, hf_config, meta
+from ..weights import hf, hf_config, meta, tokenizer_files
 from ..weights.gguf import refuse_gguf
 from .destination import check_destination, copy_tokenizer, written_beside
 from .flags import Flag
@@ -159,7 +159,7 @@ def _meta_to_hf(src: Path, out: Path, dtype: Optional[torch.dtype], limit: int, 
     state = meta.reshard_state(shards, 1, 0, PLANS[meta.family(shards, params)])
     state = {k: t for k, t in state.items() if k not in meta.IGNORED_KEYS}
     tensors, config = hf.to_hf(_cast(state, dtype, bar), params)
-    config.update(_special_ids(src / meta.TOKENIZER))
+    config.update(_special_ids(src / tokenizer_files.TOKENIZER))
     _save_safetensors(tensors, out, limit, bar)
     (out / hf_config.CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     (out / meta.ORIGINAL).mkdir()

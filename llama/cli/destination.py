@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import ConfigError
-from ..weights.meta import ORIGINAL, TOKENIZER, TOKENIZER_JSON, tokenizer_beside
+from ..weights.meta import ORIGINAL
+from ..weights.tokenizer_files import TOKENIZER, TOKENIZER_JSON, tokenizer_beside
 
 
 def check_destination(src: Path, dst: Path, force: bool, src_name: str = "SRC", dst_name: str = "DST") -> None:

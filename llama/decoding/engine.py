@@ -199,7 +199,7 @@ class Engine:
         computes a chunk."""
         prefilling = [s for s in self._running.values() if s.prefilling]
         decoding = len(prefilling) < len(self._running)
-        budget = self.prefill_chunk if decoding else sum(len(s.prompt) for s in prefilling)
+        budget = self.prefill_chunk if decoding else float("inf")
         for seq in sorted(prefilling, key=lambda s: s.handle.id):
             size = min(self.prefill_chunk, len(seq.prompt) - seq.next_pos)
             if size > budget:

@@ -13,7 +13,7 @@ from llama.cli.destination import copy_tokenizer
 from llama.errors import CheckpointError, MissingFileError
 from llama.serve.shapes import token_bytes
 from llama.tokenizer import JsonTokenizer, SentencePieceTokenizer, TiktokenTokenizer, Tokenizer
-from llama.weights.meta import find_tokenizer
+from llama.weights.tokenizer_files import find_tokenizer
 from support.llama3_tokenizer import llama3_tokenizer_path
 from support.tokenizer_json import hf_tokenizer, llama2_json, llama3_json
 
