@@ -154,7 +154,7 @@ def bytes_per_step(model, bsz: int, context: int):
     kv = 0
     for layer in model.layers:
         k = layer.attention.cache.k
-        kv += 2 * bsz * context * k.shape[2] * k.shape[3] * k.element_size()
+        kv += 2 * bsz * context * k.shape[1] * k.shape[3] * k.element_size()  # blocks of (kv_heads, pos, hd)
     return weights, kv
 
 
@@ -237,6 +237,7 @@ def worker(args) -> dict:
     device = generator.device
     bandwidth = measure_bandwidth(device, 1 << 30 if device.type == "cuda" else 512 << 20)
     rows = [measure_batch(generator, args, b, bandwidth) for b in batch_sizes]
+    # The paged cache as allocated by the end of the runs (it grows with the tokens held).
     kv_cache = sum(layer.attention.cache.k.nbytes + layer.attention.cache.v.nbytes for layer in generator.model.layers)
     return dict(
         load_s=load_s,

@@ -39,3 +39,7 @@ class BusyError(LlamaError, RuntimeError):
 
 class EngineClosedError(LlamaError, RuntimeError):
     """The engine was shut down, or failed, and takes no more requests."""
+
+
+class ContextMemoryError(LlamaError, MemoryError):
+    """The KV cache's pool of blocks cannot hold what a sequence needs (the message names the figures)."""

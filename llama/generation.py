@@ -68,6 +68,7 @@ class Llama:
         backend: Optional[str] = None,
         compile: bool = False,
         quantize: Optional[str] = None,
+        kv_cache_tokens: Optional[int] = None,
     ) -> "Llama":
         """Load a checkpoint directory on this process's share of the model-parallel group.
 
@@ -76,22 +77,29 @@ class Llama:
         device, dtype and backend override the automatic choice made in `llama.runtime.backend`.
         compile: run one-token decode steps through torch.compile (static shapes; the first
         generate call pays the compilation), unless they run natively (llama.decoding.native_step, x86
-        CPUs). quantize="int8" | "int4": weight-only (llama.layers.quantized).
+        CPUs). quantize="int8" | "int4": weight-only (llama.layers.quantized). kv_cache_tokens: how many
+        positions the paged KV cache may hold in all (default: max_batch_size x max_seq_len); on the
+        CPU it grows with what it holds, elsewhere it is allocated at load (llama.kv_cache).
         """
         whole_number("max_seq_len", max_seq_len)
         whole_number("max_batch_size", max_batch_size)
         whole_number("seed", seed, minimum=None)
+        if kv_cache_tokens is not None:
+            whole_number("kv_cache_tokens", kv_cache_tokens)
         check_method(quantize)
         start_time = time.time()
         ckpt = loading.open_checkpoint(ckpt_dir)
         tokenizer = Tokenizer(model_path=tokenizer_files.find_tokenizer(ckpt_dir, tokenizer_path))
         args = model_args(ckpt, tokenizer, max_seq_len, max_batch_size)
+        args.kv_cache_tokens = kv_cache_tokens
 
         rt = select(device=device, dtype=dtype, backend=backend)
         mp_size = _model_parallel_size(rt, model_parallel_size)
         # Before any process joins the group: every rank fails alike, and none leaves mid-rendezvous.
         meta.check_parallelism(ckpt.n_shards, mp_size, args.n_heads, args.kv_heads)
         memory.check_fits(args, mp_size, rt.device, rt.dtype)
+        if is_main_process():
+            logger.info(memory.describe_pool(args, mp_size, rt.dtype))
         init_distributed(rt)
         init_model_parallel(mp_size)
         torch.manual_seed(seed)
@@ -189,9 +197,21 @@ class Llama:
         state = start_decode(
             prompt_tokens, max_gen_len, self.model.params.max_seq_len, self.tokenizer.pad_id, self.device, logprobs
         )
+        # The batch's cache blocks up front (its rows reach total_len at most): a pool too small for
+        # them fails here, before any work, with the figures (llama.kv_cache).
+        rows = range(len(prompt_tokens))
+        self.model.kv_pool.ensure(rows, [state.total_len] * len(rows))
         steps = decode_steps(self._forward, state, sampling, self.stop_tokens, self.tokenizer.pad_id,
                              self.model.tok_embeddings.weight.dtype, self.eos_check_every)  # fmt: skip
-        return state, steps
+        return state, self._freeing(steps, rows)
+
+    def _freeing(self, steps: Iterator[int], rows: range) -> Iterator[int]:
+        """The decode loop, whose rows give their cache blocks back to the pool when it ends."""
+        try:
+            yield from steps
+        finally:
+            for row in rows:
+                self.model.kv_pool.truncate(row)
 
     def _decoder(self, max_gen_len: int, sampling: SamplingParams, logprobs: bool) -> Decode:
         return lambda batch: self.decode(batch, max_gen_len, sampling, logprobs)

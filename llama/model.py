@@ -11,11 +11,13 @@ its weights, so a layer holding a slice of the heads needs no further telling.
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Union, cast
+from typing import Optional, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .kv_cache import BlockPool, CacheRows, PagedKV
 
 # Llama 3.1's RoPE scaling (Meta's llama-models, `llama3/model.py`, apply_scaling): the factor
 # is 8 there; the frequency band and original context are fixed.
@@ -41,6 +43,7 @@ class ModelArgs:
 
     max_batch_size: int = 32
     max_seq_len: int = 2048
+    kv_cache_tokens: Optional[int] = None  # the KV cache pool's positions; None: max_batch_size x max_seq_len
 
     @property
     def head_dim(self) -> int:
@@ -124,57 +127,6 @@ def apply_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
     return rotate_pairs(x, cos2[None, :, None, :], sin2[None, :, None, :])
 
 
-@dataclass(frozen=True)
-class CacheRows:
-    """Where a step of several sequences reads and writes the cache: B rows of T tokens, row b in
-    cache slot slots[b] (a batch index of the cache) at positions[b] (its T positions); each row
-    attends to keys 0..span-1 of its slot, the caller masking what lies beyond its own position."""
-
-    slots: torch.Tensor  # (B,) long
-    positions: torch.Tensor  # (B, T) long
-    span: int
-
-
-class KVCache(nn.Module):
-    """Keys and values of one layer, (max_batch_size, max_seq_len, kv_heads, head_dim).
-
-    Stored heads-major underneath (k and v are transposed views), so that attention can multiply
-    the cache of every row and head in one batched matmul without first copying it.
-    """
-
-    k: torch.Tensor
-    v: torch.Tensor
-
-    def __init__(self, max_batch_size, max_seq_len, kv_heads, head_dim, dtype=None, device=None):
-        super().__init__()
-        shape = (max_batch_size, kv_heads, max_seq_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device).transpose(1, 2), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device).transpose(1, 2), persistent=False)
-
-    def update(self, start_pos: Union[int, torch.Tensor, CacheRows], k: torch.Tensor, v: torch.Tensor):
-        """Store k, v (bsz, seqlen, kv_heads, head_dim) at start_pos..; return the keys and values to attend to.
-
-        start_pos an int: the prefix up to the last position written. A one-element tensor (the
-        static-shape decode step): the whole cache, shapes independent of the position; the
-        caller masks the positions not yet written. CacheRows: each row at its own slot and
-        positions, keys 0..span-1 of each row's slot (gathered).
-        """
-        if isinstance(start_pos, CacheRows):
-            at = start_pos.slots[:, None]
-            self.k[at, start_pos.positions] = k
-            self.v[at, start_pos.positions] = v
-            return self.k[start_pos.slots, : start_pos.span], self.v[start_pos.slots, : start_pos.span]
-        bsz, seqlen = k.shape[:2]
-        if isinstance(start_pos, torch.Tensor):
-            self.k[:bsz].index_copy_(1, start_pos, k)
-            self.v[:bsz].index_copy_(1, start_pos, v)
-            return self.k[:bsz], self.v[:bsz]
-        end = start_pos + seqlen
-        self.k[:bsz, start_pos:end] = k
-        self.v[:bsz, start_pos:end] = v
-        return self.k[:bsz, :end], self.v[:bsz, :end]
-
-
 def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
     """Softmax attention; q (bsz, seqlen, heads, head_dim), keys/values (bsz, kv_len, kv_heads, head_dim),
     mask (seqlen, kv_len), or (bsz, 1, 1, seqlen, kv_len) with a row's own, or None
@@ -206,7 +158,7 @@ class Attention(nn.Module):
         self.wk = nn.Linear(args.dim, args.kv_heads * self.head_dim, bias=False)
         self.wv = nn.Linear(args.dim, args.kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
-        self.cache: Optional[KVCache] = None
+        self.cache: Optional[PagedKV] = None
 
     @property
     def local_kv_heads(self) -> int:
@@ -216,7 +168,7 @@ class Attention(nn.Module):
     def forward(self, x, start_pos, cos, sin, mask: Optional[torch.Tensor]):
         """cos, sin: full-width rotary tables for these positions, (1 or bsz, seqlen, 1, head_dim).
         start_pos None: no cache (training, scoring a whole sequence); else where the cache takes
-        these keys and values (KVCache.update)."""
+        these keys and values (PagedKV.update)."""
         bsz, seqlen, _ = x.shape
         xq = self.wq(x).reshape(bsz, seqlen, -1, self.head_dim)
         xk = self.wk(x).reshape(bsz, seqlen, -1, self.head_dim)
@@ -266,6 +218,7 @@ def causal_mask(seqlen: int, start_pos: int, dtype, device) -> Optional[torch.Te
 
 
 class Transformer(nn.Module):
+    kv_pool: BlockPool  # made by setup_caches
     rope_cos: torch.Tensor
     rope_sin: torch.Tensor
 
@@ -300,24 +253,31 @@ class Transformer(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
-    def setup_caches(self) -> None:
-        """Rotary tables and per-layer KV caches next to the weights (their device; the caches their dtype).
+    def setup_caches(self, max_tokens: Optional[int] = None, grow: Optional[bool] = None) -> None:
+        """Rotary tables and the paged KV cache (llama.kv_cache) next to the weights (their device; the
+        cache their dtype): a pool of at most `max_tokens` positions (default: kv_cache_tokens, else
+        max_batch_size x max_seq_len, every slot full) shared by max_batch_size slots; grow: allocate as blocks are
+        taken (default: on the CPU) rather than all at once.
 
         Call once the weights are in place (and any layers swapped); then forward(tokens, start_pos) decodes.
         """
         self.make_rope_tables()
         weight = self.tok_embeddings.weight
         p = self.params
-        for layer in self.layers:
-            attn = cast(Attention, layer.attention)
-            attn.cache = KVCache(
-                p.max_batch_size,
-                p.max_seq_len,
-                attn.local_kv_heads,
-                attn.head_dim,
-                dtype=weight.dtype,
-                device=weight.device,
-            )
+        attns = [cast(Attention, layer.attention) for layer in self.layers]
+        token_bytes = sum(2 * a.local_kv_heads * a.head_dim * weight.element_size() for a in attns)
+        self.kv_pool = BlockPool(
+            p.max_batch_size,
+            p.max_seq_len,
+            max_tokens or p.kv_cache_tokens or p.max_batch_size * p.max_seq_len,
+            token_bytes,
+            weight.device,
+            weight.device.type == "cpu" if grow is None else grow,
+        )
+        for attn in attns:
+            attn.cache = PagedKV(self.kv_pool, attn.local_kv_heads, attn.head_dim, weight.dtype, weight.device)
+        if not self.kv_pool.grow:
+            self.kv_pool.allocate_all()
 
     def forward(self, tokens: torch.Tensor, start_pos: Optional[int] = None, last_only: bool = False) -> torch.Tensor:
         """tokens (bsz, seqlen) at positions start_pos.. -> float32 logits (bsz, seqlen, vocab).
@@ -330,6 +290,8 @@ class Transformer(nn.Module):
         """
         seqlen = tokens.shape[1]
         first = 0 if start_pos is None else start_pos
+        if start_pos is not None:
+            self.kv_pool.ensure(range(tokens.shape[0]), [start_pos + seqlen] * tokens.shape[0])
         cos = self.rope_cos[first : first + seqlen]
         sin = self.rope_sin[first : first + seqlen]
         mask = causal_mask(seqlen, first, self.tok_embeddings.weight.dtype, tokens.device)
@@ -345,6 +307,7 @@ class Transformer(nn.Module):
         seqlen = tokens.shape[1]
         pos = positions[:, None] + torch.arange(seqlen, device=tokens.device)  # (B, T)
         span = int(positions.max()) + seqlen
+        self.kv_pool.ensure(slots.tolist(), (positions + seqlen).tolist())
         key_pos = torch.arange(span, device=tokens.device)
         dtype = self.tok_embeddings.weight.dtype
         mask = torch.zeros(pos.shape[0], 1, 1, seqlen, span, dtype=dtype, device=tokens.device)

@@ -76,6 +76,7 @@ def main(
     model_name: Optional[str] = None,
     max_queue: int = 64,
     shutdown_timeout: int = 30,
+    kv_cache_tokens: Optional[int] = None,
 ):
     from ..decoding.engine import Engine
     from ..runtime.group import is_main_process
@@ -84,7 +85,7 @@ def main(
     using_demo = ckpt_dir is None and tokenizer_path is None
     if max_seq_len is None:
         max_seq_len = demo.MAX_SEQ_LEN if using_demo else 2048
-    sizes = dict(max_seq_len=max_seq_len, max_batch_size=max_batch_size)
+    sizes = dict(max_seq_len=max_seq_len, max_batch_size=max_batch_size, kv_cache_tokens=kv_cache_tokens)
     generator = build_generator(ckpt_dir, tokenizer_path, 1.0, 1.0, None, device=device, dtype=dtype,
                                 quantize=quantize, **sizes)  # fmt: skip
     if not is_main_process():
@@ -114,6 +115,11 @@ SERVER_FLAGS = {
     "max_batch_size": Flag("sequences generated at once: the engine's slots", "N"),
     "max_seq_len": replace(FLAGS["max_seq_len"], default=f"{demo.MAX_SEQ_LEN} for the demo model, else 2048"),
     "model_name": Flag("the model id clients name", "NAME", default=f"the checkpoint folder's name ({DEMO_MODEL_ID})"),
+    "kv_cache_tokens": Flag(
+        "positions the slots' shared KV cache may hold; a request that does not fit yet waits",
+        "N",
+        default="max_batch_size x max_seq_len",
+    ),  # fmt: skip
     "max_queue": Flag("requests that may wait for a slot; more are answered 429", "N"),
     "shutdown_timeout": Flag("seconds in-flight requests get to finish after SIGINT/SIGTERM", "S"),
 }

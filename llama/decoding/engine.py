@@ -29,7 +29,8 @@ from typing import Deque, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-from ..errors import BusyError, EngineClosedError, RankError
+from ..errors import BusyError, ContextMemoryError, EngineClosedError, RankError
+from ..kv_cache import blocks_for
 from ..runtime.device_tuning import release_openmp_workers
 from ..runtime.ranks import peer_failure
 from .detokenize import TextDeltas
@@ -65,6 +66,7 @@ class _Sequence:
             self.result.prompt_logprobs = [None]
             self.result.prompt_top_logprobs = [None]
         self.last: Optional[int] = None  # the newest token, to be fed in the next decode step
+        self.blocks = 0  # cache blocks set aside for this sequence at its longest (Engine._admit)
 
     @property
     def prefilling(self) -> bool:
@@ -82,6 +84,8 @@ class Engine:
         self.steps = RowSteps(generator.model, generator.decode_step)
         self.prefill_chunk = prefill_chunk or self.steps.prefill_chunk
         self.slots = SlotTable(self.n_slots)
+        self.pool = generator.model.kv_pool
+        self._reserved = 0  # blocks set aside for the running sequences (each at its longest)
         self.weight_dtype = generator.model.tok_embeddings.weight.dtype
         self._lock = threading.Condition()
         self._waiting: Deque[RequestHandle] = deque()
@@ -98,6 +102,14 @@ class Engine:
         """Queue `request`; -> its handle (events as they come). ConfigError for a request it cannot
         take, BusyError when max_queue requests already wait, EngineClosedError after close()."""
         request.check(self.tokenizer.n_words, self.max_seq_len)
+        need = self._blocks_of(request)
+        if need > self.pool.max_blocks:
+            tokens = len(request.prompt_tokens) + request.max_new_tokens
+            raise ContextMemoryError(
+                f"context memory exhausted: the prompt's {len(request.prompt_tokens)} tokens plus max_new_tokens="
+                f"{request.max_new_tokens} ({tokens} tokens, {need} blocks) exceed what {self.pool.describe()} "
+                "can ever hold; ask for fewer tokens, or build with a larger kv_cache_tokens"
+            )
         handle = RequestHandle(request, loop)
         with self._lock:
             if self._closing or self._failure is not None:
@@ -172,20 +184,46 @@ class Engine:
             self._decode(decoding)
         return True
 
+    def _blocks_of(self, request: Request) -> int:
+        """Cache blocks a request holds at its longest (its prompt and max_new_tokens)."""
+        return blocks_for(len(request.prompt_tokens) + request.max_new_tokens, self.pool.block_tokens)
+
     def _admit(self) -> None:
+        """Waiting requests take free slots, in order, while the cache's pool can set aside what each
+        holds at its longest: a request that does not fit yet waits (with those behind it) for
+        running ones to end, so that no sequence ever runs out of cache memory midway."""
         while self._waiting and self.slots.free():
-            handle = self._waiting.popleft()
+            handle = self._waiting[0]
             if handle.cancelled.is_set():
+                self._waiting.popleft()
                 handle.put(Completion(finish_reason="cancelled", prompt_tokens=len(handle.request.prompt_tokens)))
                 continue
             request = handle.request
+            need = self._blocks_of(request)
+            if self._reserved + need > self.pool.max_blocks:
+                return
             reuse = request.cache_prompt and not request.prompt_logprobs
             got = self.slots.acquire(request.prompt_tokens, reuse)
             if got is None:  # cannot happen while free() says otherwise
-                self._waiting.appendleft(handle)
                 return
+            self._waiting.popleft()
             slot, cached = got
-            self._running[slot] = _Sequence(handle, slot, cached, self.tokenizer, self.tokenizer.stop_tokens)
+            self.steps.forget(slot, cached)  # the blocks past the reused prefix go back to the pool
+            seq = _Sequence(handle, slot, cached, self.tokenizer, self.tokenizer.stop_tokens)
+            seq.blocks, self._reserved = need, self._reserved + need
+            self._running[slot] = seq
+
+    def _make_room(self, slots: List[int], ends: List[int]) -> None:
+        """Blocks for these slots up to these lengths, taken first from the pool's free ones, then
+        from finished sequences kept for the prompt cache (least recently used first)."""
+        need = sum(self.pool.missing(s, n) for s, n in zip(slots, ends))
+        while need > self.pool.available:
+            idle = self.slots.idle_holding()
+            if idle is None:
+                break  # ensure() says what is missing
+            self.slots.release(idle, keep=False)
+            self.steps.forget(idle, 0)
+        self.pool.ensure(slots, ends)
 
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self._running.values() if s.handle.cancelled.is_set()]:
@@ -244,8 +282,10 @@ class Engine:
     def _step(self, batch: List[_Sequence], tokens, positions, all_logits: bool = False) -> Optional[torch.Tensor]:
         """The forward call for `batch`; on failure its sequences end with the error (None is returned),
         and a lost peer rank ends the engine."""
+        slots = [s.slot for s in batch]
         try:
-            return self.steps(tokens, [s.slot for s in batch], positions, all_logits)
+            self._make_room(slots, [p + len(t) for p, t in zip(positions, tokens)])
+            return self.steps(tokens, slots, positions, all_logits)
         except Exception as exc:  # noqa: BLE001 - a failed step fails its requests, not the engine
             if isinstance(exc, RankError) or peer_failure(exc) is not None:
                 raise
@@ -300,8 +340,11 @@ class Engine:
             reason = "stop" if stopped else reason
         seq.result.finish_reason, seq.result.error = reason, error
         with self._lock:
-            self._running.pop(seq.slot, None)
+            if self._running.pop(seq.slot, None) is not None:
+                self._reserved -= seq.blocks
             self.slots.release(seq.slot, keep=error is None)
+            if error is not None:
+                self.steps.forget(seq.slot, 0)
         seq.handle.put(seq.result)
 
     def _fail_all(self, exc: BaseException) -> None:

@@ -16,7 +16,8 @@ reference's. LLAMA_NATIVE=0 turns it off with the other native kernels: float32 
 through llama.model's operations, which are the reference's.
 
 It reads the model's own tensors (weights, norms, rotary tables, KV caches) through raw pointers
-taken once here: the model must not be moved or have its tensors replaced afterwards.
+taken once here (the KV cache's again whenever its pool has grown): the model must not be moved or
+have its tensors replaced afterwards.
 """
 
 import ctypes
@@ -84,7 +85,7 @@ def why_not(model: Any) -> Optional[str]:
         return bits
     if not all(getattr(m, "single_rank", False) for m in [model.tok_embeddings, *_linears(model)]):
         return "model parallel (the layers hold slices)"
-    p, dtype = model.params, model.tok_embeddings.weight.dtype
+    dtype = model.tok_embeddings.weight.dtype
     tensors = [model.tok_embeddings.weight, model.norm.weight]
     tensors += [t for layer in model.layers for t in (layer.attention_norm.weight, layer.ffn_norm.weight)]
     if dtype not in DTYPES or not all(t.dtype == dtype and _on_cpu(t) for t in tensors):
@@ -92,9 +93,8 @@ def why_not(model: Any) -> Optional[str]:
     if not all(_on_cpu(t) and t.dtype == torch.float32 for t in (model.rope_cos, model.rope_sin)):
         return "the rotary tables are not float32 on the CPU"
     caches = [t for layer in model.layers for t in (layer.attention.cache.k, layer.attention.cache.v)]
-    cache_strides = (p.kv_heads * p.max_seq_len * p.head_dim, p.head_dim, p.max_seq_len * p.head_dim, 1)
-    if not all(t.dtype == dtype and t.stride() == cache_strides for t in caches):
-        return "the KV caches are not laid out as llama.model.KVCache makes them"
+    if not all(t.dtype == dtype and _on_cpu(t) for t in caches) or model.kv_pool.table.device.type != "cpu":
+        return "the KV cache is not in the model's dtype on the CPU"
     return None
 
 
@@ -107,13 +107,12 @@ def _weight(m) -> WeightDesc:
 
 
 def _layer(layer: Any) -> LayerDesc:
-    cache = layer.attention.cache
     return LayerDesc(
         layer.attention_norm.weight.data_ptr(),
         layer.ffn_norm.weight.data_ptr(),
         *(_weight(m) for m in _layer_linears(layer)),
-        cache.k.data_ptr(),
-        cache.v.data_ptr(),
+        0,  # the cache's blocks: `_cache_moved` fills them in (they move as the pool grows)
+        0,
     )
 
 
@@ -138,11 +137,24 @@ class NativeDecode:
         self.prompt_rows = dense.NATIVE_MAX_ROWS if fast else 0
         embedding = model.tok_embeddings.weight
         sizes = (p.n_layers, p.dim, p.n_heads, p.kv_heads, p.head_dim, self.layers[0].w1.N, output.N, p.max_seq_len)
+        self.pool = model.kv_pool
+        pool = (self.pool.table.shape[0], self.pool.block_tokens, self.pool.per_slot, 0, self.pool.table.data_ptr())
         self.desc = ModelDesc(
-            bits, DTYPES[embedding.dtype], *sizes, model.layers[0].attention.cache.k.shape[0], p.norm_eps,
+            bits, DTYPES[embedding.dtype], *sizes, *pool, p.norm_eps,
             embedding.data_ptr(), model.norm.weight.data_ptr(), model.rope_cos.data_ptr(), model.rope_sin.data_ptr(),
             output, self.layers,
         )  # fmt: skip
+        self._generation = -1
+        self._cache_moved()
+
+    def _cache_moved(self) -> None:
+        """Point the descriptors at the cache's storage where the pool has grown since."""
+        if self._generation == self.pool.generation:
+            return
+        for desc, layer in zip(self.layers, self.model.layers):
+            desc.k, desc.v = layer.attention.cache.k.data_ptr(), layer.attention.cache.v.data_ptr()
+        self.desc.blocks = self.pool.capacity
+        self._generation = self.pool.generation
 
     def takes_prompt(self, tokens: torch.Tensor) -> bool:
         """Whether a prompt of these tokens (bsz, T) runs here (else llama.model runs it)."""
@@ -158,6 +170,8 @@ class NativeDecode:
         bsz, seqlen = tokens.shape
         ids = tokens.to(torch.int64).contiguous()
         slots, positions = slots.to(torch.int64).contiguous(), positions.to(torch.int64).contiguous()
+        self.pool.ensure(slots.tolist(), (positions + seqlen).tolist())
+        self._cache_moved()
         logits = torch.empty(bsz, 1, self.desc.vocab)  # float32, as llama.model's forward returns
         args = (ids.data_ptr(), bsz, seqlen, slots.data_ptr(), positions.data_ptr(), logits.data_ptr())
         native.check(self.lib.llama_forward(ctypes.byref(self.desc), *args))

@@ -50,6 +50,12 @@ class RowSteps:
             return native.rows(ids, at, pos)
         return self.model.forward_rows(ids, at, pos, last_only=not all_logits)
 
+    def forget(self, slot: int, length: int) -> None:
+        """Slot `slot` keeps its cache blocks for positions 0..length-1 only, on every rank."""
+        if self.world > 1:
+            self._send(("forget", slot, length))
+        self.model.kv_pool.truncate(slot, length)
+
     def idle(self) -> None:
         """Tell the other ranks that rank 0 is still there (they wait for its next step)."""
         if self.world > 1:
@@ -69,6 +75,8 @@ class RowSteps:
             if message[0] == "step":
                 with torch.inference_mode():
                     self._compute(*message[1:])
+            elif message[0] == "forget":
+                self.model.kv_pool.truncate(*message[1:])
 
     def _send(self, message: Tuple[Any, ...]) -> None:
         dist.broadcast_object_list([message], src=0)

@@ -59,6 +59,11 @@ class SlotTable:
         """These tokens' keys and values are now in the slot, after the ones it held."""
         self.slots[index].tokens.extend(tokens)
 
+    def idle_holding(self) -> Optional[int]:
+        """The least recently used free slot that still holds tokens (the prompt cache's), or None."""
+        idle = [s for s in self.slots if not s.busy and s.tokens]
+        return min(idle, key=lambda s: s.last_used).index if idle else None
+
     def length(self, index: int) -> int:
         return len(self.slots[index].tokens)
 

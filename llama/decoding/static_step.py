@@ -22,6 +22,7 @@ class StaticDecode:
         self.compiled = compile_options is not None
         self.step = step if compile_options is None else torch.compile(step, **compile_options)
         self.pos = torch.zeros(1, dtype=torch.long, device=model.tok_embeddings.weight.device)
+        self.pool = model.kv_pool  # blocks are given out here, outside the compiled step
 
     def takes_prompt(self, tokens: torch.Tensor) -> bool:
         """Prompts (more than one token per row) are llama.model's."""
@@ -30,6 +31,8 @@ class StaticDecode:
     def __call__(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
         """tokens (bsz, 1) at start_pos -> float32 logits (bsz, 1, vocab)."""
         # Outside inference mode: compiled code cannot mutate the (normal) cache tensors in it.
+        bsz = tokens.shape[0]
+        self.pool.ensure(range(bsz), [start_pos + 1] * bsz)
         with torch.inference_mode(False), torch.no_grad():
             self.pos.fill_(start_pos)  # in place, on the device: no host-to-device copy to wait for
             return self.step(tokens.clone(), self.pos)

@@ -10,7 +10,7 @@ from typing import Tuple
 
 from .formats import INT4_GROUP
 
-ABI_VERSION = 2  # forward.c's ABI_VERSION
+ABI_VERSION = 3  # forward.c's ABI_VERSION
 BLOCK = 8  # output rows per repacked weight block (common.h's BLOCK)
 
 _P, _I = ctypes.c_void_p, ctypes.c_int64
@@ -24,7 +24,7 @@ class WeightDesc(ctypes.Structure):
 
 
 class LayerDesc(ctypes.Structure):
-    """forward.c's layer_desc: norm weights, the seven matmuls, the layer's k and v caches."""
+    """forward.c's layer_desc: norm weights, the seven matmuls, the layer's k and v cache blocks."""
 
     _fields_ = [
         ("attn_norm", _P),
@@ -47,14 +47,19 @@ _MODEL_INTS = (
     "vocab",
     "max_seq",
     "slots",
+    "block_tokens",
+    "per_slot",
+    "blocks",
 )
 
 
 class ModelDesc(ctypes.Structure):
-    """forward.c's model_desc: sizes, the embedding, final norm, rotary tables, output and layers."""
+    """forward.c's model_desc: sizes, the KV cache's block table, the embedding, final norm, rotary
+    tables, output and layers."""
 
     _fields_ = [
         *((name, _I) for name in _MODEL_INTS),
+        ("table", _P),
         ("eps", ctypes.c_double),
         ("embedding", _P),
         ("norm", _P),

@@ -7,7 +7,7 @@ from typing import AsyncIterator, List, Optional, Tuple
 
 from ..chat_format import UNSAFE_ERROR
 from ..decoding.requests import Completion, RequestHandle, TokenEvent
-from ..errors import BusyError, ConfigError, EngineClosedError
+from ..errors import BusyError, ConfigError, ContextMemoryError, EngineClosedError
 from . import shapes
 from .errors import APIError
 from .prepare import Choice, Job
@@ -15,7 +15,8 @@ from .streams import ChoiceStream
 
 
 def submit(job: Job, engine, loop: asyncio.AbstractEventLoop) -> List[RequestHandle]:
-    """Every choice's request, or none: a full queue (429) or a closed engine (503) cancels the rest."""
+    """Every choice's request, or none: a full queue (429), a closed engine (503) or a request beyond
+    the cache (400) cancels the rest."""
     handles: List[RequestHandle] = []
     try:
         for choice in job.choices:
@@ -29,6 +30,9 @@ def submit(job: Job, engine, loop: asyncio.AbstractEventLoop) -> List[RequestHan
     except ConfigError as exc:
         cancel(handles)
         raise APIError(400, str(exc), code="invalid_value") from None
+    except ContextMemoryError as exc:  # more than the whole KV cache pool could ever hold
+        cancel(handles)
+        raise APIError(400, str(exc), code="context_length_exceeded") from None
     return handles
 
 

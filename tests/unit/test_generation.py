@@ -8,6 +8,7 @@ import torch
 from llama import Llama
 from llama.decoding.native_step import NativeDecode
 from llama.generation import sample_top_p
+from llama.kv_cache import BlockPool
 from llama.testing.reference import RefModel, ref_generate
 from llama.testing.synthetic import tiny_args as model_args
 
@@ -121,6 +122,7 @@ class ScriptedModel(torch.nn.Module):
         self.vocab = vocab
         self.params = SimpleNamespace(max_seq_len=max_seq_len, max_batch_size=max_batch_size)
         self.tok_embeddings = SimpleNamespace(weight=torch.zeros(1))
+        self.kv_pool = BlockPool(max_batch_size, max_seq_len, max_batch_size * max_seq_len, token_bytes=0)
         self.calls = []
 
     def forward(self, tokens, start_pos, last_only=False):

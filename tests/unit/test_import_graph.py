@@ -15,7 +15,7 @@ REPO = PACKAGE.parent
 # Lower layers first; a module may import its own layer's modules and lower ones only.
 LAYERS = [
     ["errors"],
-    ["validation", "model", "tokenizer", "tokenizer_json", "bpe_table", "chat_format", "tools", "demo"],
+    ["validation", "kv_cache", "model", "tokenizer", "tokenizer_json", "bpe_table", "chat_format", "tools", "demo"],
     ["runtime"],
     ["kernels"],
     ["layers"],

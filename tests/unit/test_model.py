@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from llama.model import (
-    KVCache,
     ModelArgs,
     RMSNorm,
     Transformer,
@@ -80,15 +79,6 @@ def test_causal_mask_with_a_cache_offset():
     expected = torch.tensor([[0, 0, 0, inf, inf], [0, 0, 0, 0, inf], [0, 0, 0, 0, 0]])
     assert torch.equal(mask, expected)
     assert causal_mask(1, 9, torch.float32, "cpu") is None
-
-
-def test_kv_cache_update_writes_positions_and_returns_the_prefix():
-    cache = KVCache(2, 8, 1, 2)
-    k = torch.ones(2, 3, 1, 2)
-    keys, values = cache.update(4, k, 2 * k)
-    assert keys.shape == (2, 7, 1, 2)
-    assert keys[:, :4].abs().sum() == 0 and torch.equal(keys[:, 4:], k)
-    assert torch.equal(values[:, 4:], 2 * k)
 
 
 @pytest.mark.parametrize("config", ["mha", "gqa"])

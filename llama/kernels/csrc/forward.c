@@ -24,7 +24,7 @@
 #include <string.h>
 
 /* Bumped whenever a descriptor below or an entry point's arguments change. */
-#define ABI_VERSION 2
+#define ABI_VERSION 3
 
 typedef struct {
     int64_t N, K;
@@ -35,13 +35,16 @@ typedef struct {
 typedef struct {
     const void *attn_norm, *ffn_norm;
     weight_desc wq, wk, wv, wo, w1, w2, w3;
-    void *k, *v; /* this layer's caches, stored (slots, kv_heads, max_seq, head_dim) */
+    void *k, *v; /* this layer's cache blocks, each (kv_heads, block_tokens, head_dim) (llama/kv_cache.py) */
 } layer_desc;
 
 /* bits: the matmul weights' format, 4 or 8 (quantized), 16 (bfloat16) or 32 (float32). bf16: the model's dtype
- * (embedding, norm weights, caches, activations) is bfloat16, else float32. */
+ * (embedding, norm weights, caches, activations) is bfloat16, else float32. The KV cache is paged: position p of
+ * slot s is in block table[s * per_slot + p / block_tokens] (-1: none) of `blocks`. */
 typedef struct {
     int64_t bits, bf16, n_layers, dim, n_heads, kv_heads, head_dim, hidden, vocab, max_seq, slots;
+    int64_t block_tokens, per_slot, blocks;
+    const int64_t *table;
     double eps;
     const void *embedding;  /* (vocab, dim) */
     const void *norm;       /* the final norm's weight */
@@ -72,6 +75,13 @@ static inline float get(const model_desc *md, const void *p, int64_t i) {
 static inline void put(const model_desc *md, void *p, int64_t i, float x) {
     if (md->bf16) ((uint16_t *)p)[i] = float_to_bf16(x);
     else ((float *)p)[i] = x;
+}
+
+/* Where position p of slot `slot` starts in a layer's k or v blocks, for kv head `kvh` (its next
+ * positions in the block follow at head_dim apart). */
+static inline int64_t cell(const model_desc *md, int64_t slot, int64_t kvh, int64_t p) {
+    const int64_t block = md->table[slot * md->per_slot + p / md->block_tokens];
+    return ((block * md->kv_heads + kvh) * md->block_tokens + p % md->block_tokens) * md->head_dim;
 }
 
 /* x . y over n floats, 8 partial sums (so that the compiler vectorizes it) */
@@ -123,27 +133,32 @@ static void rotate(const model_desc *md, float *x, int64_t heads, const float *c
  * output in the model's dtype). */
 static void attend_head(const model_desc *md, const layer_desc *L, const float *q, int64_t slot, int64_t h,
                         int64_t pos, float *scores, float *out) {
-    const int64_t hd = md->head_dim, kvh = h / (md->n_heads / md->kv_heads);
-    const int64_t base = (slot * md->kv_heads + kvh) * md->max_seq * hd;
+    const int64_t hd = md->head_dim, kvh = h / (md->n_heads / md->kv_heads), bt = md->block_tokens;
     const float root = sqrtf((float)hd);
     float top = -INFINITY;
-    for (int64_t t = 0; t <= pos; t++) {
-        const float sum = md->bf16 ? dot_bf16(q, (const uint16_t *)L->k + base + t * hd, hd)
-                                   : dot(q, (const float *)L->k + base + t * hd, hd);
-        scores[t] = round_to(md, round_to(md, sum) / root);
-        top = fmaxf(top, scores[t]);
+    for (int64_t t0 = 0; t0 <= pos; t0 += bt) { /* a block at a time: its positions are adjacent */
+        const int64_t base = cell(md, slot, kvh, t0), n = pos + 1 - t0 < bt ? pos + 1 - t0 : bt;
+        for (int64_t i = 0; i < n; i++) {
+            const float sum = md->bf16 ? dot_bf16(q, (const uint16_t *)L->k + base + i * hd, hd)
+                                       : dot(q, (const float *)L->k + base + i * hd, hd);
+            scores[t0 + i] = round_to(md, round_to(md, sum) / root);
+            top = fmaxf(top, scores[t0 + i]);
+        }
     }
     float total = 0.0f;
     for (int64_t t = 0; t <= pos; t++) total += scores[t] = expf(scores[t] - top);
     for (int64_t d = 0; d < hd; d++) out[d] = 0.0f;
-    for (int64_t t = 0; t <= pos; t++) {
-        const float p = round_to(md, scores[t] / total);
-        if (md->bf16) {
-            const uint16_t *value = (const uint16_t *)L->v + base + t * hd;
-            for (int64_t d = 0; d < hd; d++) out[d] += p * bf16_to_float(value[d]);
-        } else {
-            const float *value = (const float *)L->v + base + t * hd;
-            for (int64_t d = 0; d < hd; d++) out[d] += p * value[d];
+    for (int64_t t0 = 0; t0 <= pos; t0 += bt) {
+        const int64_t base = cell(md, slot, kvh, t0), n = pos + 1 - t0 < bt ? pos + 1 - t0 : bt;
+        for (int64_t i = 0; i < n; i++) {
+            const float p = round_to(md, scores[t0 + i] / total);
+            if (md->bf16) {
+                const uint16_t *value = (const uint16_t *)L->v + base + i * hd;
+                for (int64_t d = 0; d < hd; d++) out[d] += p * bf16_to_float(value[d]);
+            } else {
+                const float *value = (const float *)L->v + base + i * hd;
+                for (int64_t d = 0; d < hd; d++) out[d] += p * value[d];
+            }
         }
     }
     for (int64_t d = 0; d < hd; d++) out[d] = round_to(md, out[d]);
@@ -213,10 +228,10 @@ static void layer_step(const model_desc *md, const layer_desc *L, const rows_at 
         rotate(md, q + r * H * hd, H, md->cos + p * hd, md->sin + p * hd);
         rotate(md, k + r * KVH * hd, KVH, md->cos + p * hd, md->sin + p * hd);
         for (int64_t j = 0; j < KVH; j++) {
-            const int64_t cell = ((at->slot[b] * KVH + j) * md->max_seq + p) * hd;
+            const int64_t at_p = cell(md, at->slot[b], j, p);
             for (int64_t d = 0; d < hd; d++) {
-                put(md, L->k, cell + d, k[(r * KVH + j) * hd + d]);
-                put(md, L->v, cell + d, v[(r * KVH + j) * hd + d]);
+                put(md, L->k, at_p + d, k[(r * KVH + j) * hd + d]);
+                put(md, L->v, at_p + d, v[(r * KVH + j) * hd + d]);
             }
         }
     }
@@ -251,13 +266,17 @@ static void run_layers(const model_desc *md, const int64_t *tokens, const rows_a
 /* tokens (B, T), row b in cache slot slot[b] at positions pos[b]..pos[b]+T-1 -> float32 logits
  * (B, vocab) of each row's last token. T = 1: a decode step; T > 1: a prompt (its causal attention
  * over the cache). Returns 0, -1 if out of memory, -2 if built without SIMD, -3 if a slot or
- * position is out of the cache's range. */
+ * position is out of the cache's range, or its blocks are not all there. */
 int llama_forward(const model_desc *md, const int64_t *tokens, int64_t B, int64_t T, const int64_t *slot,
                   const int64_t *pos, float *logits) {
 #if SIMD
     int64_t widest_pos = 0;
     for (int64_t b = 0; b < B; b++) {
         if (slot[b] < 0 || slot[b] >= md->slots || pos[b] < 0 || pos[b] + T > md->max_seq) return -3;
+        for (int64_t i = 0; i * md->block_tokens < pos[b] + T; i++) { /* every block the row reads or writes */
+            const int64_t block = md->table[slot[b] * md->per_slot + i];
+            if (block < 0 || block >= md->blocks) return -3;
+        }
         widest_pos = pos[b] > widest_pos ? pos[b] : widest_pos;
     }
     const rows_at at = {B, T, widest_pos, slot, pos};

@@ -13,7 +13,7 @@ import torch
 from llama.decoding.engine import Engine, wait_all
 from llama.decoding.requests import Request
 from llama.decoding.sampler import SamplingParams
-from llama.errors import BusyError, ConfigError, EngineClosedError, GenerationError
+from llama.errors import BusyError, ConfigError, ContextMemoryError, EngineClosedError, GenerationError
 
 GREEDY = SamplingParams(temperature=0.0)
 FORMATS = [("float32", None), ("bfloat16", None), ("float32", "int8"), ("float32", "int4")]
@@ -113,6 +113,48 @@ def test_idle_slots_keep_their_cache_until_needed_least_recently_used_first(buil
     engine.submit(Request(c, 2, GREEDY)).result(60)  # takes b's slot, the least recently used
     assert engine.submit(Request(b + [9], 2, GREEDY)).result(60).cached_tokens == 1  # only bos: b was evicted
     assert engine.submit(Request(c + [9], 2, GREEDY)).result(60).cached_tokens == 10
+
+
+def test_slots_share_one_pool_and_a_request_waits_until_its_blocks_are_free(build, engines, monkeypatch):
+    monkeypatch.setattr("llama.kv_cache.BLOCK_TOKENS", 16)
+    # 4 slots but blocks for 64 positions: two 24-token requests at a time (2 blocks each at their longest)
+    gen = build("mha", max_seq_len=64, max_batch_size=4, kv_cache_tokens=64)
+    engine = engines(gen)
+    alone = [engine.submit(Request(prompt(gen, 8, s), 16, GREEDY, cache_prompt=False)).result(60) for s in (1, 2, 3)]
+    handles = [engine.submit(Request(prompt(gen, 8, s), 16, GREEDY, cache_prompt=False)) for s in (1, 2, 3)]
+    peak, deadline = 0, time.monotonic() + 60
+    while not all(h.done for h in handles) and time.monotonic() < deadline:
+        peak = max(peak, engine.status()["running"])
+        time.sleep(0.001)
+    crowd = wait_all(handles, 60)
+    assert [c.tokens for c in crowd] == [a.tokens for a in alone] and peak <= 2
+    assert gen.model.kv_pool.capacity <= 4
+
+
+def test_finished_sequences_give_their_blocks_to_new_ones_least_recently_used_first(build, engines, monkeypatch):
+    monkeypatch.setattr("llama.kv_cache.BLOCK_TOKENS", 16)
+    gen = build("mha", max_seq_len=64, max_batch_size=4, kv_cache_tokens=64)
+    engine = engines(gen)
+    a, b, c = (prompt(gen, 20, s) for s in (4, 5, 6))
+    for p in (a, b):
+        engine.submit(Request(p, 4, GREEDY)).result(60)  # each keeps 2 blocks for the prompt cache: the pool is full
+    engine.submit(Request(c, 4, GREEDY)).result(60)  # needs 2: a's, the least recently used, are given up
+    assert engine.submit(Request(b + [9], 2, GREEDY)).result(60).cached_tokens == 20
+    assert engine.submit(Request(a + [9], 2, GREEDY)).result(60).cached_tokens == 0
+
+
+def test_a_request_beyond_the_whole_pool_is_a_context_memory_error_naming_the_figures(build, engines, monkeypatch):
+    monkeypatch.setattr("llama.kv_cache.BLOCK_TOKENS", 16)
+    gen = build("mha", max_seq_len=64, max_batch_size=4, kv_cache_tokens=32)
+    engine = engines(gen)
+    with pytest.raises(ContextMemoryError) as err:
+        engine.submit(Request(prompt(gen, 20, 1), 20, GREEDY))
+    assert str(err.value) == (
+        "context memory exhausted: the prompt's 20 tokens plus max_new_tokens=20 (40 tokens, 3 blocks) exceed "
+        "what the KV cache holds 2 blocks of 16 tokens (32 tokens, 0.00 GiB), 0 in use can ever hold; ask for "
+        "fewer tokens, or build with a larger kv_cache_tokens"
+    )
+    assert len(engine.submit(Request(prompt(gen, 20, 1), 12, GREEDY)).result(60).tokens) <= 12
 
 
 def test_tokens_stream_as_they_are_made_and_add_up_to_the_text(build, engines):

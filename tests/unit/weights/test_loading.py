@@ -35,7 +35,8 @@ def test_weights_land_on_the_requested_device_and_dtype_with_caches_beside_them(
     assert {p.dtype for p in llama.model.parameters()} == {torch.bfloat16}
     assert {p.device.type for p in llama.model.parameters()} == {"cpu"}
     cache = llama.model.layers[0].attention.cache
-    assert cache.k.dtype == torch.bfloat16 and cache.k.shape == (4, 64, 2, 8)
+    # Paged (llama.kv_cache): blocks of (kv heads, positions, head_dim), none until a sequence needs them.
+    assert cache.k.dtype == torch.bfloat16 and cache.k.shape == (0, 2, 64, 8)
     assert llama.model.rope_cos.dtype == torch.float32  # rotary tables stay float32
 
 

@@ -1,0 +1,87 @@
+"""The paged KV cache (llama.kv_cache): memory that grows with the tokens held, blocks shared by the
+slots and given back, the same logits as one full pass however the blocks fall, and typed errors
+naming the figures when the pool is full."""
+
+import pytest
+import torch
+
+from llama.decoding import native_step
+from llama.errors import ContextMemoryError
+from llama.kv_cache import BlockPool, PagedKV
+from llama.model import ModelArgs, Transformer
+
+
+def tiny(max_seq_len=64, max_batch_size=3, **kw):
+    torch.manual_seed(0)
+    args = ModelArgs(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=40, multiple_of=16,
+                     max_seq_len=max_seq_len, max_batch_size=max_batch_size, **kw)  # fmt: skip
+    return Transformer(args).eval().requires_grad_(False)
+
+
+def test_a_layer_writes_positions_across_blocks_and_returns_each_rows_prefix():
+    pool = BlockPool(2, 16, 32, token_bytes=8, block_tokens=4)
+    cache = PagedKV(pool, kv_heads=1, head_dim=2)
+    pool.ensure([0, 1], [7, 7])
+    k = torch.arange(2 * 3 * 2, dtype=torch.float32).reshape(2, 3, 1, 2) + 1
+    keys, values = cache.update(4, k, 2 * k)
+    assert keys.shape == (2, 7, 1, 2)
+    assert keys[:, :4].abs().sum() == 0 and torch.equal(keys[:, 4:], k) and torch.equal(values[:, 4:], 2 * k)
+    # Row 1's positions 4..6 sit in its own second block, not next to row 0's.
+    assert pool.held == [[0, 1], [2, 3]] and torch.equal(cache.k[3, 0, :3], k[1, :, 0])
+
+
+def test_memory_grows_with_the_tokens_held_and_freed_blocks_are_taken_again():
+    pool = BlockPool(4, 1024, 4 * 1024, token_bytes=8, block_tokens=16)
+    cache = PagedKV(pool, kv_heads=1, head_dim=2)
+    assert cache.k.shape[0] == 0 and pool.capacity == 0  # max_seq_len costs nothing until used
+    pool.ensure([0], [20])
+    assert pool.held[0] == [0, 1] and pool.capacity == 16 and cache.k.shape == (16, 1, 16, 2)
+    pool.ensure([1], [16 * 20])  # beyond the first allocation: the storage doubles (at least)
+    assert pool.capacity == 32 and len(pool.held[1]) == 20 and pool.generation == 2
+    pool.truncate(1, 17)  # keeps positions 0..16: two blocks
+    assert len(pool.held[1]) == 2 and pool.table[1, 2] == -1 and pool.used == 4
+    pool.truncate(0)
+    pool.ensure([2], [40])
+    assert pool.held[2] == [0, 1, 4]  # the lowest free ids first
+
+
+def test_a_full_pool_is_a_context_memory_error_with_the_figures_and_nothing_taken():
+    pool = BlockPool(2, 64, 64, token_bytes=1024, block_tokens=16)
+    pool.ensure([0], [48])
+    with pytest.raises(ContextMemoryError) as err:
+        pool.ensure([1], [32])
+    assert str(err.value) == (
+        "context memory exhausted: 2 more blocks of 16 tokens (0.00 GiB) are needed for 32 tokens, but the KV "
+        "cache holds 4 blocks of 16 tokens (64 tokens, 0.00 GiB), 3 in use and none is free; wait for other "
+        "requests to end, ask for fewer tokens, or build with a larger kv_cache_tokens"
+    )
+    assert pool.held[1] == [] and pool.used == 3
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_cached_decoding_over_many_blocks_and_growing_storage_equals_one_full_pass(build, native, monkeypatch):
+    monkeypatch.setattr("llama.kv_cache.BLOCK_TOKENS", 8)
+    monkeypatch.setattr("llama.kv_cache.FIRST_BLOCKS", 2)  # the storage moves several times on the way
+    model = build("gqa", max_seq_len=64, max_batch_size=3).model
+    tokens = torch.randint(0, 40, (3, 40), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        full = model(tokens)
+        model.setup_caches()
+        if native and native_step.why_not(model) is not None:
+            pytest.skip(native_step.why_not(model))
+        step = native_step.NativeDecode(model) if native else None
+        run = step.rows if step else lambda t, s, p: model.forward_rows(t, s, p)
+        slots = torch.tensor([2, 0, 1])  # each row in its own slot, the blocks interleaved
+        out = [run(tokens[:, :13], slots, torch.zeros(3, dtype=torch.long))]
+        out += [run(tokens[:, i : i + 1], slots, torch.full((3,), i)) for i in range(13, 40)]
+    assert model.kv_pool.generation >= 3 and model.kv_pool.used == 15
+    torch.testing.assert_close(torch.cat(out, dim=1)[:, -1], full[:, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_a_long_max_seq_len_costs_nothing_until_used():
+    model = tiny(max_seq_len=131072, max_batch_size=4)
+    model.setup_caches()
+    assert sum(layer.attention.cache.k.numel() for layer in model.layers) == 0
+    model.forward(torch.zeros(1, 5, dtype=torch.long), 0)
+    layer = model.layers[0].attention.cache
+    assert layer.k.shape[0] == 16 and model.kv_pool.held[0] == [0]  # 16 blocks of 256 positions, 1 held
