@@ -25,6 +25,7 @@ def main(
     stream: bool = False,
     compile: bool = False,
     quantize: Optional[str] = None,
+    kv_cache_dtype: Optional[str] = None,
     top_k: int = 0,
     repetition_penalty: float = 1.0,
     stop: Union[None, str, Sequence[str]] = None,
@@ -42,6 +43,7 @@ def main(
         dtype=dtype,
         compile=compile,
         quantize=quantize,
+        kv_cache_dtype=kv_cache_dtype,
     )
 
     prompts: List[str] = [

@@ -1,5 +1,5 @@
-"""How far bfloat16, int8 and int4 move the model from float32: mean |delta log p|, greedy
-agreement, and the bundled demo model's held-out nats per character.
+"""How far bfloat16, int8 and int4 (weights, or the KV cache: --kv_cache_dtype) move the model from
+float32: mean |delta log p|, greedy agreement, and the bundled demo model's held-out nats per character.
 
     python benchmarks/quality.py              # the test checkpoints (llama.synthetic's tiny configs) and the demo
     python benchmarks/quality.py --cpu-330M   # also the benchmark's 12-layer, dim-768 random model
@@ -19,7 +19,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["The quick brown fox", "Python is a programming language that", "A", "Once upon a time, in a land"]
 HELDOUT = ROOT / "tests" / "data" / "heldout_programming.txt"
-VARIANTS = {"bfloat16": dict(dtype="bfloat16"), "int8": dict(quantize="int8"), "int4": dict(quantize="int4")}
+VARIANTS = {
+    "bfloat16": dict(dtype="bfloat16"),
+    "int8": dict(quantize="int8"),
+    "int4": dict(quantize="int4"),
+    "KV cache bfloat16": dict(kv_cache_dtype="bfloat16"),  # float32 weights, the cache stored in bfloat16
+    "KV cache int8": dict(kv_cache_dtype="int8"),
+    "int4, KV cache int8": dict(quantize="int4", kv_cache_dtype="int8"),
+}
 
 
 def build(ckpt: Path, tokenizer: Path, **kw):
@@ -67,6 +74,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--gen_len", type=int, default=16)
     p.add_argument("--cpu-330M", dest="cpu330", action="store_true")
+    p.add_argument("--demo_only", action="store_true", help="only the bundled demo model")
     args = p.parse_args()
     sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
@@ -80,6 +88,8 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|")
     report("bundled demo (trained)", 1, demo.CKPT_DIR, demo.TOKENIZER_PATH, args.gen_len, heldout=True)
+    if args.demo_only:
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         tok = tmp / "tokenizer.model"

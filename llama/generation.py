@@ -22,6 +22,7 @@ from .decoding.sampling import sample_top_p
 from .decoding.static_step import StaticDecode
 from .errors import ConfigError
 from .kernels.formats import check_method
+from .kv_cache import KV_DTYPES
 from .layers.parallel import init_model_parallel, model_parallel_group, model_parallel_rank
 from .model import Transformer
 from .runtime import memory
@@ -69,6 +70,7 @@ class Llama:
         compile: bool = False,
         quantize: Optional[str] = None,
         kv_cache_tokens: Optional[int] = None,
+        kv_cache_dtype: Optional[str] = None,
     ) -> "Llama":
         """Load a checkpoint directory on this process's share of the model-parallel group.
 
@@ -80,18 +82,25 @@ class Llama:
         CPUs). quantize="int8" | "int4": weight-only (llama.layers.quantized). kv_cache_tokens: how many
         positions the paged KV cache may hold in all (default: max_batch_size x max_seq_len); on the
         CPU it grows with what it holds, elsewhere it is allocated at load (llama.kv_cache).
+        kv_cache_dtype="float32" | "bfloat16" | "int8": how the cache stores keys and values (default:
+        the model's dtype); attention reads them back in the model's dtype.
         """
         whole_number("max_seq_len", max_seq_len)
         whole_number("max_batch_size", max_batch_size)
         whole_number("seed", seed, minimum=None)
         if kv_cache_tokens is not None:
             whole_number("kv_cache_tokens", kv_cache_tokens)
+        if kv_cache_dtype is not None and kv_cache_dtype not in KV_DTYPES:
+            raise ConfigError(
+                f"unknown kv_cache_dtype {kv_cache_dtype!r}; use one of {', '.join(KV_DTYPES)} (or leave it "
+                "unset: the model's dtype)"
+            )
         check_method(quantize)
         start_time = time.time()
         ckpt = loading.open_checkpoint(ckpt_dir)
         tokenizer = Tokenizer(model_path=tokenizer_files.find_tokenizer(ckpt_dir, tokenizer_path))
         args = model_args(ckpt, tokenizer, max_seq_len, max_batch_size)
-        args.kv_cache_tokens = kv_cache_tokens
+        args.kv_cache_tokens, args.kv_cache_dtype = kv_cache_tokens, kv_cache_dtype
 
         rt = select(device=device, dtype=dtype, backend=backend)
         mp_size = _model_parallel_size(rt, model_parallel_size)

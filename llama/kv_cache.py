@@ -13,7 +13,8 @@ zero-filled so that masked positions never hold NaNs); elsewhere (CUDA, MPS: tor
 CUDA graphs need storage that does not move) the whole pool is allocated at once.
 
 `PagedKV` is one layer's storage, (blocks, kv_heads, BLOCK_TOKENS, head_dim) for k and for v:
-heads-major within a block, as llama/kernels/csrc/forward.c reads it. For llama.model's eager
+heads-major within a block, as llama/kernels/csrc/forward.c reads it; in the model's dtype, or in
+bfloat16 or int8 (one scale per position and head) whatever the weights are (`kv_cache_dtype`). For llama.model's eager
 attention it gathers a row's blocks into the (rows, positions, kv_heads, head_dim) keys and values
 the reference's `attend` takes: the same numbers at the same places, one copy per call.
 """
@@ -169,19 +170,43 @@ class BlockPool:
         self.generation += 1
 
 
+KV_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}  # kv_cache_dtype's choices
+
+
+def quantize_int8(x: torch.Tensor):
+    """x (..., head_dim) -> (int8 codes, float32 scales (...)): one scale per head vector, max|x| / 127."""
+    xf = x.float()
+    scale = xf.abs().amax(dim=-1) / 127.0
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return torch.round(xf / safe[..., None]).clamp(-127, 127).to(torch.int8), scale
+
+
 class PagedKV(nn.Module):
-    """One layer's keys and values in the pool's blocks, (capacity, kv_heads, block_tokens, head_dim)."""
+    """One layer's keys and values in the pool's blocks, (capacity, kv_heads, block_tokens, head_dim),
+    stored in the model's dtype or in `store` (kv_cache_dtype: float32, bfloat16, or int8 with one
+    float32 scale per position and head, k_scale and v_scale (capacity, kv_heads, block_tokens)).
+    Attention always reads them back in the model's dtype."""
 
     k: torch.Tensor
     v: torch.Tensor
+    k_scale: Optional[torch.Tensor]
+    v_scale: Optional[torch.Tensor]
 
-    def __init__(self, pool: BlockPool, kv_heads: int, head_dim: int, dtype=None, device=None):
+    def __init__(self, pool: BlockPool, kv_heads: int, head_dim: int, dtype=None, device=None, store=None):
         super().__init__()
         self.pool = pool
+        self.dtype = dtype or torch.get_default_dtype()
+        self.store = KV_DTYPES[store] if store is not None else self.dtype
         shape = (0, kv_heads, pool.block_tokens, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("k", torch.zeros(shape, dtype=self.store, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=self.store, device=device), persistent=False)
+        scales = self.store == torch.int8
+        for name in ("k_scale", "v_scale"):
+            self.register_buffer(name, torch.zeros(shape[:3], device=device) if scales else None, persistent=False)
         pool.layers.append(self)
+
+    def _names(self):
+        return ("k", "v", "k_scale", "v_scale") if self.k_scale is not None else ("k", "v")
 
     def resize(self, blocks: int) -> None:
         """Room for `blocks` blocks, the blocks held so far copied over (and the new ones zeroed).
@@ -189,7 +214,7 @@ class PagedKV(nn.Module):
         Normal tensors even when the pool grows under inference mode: the compiled static step
         (llama.decoding.static_step) writes them outside it."""
         with torch.inference_mode(False), torch.no_grad():
-            for name in ("k", "v"):
+            for name in self._names():
                 old = getattr(self, name)
                 new = torch.zeros((blocks, *old.shape[1:]), dtype=old.dtype, device=old.device)
                 new[: old.shape[0]] = old
@@ -214,14 +239,24 @@ class PagedKV(nn.Module):
             positions = (first + torch.arange(seqlen, device=k.device)).expand(bsz, seqlen)
             span = start_pos + seqlen if isinstance(start_pos, int) else self.pool.max_seq_len
         bt = self.pool.block_tokens
-        blocks = self.pool.table[slots[:, None], positions // bt]
-        self.k[blocks, :, positions % bt] = k
-        self.v[blocks, :, positions % bt] = v
-        return self._gather(self.k, slots, span), self._gather(self.v, slots, span)
+        blocks, offsets = self.pool.table[slots[:, None], positions // bt], positions % bt
+        self._put(self.k, self.k_scale, blocks, offsets, k)
+        self._put(self.v, self.v_scale, blocks, offsets, v)
+        return self._gather(self.k, self.k_scale, slots, span), self._gather(self.v, self.v_scale, slots, span)
 
-    def _gather(self, store: torch.Tensor, slots: torch.Tensor, span: int) -> torch.Tensor:
+    @staticmethod
+    def _put(store: torch.Tensor, scales: Optional[torch.Tensor], blocks, offsets, x: torch.Tensor) -> None:
+        if scales is None:
+            store[blocks, :, offsets] = x.to(store.dtype)
+        else:
+            store[blocks, :, offsets], scales[blocks, :, offsets] = quantize_int8(x)
+
+    def _gather(self, store: torch.Tensor, scales: Optional[torch.Tensor], slots: torch.Tensor, span: int):
         n = blocks_for(span, self.pool.block_tokens)
         ids = self.pool.table[slots, :n].clamp(min=0)  # unheld blocks read as block 0: masked anyway
         rows = store[ids]  # (B, n, kv_heads, block_tokens, head_dim)
+        if scales is not None:
+            rows = rows.float() * scales[ids][..., None]
+        rows = rows.to(self.dtype)
         B, _, kvh, bt, hd = rows.shape
         return rows.transpose(1, 2).reshape(B, kvh, n * bt, hd)[:, :, :span].transpose(1, 2)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kv_cache import BlockPool, CacheRows, PagedKV
+from .kv_cache import KV_DTYPES, BlockPool, CacheRows, PagedKV
 
 # Llama 3.1's RoPE scaling (Meta's llama-models, `llama3/model.py`, apply_scaling): the factor
 # is 8 there; the frequency band and original context are fixed.
@@ -44,6 +44,7 @@ class ModelArgs:
     max_batch_size: int = 32
     max_seq_len: int = 2048
     kv_cache_tokens: Optional[int] = None  # the KV cache pool's positions; None: max_batch_size x max_seq_len
+    kv_cache_dtype: Optional[str] = None  # float32, bfloat16, int8 (llama.kv_cache); None: the model's dtype
 
     @property
     def head_dim(self) -> int:
@@ -265,7 +266,9 @@ class Transformer(nn.Module):
         weight = self.tok_embeddings.weight
         p = self.params
         attns = [cast(Attention, layer.attention) for layer in self.layers]
-        token_bytes = sum(2 * a.local_kv_heads * a.head_dim * weight.element_size() for a in attns)
+        store = torch.empty((), dtype=KV_DTYPES[p.kv_cache_dtype] if p.kv_cache_dtype else weight.dtype)
+        per_value = store.element_size() + (4 / attns[0].head_dim if p.kv_cache_dtype == "int8" else 0)
+        token_bytes = int(sum(2 * a.local_kv_heads * a.head_dim * per_value for a in attns))
         self.kv_pool = BlockPool(
             p.max_batch_size,
             p.max_seq_len,
@@ -275,7 +278,9 @@ class Transformer(nn.Module):
             weight.device.type == "cpu" if grow is None else grow,
         )
         for attn in attns:
-            attn.cache = PagedKV(self.kv_pool, attn.local_kv_heads, attn.head_dim, weight.dtype, weight.device)
+            attn.cache = PagedKV(
+                self.kv_pool, attn.local_kv_heads, attn.head_dim, weight.dtype, weight.device, p.kv_cache_dtype
+            )
         if not self.kv_pool.grow:
             self.kv_pool.allocate_all()
 

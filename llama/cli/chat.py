@@ -173,6 +173,7 @@ def main(
     dtype: Optional[str] = None,
     seed: int = 1,
     quantize: Optional[str] = None,
+    kv_cache_dtype: Optional[str] = None,
     top_k: int = 0,
     repetition_penalty: float = 1.0,
     stop: Union[None, str, Sequence[str]] = None,
@@ -205,6 +206,7 @@ def main(
         dtype=dtype,
         seed=seed,
         quantize=quantize,
+        kv_cache_dtype=kv_cache_dtype,
     )
     if not is_main_process():
         # Rank 0 reads the turns and schedules; this rank repeats its steps until it closes. A

@@ -65,6 +65,12 @@ FLAGS = {
         "faster native step runs instead); the first generation pays the compilation"
     ),
     "quantize": Flag("weight-only quantization of the linear layers", "METHOD", choices=METHODS),
+    "kv_cache_dtype": Flag(
+        "how the KV cache stores keys and values, whatever the weights (int8: a scale per position and head)",
+        "DTYPE",
+        choices=("float32", "bfloat16", "int8"),
+        default="the model's dtype",
+    ),
     "top_k": Flag("sample only from the K most likely tokens (0: off)", "K"),
     "repetition_penalty": Flag("> 1 makes tokens already in the prompt or answer less likely (1: off)", "R"),
     "stop": Flag('end an answer before this text (a string, or a list such as \'["A", "B"]\')', "TEXT"),

@@ -77,6 +77,7 @@ def main(
     max_queue: int = 64,
     shutdown_timeout: int = 30,
     kv_cache_tokens: Optional[int] = None,
+    kv_cache_dtype: Optional[str] = None,
 ):
     from ..decoding.engine import Engine
     from ..runtime.group import is_main_process
@@ -87,7 +88,7 @@ def main(
         max_seq_len = demo.MAX_SEQ_LEN if using_demo else 2048
     sizes = dict(max_seq_len=max_seq_len, max_batch_size=max_batch_size, kv_cache_tokens=kv_cache_tokens)
     generator = build_generator(ckpt_dir, tokenizer_path, 1.0, 1.0, None, device=device, dtype=dtype,
-                                quantize=quantize, **sizes)  # fmt: skip
+                                quantize=quantize, kv_cache_dtype=kv_cache_dtype, **sizes)  # fmt: skip
     if not is_main_process():
         # Rank 0 holds the socket and decides when to stop (a Ctrl-C reaches every rank of the
         # terminal's process group); this rank runs its steps until rank 0 releases it, or is gone.

@@ -34,6 +34,7 @@ from ..model import Transformer
 log = logging.getLogger(__name__)
 
 BITS = {"int4": 4, "int8": 8, "bfloat16": 16, "float32": 32}  # forward.c's `bits` per weight format
+KV_BITS = {torch.float32: 32, torch.bfloat16: 16, torch.int8: 8}  # its `kv_bits` per cache dtype
 DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # the model dtypes forward.c takes (its `bf16` flag)
 
 
@@ -93,8 +94,8 @@ def why_not(model: Any) -> Optional[str]:
     if not all(_on_cpu(t) and t.dtype == torch.float32 for t in (model.rope_cos, model.rope_sin)):
         return "the rotary tables are not float32 on the CPU"
     caches = [t for layer in model.layers for t in (layer.attention.cache.k, layer.attention.cache.v)]
-    if not all(t.dtype == dtype and _on_cpu(t) for t in caches) or model.kv_pool.table.device.type != "cpu":
-        return "the KV cache is not in the model's dtype on the CPU"
+    if not all(t.dtype in KV_BITS and _on_cpu(t) for t in caches) or model.kv_pool.table.device.type != "cpu":
+        return "the KV cache is not float32, bfloat16 or int8 on the CPU"
     return None
 
 
@@ -111,7 +112,9 @@ def _layer(layer: Any) -> LayerDesc:
         layer.attention_norm.weight.data_ptr(),
         layer.ffn_norm.weight.data_ptr(),
         *(_weight(m) for m in _layer_linears(layer)),
-        0,  # the cache's blocks: `_cache_moved` fills them in (they move as the pool grows)
+        0,  # the cache's blocks and scales: `_cache_moved` fills them in (they move as the pool grows)
+        0,
+        0,
         0,
     )
 
@@ -138,7 +141,9 @@ class NativeDecode:
         embedding = model.tok_embeddings.weight
         sizes = (p.n_layers, p.dim, p.n_heads, p.kv_heads, p.head_dim, self.layers[0].w1.N, output.N, p.max_seq_len)
         self.pool = model.kv_pool
-        pool = (self.pool.table.shape[0], self.pool.block_tokens, self.pool.per_slot, 0, self.pool.table.data_ptr())
+        kv_bits = KV_BITS[model.layers[0].attention.cache.k.dtype]
+        table = self.pool.table
+        pool = (table.shape[0], self.pool.block_tokens, self.pool.per_slot, 0, kv_bits, table.data_ptr())
         self.desc = ModelDesc(
             bits, DTYPES[embedding.dtype], *sizes, *pool, p.norm_eps,
             embedding.data_ptr(), model.norm.weight.data_ptr(), model.rope_cos.data_ptr(), model.rope_sin.data_ptr(),
@@ -152,7 +157,10 @@ class NativeDecode:
         if self._generation == self.pool.generation:
             return
         for desc, layer in zip(self.layers, self.model.layers):
-            desc.k, desc.v = layer.attention.cache.k.data_ptr(), layer.attention.cache.v.data_ptr()
+            cache = layer.attention.cache
+            desc.k, desc.v = cache.k.data_ptr(), cache.v.data_ptr()
+            if cache.k_scale is not None:
+                desc.k_scale, desc.v_scale = cache.k_scale.data_ptr(), cache.v_scale.data_ptr()
         self.desc.blocks = self.pool.capacity
         self._generation = self.pool.generation
 

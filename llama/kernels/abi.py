@@ -10,7 +10,7 @@ from typing import Tuple
 
 from .formats import INT4_GROUP
 
-ABI_VERSION = 3  # forward.c's ABI_VERSION
+ABI_VERSION = 4  # forward.c's ABI_VERSION
 BLOCK = 8  # output rows per repacked weight block (common.h's BLOCK)
 
 _P, _I = ctypes.c_void_p, ctypes.c_int64
@@ -24,7 +24,8 @@ class WeightDesc(ctypes.Structure):
 
 
 class LayerDesc(ctypes.Structure):
-    """forward.c's layer_desc: norm weights, the seven matmuls, the layer's k and v cache blocks."""
+    """forward.c's layer_desc: norm weights, the seven matmuls, the layer's k and v cache blocks and their
+    int8 scales."""
 
     _fields_ = [
         ("attn_norm", _P),
@@ -32,6 +33,8 @@ class LayerDesc(ctypes.Structure):
         *((name, WeightDesc) for name in WEIGHTS),
         ("k", _P),
         ("v", _P),
+        ("k_scale", _P),
+        ("v_scale", _P),
     ]
 
 
@@ -50,6 +53,7 @@ _MODEL_INTS = (
     "block_tokens",
     "per_slot",
     "blocks",
+    "kv_bits",
 )
 
 

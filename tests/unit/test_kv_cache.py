@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from llama.decoding import native_step
-from llama.errors import ContextMemoryError
+from llama.errors import ConfigError, ContextMemoryError
 from llama.kv_cache import BlockPool, PagedKV
 from llama.model import ModelArgs, Transformer
 
@@ -85,3 +85,40 @@ def test_a_long_max_seq_len_costs_nothing_until_used():
     model.forward(torch.zeros(1, 5, dtype=torch.long), 0)
     layer = model.layers[0].attention.cache
     assert layer.k.shape[0] == 16 and model.kv_pool.held[0] == [0]  # 16 blocks of 256 positions, 1 held
+
+
+@pytest.mark.parametrize("model_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("kv", ["float32", "bfloat16", "int8"])
+def test_the_cache_stores_any_dtype_and_the_native_step_reads_it_as_the_eager_one_does(build, model_dtype, kv):
+    gen = build("gqa", dtype=model_dtype, kv_cache_dtype=kv, max_batch_size=2)
+    model = gen.model
+    cache = model.layers[0].attention.cache
+    assert cache.k.dtype == {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}[kv]
+    assert (cache.k_scale is not None) == (kv == "int8")
+    step = native_step.for_model(model)
+    if step is None:
+        pytest.skip(native_step.why_not(model))
+    tokens = torch.randint(3, 300, (2, 30), generator=torch.Generator().manual_seed(2))
+    slots, outs = torch.tensor([1, 0]), []
+    with torch.inference_mode():
+        for run in (model.forward_rows, step.rows):
+            model.kv_pool.truncate(0), model.kv_pool.truncate(1)
+            first = run(tokens[:, :20], slots, torch.zeros(2, dtype=torch.long))
+            outs.append([first] + [run(tokens[:, i : i + 1], slots, torch.full((2,), i)) for i in range(20, 30)])
+    for eager, native in zip(*outs):
+        torch.testing.assert_close(native, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_an_int8_cache_moves_log_probs_a_little_and_takes_a_quarter_of_the_memory(build):
+    plain, small = build("gqa"), build("gqa", kv_cache_dtype="int8")
+    x = torch.randint(3, 300, (1, 40), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        a, b = (torch.log_softmax(g.model.forward(x, 0), -1) for g in (plain, small))
+    assert 0 < (a - b).abs().mean() < 0.05  # a random tiny model, log-probs spread over -20..0
+    per_block = [g.model.kv_pool.block_bytes for g in (plain, small)]
+    assert per_block[1] == per_block[0] // 4 + per_block[0] // 4 // plain.model.params.head_dim * 4
+
+
+def test_an_unknown_kv_cache_dtype_is_refused_naming_the_choices(build):
+    with pytest.raises(ConfigError, match=r"unknown kv_cache_dtype 'float8'; use one of float32, bfloat16, int8 "):
+        build("gqa", kv_cache_dtype="float8")

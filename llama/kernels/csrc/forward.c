@@ -24,7 +24,7 @@
 #include <string.h>
 
 /* Bumped whenever a descriptor below or an entry point's arguments change. */
-#define ABI_VERSION 3
+#define ABI_VERSION 4
 
 typedef struct {
     int64_t N, K;
@@ -35,15 +35,17 @@ typedef struct {
 typedef struct {
     const void *attn_norm, *ffn_norm;
     weight_desc wq, wk, wv, wo, w1, w2, w3;
-    void *k, *v; /* this layer's cache blocks, each (kv_heads, block_tokens, head_dim) (llama/kv_cache.py) */
+    void *k, *v;             /* this layer's cache blocks, each (kv_heads, block_tokens, head_dim) (llama/kv_cache.py) */
+    float *k_scale, *v_scale; /* int8 caches: a scale per position and head, blocks of (kv_heads, block_tokens) */
 } layer_desc;
 
 /* bits: the matmul weights' format, 4 or 8 (quantized), 16 (bfloat16) or 32 (float32). bf16: the model's dtype
  * (embedding, norm weights, caches, activations) is bfloat16, else float32. The KV cache is paged: position p of
- * slot s is in block table[s * per_slot + p / block_tokens] (-1: none) of `blocks`. */
+ * slot s is in block table[s * per_slot + p / block_tokens] (-1: none) of `blocks`; kv_bits: what the cache
+ * stores, 32 (float32), 16 (bfloat16) or 8 (int8 with a float32 scale per position and head). */
 typedef struct {
     int64_t bits, bf16, n_layers, dim, n_heads, kv_heads, head_dim, hidden, vocab, max_seq, slots;
-    int64_t block_tokens, per_slot, blocks;
+    int64_t block_tokens, per_slot, blocks, kv_bits;
     const int64_t *table;
     double eps;
     const void *embedding;  /* (vocab, dim) */
@@ -72,11 +74,6 @@ static inline float get(const model_desc *md, const void *p, int64_t i) {
     return md->bf16 ? bf16_to_float(((const uint16_t *)p)[i]) : ((const float *)p)[i];
 }
 
-static inline void put(const model_desc *md, void *p, int64_t i, float x) {
-    if (md->bf16) ((uint16_t *)p)[i] = float_to_bf16(x);
-    else ((float *)p)[i] = x;
-}
-
 /* Where position p of slot `slot` starts in a layer's k or v blocks, for kv head `kvh` (its next
  * positions in the block follow at head_dim apart). */
 static inline int64_t cell(const model_desc *md, int64_t slot, int64_t kvh, int64_t p) {
@@ -96,16 +93,44 @@ static float dot(const float *x, const float *y, int64_t n) {
     return total;
 }
 
-/* x . y over n values, y bfloat16 (a cached key): as dot() */
-static float dot_bf16(const float *x, const uint16_t *y, int64_t n) {
+/* Element i of the cached vector at `at` (cell() of a layer's k or v; `scales` the layer's int8
+ * scales) in the model's dtype: llama/kv_cache.py's PagedKV._gather, value for value. */
+static inline float cached(const model_desc *md, const void *store, const float *scales, int64_t at, int64_t i) {
+    if (md->kv_bits == 32) return round_to(md, ((const float *)store)[at + i]);
+    if (md->kv_bits == 16) return round_to(md, bf16_to_float(((const uint16_t *)store)[at + i]));
+    return round_to(md, (float)((const int8_t *)store)[at + i] * scales[at / md->head_dim]);
+}
+
+/* x . (the cached vector at `at`) over head_dim values: as dot() */
+static float dot_cached(const model_desc *md, const float *x, const void *store, const float *scales, int64_t at) {
+    const int64_t n = md->head_dim;
     float part[8] = {0};
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
-        for (int l = 0; l < 8; l++) part[l] += x[i + l] * bf16_to_float(y[i + l]);
+        for (int l = 0; l < 8; l++) part[l] += x[i + l] * cached(md, store, scales, at, i + l);
     float total = 0.0f;
     for (int l = 0; l < 8; l++) total += part[l];
-    for (; i < n; i++) total += x[i] * bf16_to_float(y[i]);
+    for (; i < n; i++) total += x[i] * cached(md, store, scales, at, i);
     return total;
+}
+
+/* Store x (head_dim values, already in the model's dtype) as the cached vector at `at`. */
+static void store_cached(const model_desc *md, void *store, float *scales, int64_t at, const float *x) {
+    const int64_t n = md->head_dim;
+    if (md->kv_bits == 32)
+        for (int64_t d = 0; d < n; d++) ((float *)store)[at + d] = x[d];
+    else if (md->kv_bits == 16)
+        for (int64_t d = 0; d < n; d++) ((uint16_t *)store)[at + d] = float_to_bf16(x[d]);
+    else { /* llama/kv_cache.py's quantize_int8: max|x| / 127, codes rounded to nearest even */
+        float top = 0.0f;
+        for (int64_t d = 0; d < n; d++) top = fmaxf(top, fabsf(x[d]));
+        const float scale = top / 127.0f, safe = scale > 0.0f ? scale : 1.0f;
+        for (int64_t d = 0; d < n; d++) {
+            const float q = nearbyintf(x[d] / safe);
+            ((int8_t *)store)[at + d] = (int8_t)(q > 127.0f ? 127.0f : q < -127.0f ? -127.0f : q);
+        }
+        scales[at / n] = scale;
+    }
 }
 
 /* RMSNorm (model.py): the float32 x * rsqrt(mean(x^2) + eps), in the model's dtype, times the
@@ -139,8 +164,8 @@ static void attend_head(const model_desc *md, const layer_desc *L, const float *
     for (int64_t t0 = 0; t0 <= pos; t0 += bt) { /* a block at a time: its positions are adjacent */
         const int64_t base = cell(md, slot, kvh, t0), n = pos + 1 - t0 < bt ? pos + 1 - t0 : bt;
         for (int64_t i = 0; i < n; i++) {
-            const float sum = md->bf16 ? dot_bf16(q, (const uint16_t *)L->k + base + i * hd, hd)
-                                       : dot(q, (const float *)L->k + base + i * hd, hd);
+            const float sum = md->kv_bits == 32 && !md->bf16 ? dot(q, (const float *)L->k + base + i * hd, hd)
+                                                             : dot_cached(md, q, L->k, L->k_scale, base + i * hd);
             scores[t0 + i] = round_to(md, round_to(md, sum) / root);
             top = fmaxf(top, scores[t0 + i]);
         }
@@ -152,12 +177,11 @@ static void attend_head(const model_desc *md, const layer_desc *L, const float *
         const int64_t base = cell(md, slot, kvh, t0), n = pos + 1 - t0 < bt ? pos + 1 - t0 : bt;
         for (int64_t i = 0; i < n; i++) {
             const float p = round_to(md, scores[t0 + i] / total);
-            if (md->bf16) {
-                const uint16_t *value = (const uint16_t *)L->v + base + i * hd;
-                for (int64_t d = 0; d < hd; d++) out[d] += p * bf16_to_float(value[d]);
-            } else {
+            if (md->kv_bits == 32 && !md->bf16) { /* the plain float32 cache: the compiler's vector loop */
                 const float *value = (const float *)L->v + base + i * hd;
                 for (int64_t d = 0; d < hd; d++) out[d] += p * value[d];
+            } else {
+                for (int64_t d = 0; d < hd; d++) out[d] += p * cached(md, L->v, L->v_scale, base + i * hd, d);
             }
         }
     }
@@ -229,10 +253,8 @@ static void layer_step(const model_desc *md, const layer_desc *L, const rows_at 
         rotate(md, k + r * KVH * hd, KVH, md->cos + p * hd, md->sin + p * hd);
         for (int64_t j = 0; j < KVH; j++) {
             const int64_t at_p = cell(md, at->slot[b], j, p);
-            for (int64_t d = 0; d < hd; d++) {
-                put(md, L->k, at_p + d, k[(r * KVH + j) * hd + d]);
-                put(md, L->v, at_p + d, v[(r * KVH + j) * hd + d]);
-            }
+            store_cached(md, L->k, L->k_scale, at_p, k + (r * KVH + j) * hd);
+            store_cached(md, L->v, L->v_scale, at_p, v + (r * KVH + j) * hd);
         }
     }
 #pragma omp parallel for schedule(static)
