@@ -229,6 +229,11 @@ class Llama:
         step = self.decode_step
         if step is not None and (tokens.shape[1] == 1 or last_only and step.takes_prompt(tokens)):
             return step(tokens, start_pos)
+        chunk = step.prompt_chunk(tokens) if last_only and isinstance(step, native_step.NativeDecode) else 0
+        if chunk:  # a long quantized prompt: native calls of `chunk` tokens per row, the last one's logits
+            for first in range(0, tokens.shape[1], chunk):
+                logits = step(tokens[:, first : first + chunk], start_pos + first)
+            return logits
         return self.model.forward(tokens, start_pos, last_only)
 
     def encode_prompts(self, prompts: List[str], max_gen_len: Optional[int]) -> Tuple[List[List[int]], int]:

@@ -138,6 +138,9 @@ class NativeDecode:
         # torch's GEMM (AMX where the CPU has it), faster than forward.c's few-row bfloat16 kernel.
         fast = bits in (4, 8) or bits == 32 and widest <= dense.NATIVE_MAX_K
         self.prompt_rows = dense.NATIVE_MAX_ROWS if fast else 0
+        # Longer prompts of int4/int8 weights go through here too, prompt_rows tokens a call: torch's
+        # path dequantizes the weights for every call (BENCHMARKS.md, "Long contexts").
+        self.chunks_prompts = bits in (4, 8)
         embedding = model.tok_embeddings.weight
         sizes = (p.n_layers, p.dim, p.n_heads, p.kv_heads, p.head_dim, self.layers[0].w1.N, output.N, p.max_seq_len)
         self.pool = model.kv_pool
@@ -163,6 +166,11 @@ class NativeDecode:
                 desc.k_scale, desc.v_scale = cache.k_scale.data_ptr(), cache.v_scale.data_ptr()
         self.desc.blocks = self.pool.capacity
         self._generation = self.pool.generation
+
+    def prompt_chunk(self, tokens: torch.Tensor) -> int:
+        """Tokens per row of each native call for a prompt of these tokens (bsz, T) too long for one
+        call, or 0 where llama.model runs it."""
+        return self.prompt_rows // tokens.shape[0] if self.chunks_prompts else 0
 
     def takes_prompt(self, tokens: torch.Tensor) -> bool:
         """Whether a prompt of these tokens (bsz, T) runs here (else llama.model runs it)."""

@@ -131,7 +131,23 @@ def test_generate_sends_short_prompts_without_logprobs_to_the_native_step(build)
     assert len(calls) == 1 and calls[0][1] > 1  # log-probs need every position's logits: llama.model's prompt
     calls.clear()
     gen.generate([list(range(3, 70))], max_gen_len=2, temperature=0)
-    assert calls == [(1, 67)]  # more than 64 tokens: llama.model's prompt
+    assert calls == []  # more than 64 tokens of int4 weights: native calls of 64 tokens (prompt_chunk)
+    float_gen = build("gqa", max_seq_len=128)
+    float_gen.model.forward = lambda tokens, pos=None, last=False: (
+        calls.append(tuple(tokens.shape)) or forward(tokens, pos, last)
+    )
+    float_gen.generate([list(range(3, 70))], max_gen_len=2, temperature=0)
+    assert calls == [(1, 67)]  # float32 weights: llama.model's prompt (oneDNN's GEMM)
+
+
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_a_long_quantized_prompt_runs_natively_a_chunk_at_a_time_with_the_eager_logits(build, method):
+    native_gen, eager_gen = (build("gqa", quantize=method, max_seq_len=256, max_batch_size=2) for _ in range(2))
+    tokens = torch.randint(3, 500, (2, 150), generator=torch.Generator().manual_seed(4))
+    assert native_gen.decode_step.prompt_chunk(tokens) == 32  # 64 rows a call, 2 rows
+    got = native_gen._forward(tokens, 0, last_only=True)
+    want = eager_gen.model.forward(tokens, 0, last_only=True)
+    assert (got - want).abs().max() <= 2e-2 * want.abs().max()
 
 
 def test_bfloat16_prompts_stay_with_torchs_gemm(build):
