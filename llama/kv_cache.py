@@ -67,19 +67,21 @@ class BlockPool:
         self,
         n_slots: int,
         max_seq_len: int,
-        max_tokens: int,
+        max_tokens: Optional[int],
         token_bytes: int,
         device=None,
         grow: bool = True,
         block_tokens: Optional[int] = None,
     ):
         """n_slots: rows of the block table; max_tokens: the pool's size in positions (rounded up to
-        whole blocks); token_bytes: what one position takes in every layer (k and v): the figures
-        the errors quote; grow: allocate storage as blocks are taken (else all at once)."""
+        whole blocks; None: every slot full at max_seq_len); token_bytes: what one position takes in
+        every layer (k and v), for the figures the errors quote; grow: allocate storage as blocks are
+        taken (else all at once)."""
         self.max_seq_len = max_seq_len
         self.block_tokens = min(block_tokens or BLOCK_TOKENS, max_seq_len)
         self.per_slot = blocks_for(max_seq_len, self.block_tokens)
-        self.max_blocks = max(1, blocks_for(max_tokens, self.block_tokens))
+        full = n_slots * self.per_slot
+        self.max_blocks = full if max_tokens is None else max(1, blocks_for(max_tokens, self.block_tokens))
         self.block_bytes = token_bytes * self.block_tokens
         self.device = device
         self.table = torch.full((n_slots, self.per_slot), -1, dtype=torch.long, device=device)

@@ -272,7 +272,7 @@ class Transformer(nn.Module):
         self.kv_pool = BlockPool(
             p.max_batch_size,
             p.max_seq_len,
-            max_tokens or p.kv_cache_tokens or p.max_batch_size * p.max_seq_len,
+            max_tokens or p.kv_cache_tokens,
             token_bytes,
             weight.device,
             weight.device.type == "cpu" if grow is None else grow,

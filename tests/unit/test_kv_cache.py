@@ -45,6 +45,12 @@ def test_memory_grows_with_the_tokens_held_and_freed_blocks_are_taken_again():
     assert pool.held[2] == [0, 1, 4]  # the lowest free ids first
 
 
+def test_by_default_every_slot_can_hold_max_seq_len_at_once():
+    pool = BlockPool(2, 264, None, token_bytes=8)  # 264 positions: two blocks of 256 per slot
+    pool.ensure([0, 1], [264, 264])
+    assert pool.max_blocks == 4 and pool.used == 4
+
+
 def test_a_full_pool_is_a_context_memory_error_with_the_figures_and_nothing_taken():
     pool = BlockPool(2, 64, 64, token_bytes=1024, block_tokens=16)
     pool.ensure([0], [48])
