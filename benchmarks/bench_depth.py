@@ -65,6 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_model_source(p, cache_dir="benchcache")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 (default: as Llama.build picks)")
     p.add_argument("--quantize", choices=("int8", "int4"), help="Llama.build(quantize=...)")
+    p.add_argument("--kv_cache_dtype", choices=("float32", "bfloat16", "int8"), help="Llama.build(kv_cache_dtype=)")
     p.add_argument("--device", default=None, help="as Llama.build takes it (default: its choice)")
     p.add_argument("--depths", default="512,2048,8192", help="comma-separated prompt lengths to decode after")
     p.add_argument("--base_depth", type=int, default=32, help="the shallow reference for the attention share")
@@ -266,7 +267,7 @@ def run(args) -> dict:
     start = time.perf_counter()
     generator = Llama.build(args.ckpt_dir, args.tokenizer_path, max_seq_len=max_seq_len,
                             max_batch_size=max(args.batch_list), device=args.device, dtype=args.dtype,
-                            quantize=args.quantize)  # fmt: skip
+                            quantize=args.quantize, kv_cache_dtype=args.kv_cache_dtype)  # fmt: skip
     load_s = time.perf_counter() - start
     generator.tokenizer.stop_tokens = []  # stream_generate: never stop early
     vocab = generator.model.params.vocab_size

@@ -138,8 +138,10 @@ class NativeDecode:
         # torch's GEMM (AMX where the CPU has it), faster than forward.c's few-row bfloat16 kernel.
         fast = bits in (4, 8) or bits == 32 and widest <= dense.NATIVE_MAX_K
         self.prompt_rows = dense.NATIVE_MAX_ROWS if fast else 0
-        # Longer prompts of int4/int8 weights go through here too, prompt_rows tokens a call: torch's
-        # path dequantizes the weights for every call (BENCHMARKS.md, "Long contexts").
+        # Longer prompts of int4/int8 weights go through here too, prompt_rows tokens a call: as fast as
+        # llama.model's prompt (whose quantized matmuls run the same native kernels) at 512 tokens,
+        # and its attention holds heads x 64 x context scores, not heads x context^2 (BENCHMARKS.md,
+        # "Long contexts").
         self.chunks_prompts = bits in (4, 8)
         embedding = model.tok_embeddings.weight
         sizes = (p.n_layers, p.dim, p.n_heads, p.kv_heads, p.head_dim, self.layers[0].w1.N, output.N, p.max_seq_len)

@@ -93,25 +93,24 @@ static float dot(const float *x, const float *y, int64_t n) {
     return total;
 }
 
-/* Element i of the cached vector at `at` (cell() of a layer's k or v; `scales` the layer's int8
- * scales) in the model's dtype: llama/kv_cache.py's PagedKV._gather, value for value. */
-static inline float cached(const model_desc *md, const void *store, const float *scales, int64_t at, int64_t i) {
-    if (md->kv_bits == 32) return round_to(md, ((const float *)store)[at + i]);
-    if (md->kv_bits == 16) return round_to(md, bf16_to_float(((const uint16_t *)store)[at + i]));
-    return round_to(md, (float)((const int8_t *)store)[at + i] * scales[at / md->head_dim]);
-}
-
-/* x . (the cached vector at `at`) over head_dim values: as dot() */
-static float dot_cached(const model_desc *md, const float *x, const void *store, const float *scales, int64_t at) {
+/* The cached vector at `at` (cell() of a layer's k or v; `scales` the layer's int8 scales) as head_dim
+ * floats in the model's dtype, llama/kv_cache.py's PagedKV._gather value for value: the float32 store
+ * itself, else widened (bfloat16 values are exact floats) or dequantized into `row`. One tight loop
+ * per format, so that the compiler vectorizes it. */
+static const float *cached(const model_desc *md, const void *store, const float *scales, int64_t at, float *row) {
     const int64_t n = md->head_dim;
-    float part[8] = {0};
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int l = 0; l < 8; l++) part[l] += x[i + l] * cached(md, store, scales, at, i + l);
-    float total = 0.0f;
-    for (int l = 0; l < 8; l++) total += part[l];
-    for (; i < n; i++) total += x[i] * cached(md, store, scales, at, i);
-    return total;
+    if (md->kv_bits == 32) return (const float *)store + at;
+    if (md->kv_bits == 16) {
+        const uint16_t *v = (const uint16_t *)store + at;
+        for (int64_t d = 0; d < n; d++) row[d] = bf16_to_float(v[d]);
+        return row;
+    }
+    const int8_t *v = (const int8_t *)store + at;
+    const float scale = scales[at / n];
+    for (int64_t d = 0; d < n; d++) row[d] = (float)v[d] * scale;
+    if (md->bf16)
+        for (int64_t d = 0; d < n; d++) row[d] = bf16_to_float(float_to_bf16(row[d]));
+    return row;
 }
 
 /* Store x (head_dim values, already in the model's dtype) as the cached vector at `at`. */
@@ -160,12 +159,11 @@ static void attend_head(const model_desc *md, const layer_desc *L, const float *
                         int64_t pos, float *scores, float *out) {
     const int64_t hd = md->head_dim, kvh = h / (md->n_heads / md->kv_heads), bt = md->block_tokens;
     const float root = sqrtf((float)hd);
-    float top = -INFINITY;
+    float top = -INFINITY, row[hd];
     for (int64_t t0 = 0; t0 <= pos; t0 += bt) { /* a block at a time: its positions are adjacent */
         const int64_t base = cell(md, slot, kvh, t0), n = pos + 1 - t0 < bt ? pos + 1 - t0 : bt;
         for (int64_t i = 0; i < n; i++) {
-            const float sum = md->kv_bits == 32 && !md->bf16 ? dot(q, (const float *)L->k + base + i * hd, hd)
-                                                             : dot_cached(md, q, L->k, L->k_scale, base + i * hd);
+            const float sum = dot(q, cached(md, L->k, L->k_scale, base + i * hd, row), hd);
             scores[t0 + i] = round_to(md, round_to(md, sum) / root);
             top = fmaxf(top, scores[t0 + i]);
         }
@@ -177,12 +175,8 @@ static void attend_head(const model_desc *md, const layer_desc *L, const float *
         const int64_t base = cell(md, slot, kvh, t0), n = pos + 1 - t0 < bt ? pos + 1 - t0 : bt;
         for (int64_t i = 0; i < n; i++) {
             const float p = round_to(md, scores[t0 + i] / total);
-            if (md->kv_bits == 32 && !md->bf16) { /* the plain float32 cache: the compiler's vector loop */
-                const float *value = (const float *)L->v + base + i * hd;
-                for (int64_t d = 0; d < hd; d++) out[d] += p * value[d];
-            } else {
-                for (int64_t d = 0; d < hd; d++) out[d] += p * cached(md, L->v, L->v_scale, base + i * hd, d);
-            }
+            const float *value = cached(md, L->v, L->v_scale, base + i * hd, row);
+            for (int64_t d = 0; d < hd; d++) out[d] += p * value[d];
         }
     }
     for (int64_t d = 0; d < hd; d++) out[d] = round_to(md, out[d]);
