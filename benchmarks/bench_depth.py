@@ -50,14 +50,10 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from bench_engine import prompts
+from bench_engine import BenchError, consume_all, prompts
 from bench_generate import add_model_source, machine, make_checkpoint
 
 BLOCK = 256  # the default --max_seq_len is a multiple of this
-
-
-class BenchError(RuntimeError):
-    """No figure: a round timed out or came up short, or llama-bench failed."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -115,12 +111,7 @@ def engine_round(engine, rows: List[List[int]], gen_len: int, timeout: float):
         # and that sequence then decodes alone while the others' prompts run one chunk per step.
         with engine._lock:
             handles = [engine.submit(r, loop) for r in requests]
-        try:
-            await asyncio.wait_for(asyncio.gather(*(consume(i, h) for i, h in enumerate(handles))), timeout)
-        except asyncio.TimeoutError as exc:
-            for h in handles:
-                h.cancel()
-            raise BenchError(f"a round of {len(rows)} requests took more than {timeout:.0f} s") from exc
+        await consume_all(handles, consume, timeout)
         return start
 
     start = asyncio.run(run())

@@ -43,6 +43,16 @@ class BenchError(RuntimeError):
     """The benchmark could not produce a figure (a worker failed, a round timed out or came up short)."""
 
 
+async def consume_all(handles, consume, timeout: float) -> None:
+    """consume(i, handle) for every handle at once; past `timeout` seconds all are cancelled (BenchError)."""
+    try:
+        await asyncio.wait_for(asyncio.gather(*(consume(i, h) for i, h in enumerate(handles))), timeout)
+    except asyncio.TimeoutError as exc:
+        for h in handles:
+            h.cancel()
+        raise BenchError(f"a round of {len(handles)} requests took more than {timeout:.0f} s") from exc
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_model_source(p, cache_dir="benchcache")
@@ -92,12 +102,7 @@ def engine_round(engine, rows: List[List[int]], gen_len: int) -> dict:
         loop = asyncio.get_running_loop()
         requests = [Request(row, gen_len, greedy, stop_tokens=(), cache_prompt=False) for row in rows]
         handles = [engine.submit(r, loop) for r in requests]
-        try:
-            await asyncio.wait_for(asyncio.gather(*(consume(i, h) for i, h in enumerate(handles))), ROUND_TIMEOUT_S)
-        except asyncio.TimeoutError as exc:
-            for h in handles:
-                h.cancel()
-            raise BenchError(f"a round of {len(rows)} requests took more than {ROUND_TIMEOUT_S:.0f} s") from exc
+        await consume_all(handles, consume, ROUND_TIMEOUT_S)
 
     start = time.perf_counter()
     asyncio.run(submit_all())

@@ -11,6 +11,7 @@ default max_batch_size x max_seq_len) is allocated at load.
 import torch
 
 from ..errors import ConfigError
+from ..kv_cache import gib
 from ..model import ModelArgs
 from .backend import device_memory
 
@@ -25,10 +26,6 @@ def cache_bytes(args: ModelArgs, mp_size: int, dtype: torch.dtype) -> int:
 def rope_bytes(args: ModelArgs) -> int:
     """Bytes of the float32 cos and sin tables for 2 * max_seq_len positions."""
     return 2 * (2 * args.max_seq_len) * (args.head_dim // 2) * 4
-
-
-def gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB"
 
 
 def check_fits(args: ModelArgs, mp_size: int, device: torch.device, dtype: torch.dtype) -> None:
