@@ -154,9 +154,9 @@ static void rotate(const model_desc *md, float *x, int64_t heads, const float *c
 
 /* Query head h of a token at position pos against cache slot `slot`'s positions 0..pos:
  * softmax(q.k / sqrt(hd)) . v, with model.py's attend's roundings (scores, probabilities and
- * output in the model's dtype). */
-static void attend_head(const model_desc *md, const layer_desc *L, const float *q, int64_t slot, int64_t h,
-                        int64_t pos, float *scores, float *out) {
+ * output in the model's dtype). The portable form: any head_dim, any cache format. */
+static void attend_head_any(const model_desc *md, const layer_desc *L, const float *q, int64_t slot, int64_t h,
+                            int64_t pos, float *scores, float *out) {
     const int64_t hd = md->head_dim, kvh = h / (md->n_heads / md->kv_heads), bt = md->block_tokens;
     const float root = sqrtf((float)hd);
     float top = -INFINITY, row[hd];
@@ -180,6 +180,137 @@ static void attend_head(const model_desc *md, const layer_desc *L, const float *
         }
     }
     for (int64_t d = 0; d < hd; d++) out[d] = round_to(md, out[d]);
+}
+
+/* 8 cached values at element `at` of a k or v store in format kv (32, 16 or 8 bits) as floats:
+ * an int8 cache's codes, before their position's scale. */
+INLINE __m256 cached8(const void *store, int64_t at, const int kv) {
+    if (kv == 32) return _mm256_loadu_ps((const float *)store + at);
+    if (kv == 16) return bf16x8_to_float((const uint16_t *)store + at);
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)store + at))));
+}
+
+/* The four sums of a, b, c and d's lanes. */
+INLINE __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+    const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+
+/* e^x for x <= 0, 8 at a time, within 2 ulp of expf: x = n ln 2 + r, |r| <= ln 2 / 2, e^r by Cephes'
+ * degree-7 polynomial, times 2^n built in the exponent bits. Below -87.3 it gives e^-87.3 (about
+ * 1e-38, nothing beside a softmax's largest term, 1) instead of a denormal; a NaN stays NaN. */
+INLINE __m256 exp8(__m256 x) {
+    x = _mm256_max_ps(_mm256_set1_ps(-87.3f), x); /* max_ps returns its second operand for a NaN */
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504089f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(two_n));
+}
+
+/* scores[0..n) <- e^(scores - top); returns their sum (softmax's denominator). */
+static float exp_shifted(float *scores, int64_t n, float top) {
+    const __m256 shift = _mm256_set1_ps(top);
+    __m256 sum8 = _mm256_setzero_ps();
+    int64_t t = 0;
+    for (; t + 8 <= n; t += 8) {
+        const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(scores + t), shift));
+        _mm256_storeu_ps(scores + t, e);
+        sum8 = _mm256_add_ps(sum8, e);
+    }
+    float total = hsum(sum8);
+    for (; t < n; t++) total += scores[t] = expf(scores[t] - top);
+    return total;
+}
+
+#define KEYS 4 /* cached positions a query meets at once (independent sums in flight) */
+
+/* out[0..8 C) += sum over positions i < n of p[i] (times scale[i] for an int8 cache) times the 8 C
+ * cached values at at + i * stride: C accumulators per parity of i (two chains in flight), kept
+ * in registers across a block's positions. */
+INLINE void weigh_values(const void *store, int64_t at, int64_t stride, int64_t n, const float *p, const float *scale,
+                         float *out, const int C, const int kv) {
+    __m256 even[4], odd[4];
+    for (int c = 0; c < C; c++) even[c] = odd[c] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 2 <= n; i += 2) {
+        const __m256 w0 = _mm256_set1_ps(kv == 8 ? p[i] * scale[i] : p[i]);
+        const __m256 w1 = _mm256_set1_ps(kv == 8 ? p[i + 1] * scale[i + 1] : p[i + 1]);
+        for (int c = 0; c < C; c++) {
+            even[c] = _mm256_fmadd_ps(w0, cached8(store, at + i * stride + 8 * c, kv), even[c]);
+            odd[c] = _mm256_fmadd_ps(w1, cached8(store, at + (i + 1) * stride + 8 * c, kv), odd[c]);
+        }
+    }
+    if (i < n) {
+        const __m256 w0 = _mm256_set1_ps(kv == 8 ? p[i] * scale[i] : p[i]);
+        for (int c = 0; c < C; c++) even[c] = _mm256_fmadd_ps(w0, cached8(store, at + i * stride + 8 * c, kv), even[c]);
+    }
+    for (int c = 0; c < C; c++)
+        _mm256_storeu_ps(out + 8 * c, _mm256_add_ps(_mm256_loadu_ps(out + 8 * c), _mm256_add_ps(even[c], odd[c])));
+}
+
+/* attend_head_any for head_dim a multiple of 8 and a cache whose values the model's dtype holds
+ * as they are (float32, bfloat16, or int8 in a float32 model), in format kv: four positions at
+ * a time, read straight from the store (an int8 position's scale applied to its dot product and
+ * to its probability, not to every value). The same sums as attend_head_any up to their order. */
+INLINE void attend_head_fast(const model_desc *md, const layer_desc *L, const float *q, int64_t slot, int64_t h,
+                             int64_t pos, float *scores, float *out, const int kv) {
+    const int64_t hd = md->head_dim, kvh = h / (md->n_heads / md->kv_heads), bt = md->block_tokens;
+    const float root = sqrtf((float)hd);
+    float top = -INFINITY;
+    for (int64_t t0 = 0; t0 <= pos; t0 += bt) {
+        const int64_t base = cell(md, slot, kvh, t0), n = pos + 1 - t0 < bt ? pos + 1 - t0 : bt;
+        const float *scale = kv == 8 ? L->k_scale + base / hd : NULL;
+        for (int64_t i = 0; i < n; i += KEYS) {
+            const int64_t m = n - i < KEYS ? n - i : KEYS; /* the last group may be short: repeat its first key */
+            const int64_t at[KEYS] = {base + i * hd, base + (i + (m > 1)) * hd, base + (i + 2 * (m > 2)) * hd,
+                                      base + (i + 3 * (m > 3)) * hd};
+            prefetch_ahead((const char *)L->k + at[0] * (kv / 8), (int)(KEYS * hd * (kv / 8)));
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (int64_t d = 0; d < hd; d += 8) {
+                const __m256 x = _mm256_loadu_ps(q + d);
+                a0 = _mm256_fmadd_ps(x, cached8(L->k, at[0] + d, kv), a0);
+                a1 = _mm256_fmadd_ps(x, cached8(L->k, at[1] + d, kv), a1);
+                a2 = _mm256_fmadd_ps(x, cached8(L->k, at[2] + d, kv), a2);
+                a3 = _mm256_fmadd_ps(x, cached8(L->k, at[3] + d, kv), a3);
+            }
+            float sum[KEYS];
+            _mm_storeu_ps(sum, hsum4(a0, a1, a2, a3));
+            for (int64_t j = 0; j < m; j++) {
+                const float s = kv == 8 ? sum[j] * scale[i + j] : sum[j];
+                scores[t0 + i + j] = round_to(md, round_to(md, s) / root);
+                top = fmaxf(top, scores[t0 + i + j]);
+            }
+        }
+    }
+    const float total = exp_shifted(scores, pos + 1, top);
+    for (int64_t t = 0; t <= pos; t++) scores[t] = round_to(md, scores[t] / total); /* the probabilities */
+    for (int64_t d = 0; d < hd; d++) out[d] = 0.0f;
+    for (int64_t t0 = 0; t0 <= pos; t0 += bt) {
+        const int64_t base = cell(md, slot, kvh, t0), n = pos + 1 - t0 < bt ? pos + 1 - t0 : bt;
+        const float *scale = kv == 8 ? L->v_scale + base / hd : NULL;
+        if (hd % 32 == 0)
+            for (int64_t d0 = 0; d0 < hd; d0 += 32) weigh_values(L->v, base + d0, hd, n, scores + t0, scale, out + d0, 4, kv);
+        else
+            for (int64_t d0 = 0; d0 < hd; d0 += 8) weigh_values(L->v, base + d0, hd, n, scores + t0, scale, out + d0, 1, kv);
+    }
+    for (int64_t d = 0; d < hd; d++) out[d] = round_to(md, out[d]);
+}
+
+static void attend_head(const model_desc *md, const layer_desc *L, const float *q, int64_t slot, int64_t h,
+                        int64_t pos, float *scores, float *out) {
+    if (md->head_dim % 8 || (md->kv_bits == 8 && md->bf16)) attend_head_any(md, L, q, slot, h, pos, scores, out);
+    else if (md->kv_bits == 32) attend_head_fast(md, L, q, slot, h, pos, scores, out, 32);
+    else if (md->kv_bits == 16) attend_head_fast(md, L, q, slot, h, pos, scores, out, 16);
+    else attend_head_fast(md, L, q, slot, h, pos, scores, out, 8);
 }
 
 /* Scratch for the matmuls' inputs: quantized (int4/int8) or bfloat16 (and, where the kernel
