@@ -96,6 +96,22 @@ def test_a_long_max_seq_len_costs_nothing_until_used():
     assert layer.k.shape[0] == 16 and model.kv_pool.held[0] == [0]  # 16 blocks of 256 positions, 1 held
 
 
+def eager_and_native(model, prompt: int, total: int, seed: int):
+    """Two rows (in slots 1 and 0) of `prompt` tokens, then one-token steps to `total`, through the eager
+    forward_rows and the native step: the two lists of logits (skips where the native step cannot run)."""
+    step = native_step.for_model(model)
+    if step is None:
+        pytest.skip(native_step.why_not(model))
+    tokens = torch.randint(3, 300, (2, total), generator=torch.Generator().manual_seed(seed))
+    slots, outs = torch.tensor([1, 0]), []
+    with torch.inference_mode():
+        for run in (model.forward_rows, step.rows):
+            model.kv_pool.truncate(0), model.kv_pool.truncate(1)
+            first = run(tokens[:, :prompt], slots, torch.zeros(2, dtype=torch.long))
+            outs.append([first] + [run(tokens[:, i : i + 1], slots, torch.full((2,), i)) for i in range(prompt, total)])
+    return outs
+
+
 @pytest.mark.parametrize("model_dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("kv", ["float32", "bfloat16", "int8"])
 def test_the_cache_stores_any_dtype_and_the_native_step_reads_it_as_the_eager_one_does(build, model_dtype, kv):
@@ -104,16 +120,7 @@ def test_the_cache_stores_any_dtype_and_the_native_step_reads_it_as_the_eager_on
     cache = model.layers[0].attention.cache
     assert cache.k.dtype == {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}[kv]
     assert (cache.k_scale is not None) == (kv == "int8")
-    step = native_step.for_model(model)
-    if step is None:
-        pytest.skip(native_step.why_not(model))
-    tokens = torch.randint(3, 300, (2, 30), generator=torch.Generator().manual_seed(2))
-    slots, outs = torch.tensor([1, 0]), []
-    with torch.inference_mode():
-        for run in (model.forward_rows, step.rows):
-            model.kv_pool.truncate(0), model.kv_pool.truncate(1)
-            first = run(tokens[:, :20], slots, torch.zeros(2, dtype=torch.long))
-            outs.append([first] + [run(tokens[:, i : i + 1], slots, torch.full((2,), i)) for i in range(20, 30)])
+    outs = eager_and_native(model, 20, 30, seed=2)
     for eager, native in zip(*outs):
         torch.testing.assert_close(native, eager, rtol=1e-4, atol=1e-4)
 
@@ -140,16 +147,7 @@ def test_native_attention_over_several_blocks_matches_the_eager_one(tmp_path, to
     save_checkpoint(random_state(args, 0), params_dict(args), tmp_path, 1)
     gen = Llama.build(str(tmp_path), str(tokenizer_path), 600, 2, device="cpu", dtype="float32", kv_cache_dtype=kv)
     model = gen.model
-    step = native_step.for_model(model)
-    if step is None:
-        pytest.skip(native_step.why_not(model))
-    tokens = torch.randint(3, 300, (2, 530), generator=torch.Generator().manual_seed(4))
-    slots, outs = torch.tensor([1, 0]), []
-    with torch.inference_mode():
-        for run in (model.forward_rows, step.rows):
-            model.kv_pool.truncate(0), model.kv_pool.truncate(1)
-            first = run(tokens[:, :517], slots, torch.zeros(2, dtype=torch.long))  # two blocks of 256 and a bit
-            outs.append([first] + [run(tokens[:, i : i + 1], slots, torch.full((2,), i)) for i in range(517, 530)])
+    outs = eager_and_native(model, 517, 530, seed=4)  # two blocks of 256 and a bit
     # A bfloat16 or int8 store can round a key the two paths computed a rounding apart to neighbouring
     # codes (the same at the previous attention kernel): a looser bound there than for float32.
     tol = 1e-5 if kv == "float32" else 5e-4
