@@ -4,6 +4,7 @@ from typing import Optional
 
 import torch
 
+from ..kernels import native
 from ..model import Transformer
 
 
@@ -20,6 +21,10 @@ class StaticDecode:
         """compile_options: torch.compile arguments (llama.runtime.device_tuning.compile_options); None runs eagerly."""
         step = model.forward_static
         self.compiled = compile_options is not None
+        if self.compiled:
+            # Traced once as a constant rather than through its file checks; marked here, not where it is
+            # defined, so that only a compiling run imports torch._dynamo (about two seconds).
+            torch.compiler.assume_constant_result(native.available)
         self.step = step if compile_options is None else torch.compile(step, **compile_options)
         self.pos = torch.zeros(1, dtype=torch.long, device=model.tok_embeddings.weight.device)
         self.pool = model.kv_pool  # blocks are given out here, outside the compiled step

@@ -141,8 +141,10 @@ def library() -> Optional[ctypes.CDLL]:
     return lib
 
 
-@torch.compiler.assume_constant_result  # torch.compile runs it once while tracing, not the file checks inside
 def available() -> bool:
+    """Whether the kernels can be used here. llama.decoding.static_step marks it a constant for torch.compile
+    (traced once, not the file checks inside) when it compiles: the decorator here would import torch._dynamo,
+    about two seconds, at every start."""
     return library() is not None
 
 

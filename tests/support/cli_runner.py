@@ -20,8 +20,10 @@ import sys
 import time
 
 import fire  # noqa: F401 - imported here so that children do not pay for it
+import torch  # noqa: F401 - nor for torch (llama.cli.frontend imports it lazily, when a run starts)
 
-import llama.cli.frontend  # noqa: F401 - and with it the generator
+import llama.cli.frontend  # noqa: F401
+import llama.generation  # noqa: F401 - the generator, the model and the kernels' modules
 
 
 def _become(case: dict) -> None:
