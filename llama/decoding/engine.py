@@ -159,7 +159,12 @@ class Engine:
             while self._round():
                 pass
         except Exception as exc:  # noqa: BLE001 - whatever broke, every waiting caller must hear of it
-            log.exception("the engine stopped")
+            lost = peer_failure(exc)
+            if lost is None:
+                log.exception("the engine stopped")
+            else:  # the echo of another rank's failure, which that rank and torchrun report: one line
+                log.error("the engine stopped: %s", lost)
+                exc = RankError(lost)
             self._fail_all(exc)
         finally:
             try:
@@ -208,10 +213,10 @@ class Engine:
                 return
             self._waiting.popleft()
             slot, cached = got
-            self.steps.forget(slot, cached)  # the blocks past the reused prefix go back to the pool
             seq = _Sequence(handle, slot, cached, self.tokenizer, self.tokenizer.stop_tokens)
             seq.blocks, self._reserved = need, self._reserved + need
-            self._running[slot] = seq
+            self._running[slot] = seq  # before forget(), which can find a peer rank gone: _fail_all answers it
+            self.steps.forget(slot, cached)  # the blocks past the reused prefix go back to the pool
 
     def _make_room(self, slots: List[int], ends: List[int]) -> None:
         """Blocks for these slots up to these lengths, taken first from the pool's free ones, then
@@ -343,7 +348,7 @@ class Engine:
             if self._running.pop(seq.slot, None) is not None:
                 self._reserved -= seq.blocks
             self.slots.release(seq.slot, keep=error is None)
-            if error is not None:
+            if error is not None and self._failure is None:  # after a failure the other ranks may be gone
                 self.steps.forget(seq.slot, 0)
         seq.handle.put(seq.result)
 

@@ -13,7 +13,7 @@ import torch
 from llama.decoding.engine import Engine, wait_all
 from llama.decoding.requests import Request
 from llama.decoding.sampler import SamplingParams
-from llama.errors import BusyError, ConfigError, ContextMemoryError, EngineClosedError, GenerationError
+from llama.errors import BusyError, ConfigError, ContextMemoryError, EngineClosedError, GenerationError, RankError
 
 GREEDY = SamplingParams(temperature=0.0)
 FORMATS = [("float32", None), ("bfloat16", None), ("float32", "int8"), ("float32", "int4")]
@@ -340,3 +340,38 @@ def test_close_drains_what_is_running_and_waiting(build):
     assert time.monotonic() - started < 60
     assert [h.result(0).finish_reason for h in handles] == ["length"] * 3
     assert engine.status()["closed"]
+
+
+def test_a_lost_peer_rank_answers_the_running_and_the_just_admitted_requests_with_its_error(build, engines):
+    # Under torchrun, rank 0 broadcasts every call; once a peer is gone each broadcast fails. Every
+    # request, running or taking a slot at that moment, must hear it at once, not hang until shutdown.
+    gen = build("mha", max_batch_size=2)
+    engine = engines(gen)
+    real, calls, inside, go = engine.steps._compute, [], threading.Event(), threading.Event()
+
+    def compute(*args):
+        calls.append(args)
+        if len(calls) == 3:  # the prompt and two decode steps in: hold the third until the peer is gone
+            inside.set()
+            go.wait(30)
+        return real(*args)
+
+    def send(message):
+        raise gone
+
+    engine.steps._compute = compute
+    gone = RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:1234")
+    running = engine.submit(Request(prompt(gen, 5, 1), 40, GREEDY, stop_tokens=[]))
+    assert inside.wait(30)
+    engine.steps.world, engine.steps._send = 2, send
+    joining = engine.submit(Request(prompt(gen, 4, 2), 5, GREEDY))
+    go.set()
+    for handle in (running, joining):
+        result = handle.result(30)
+        assert result.finish_reason == "error" and isinstance(result.error, RankError)
+        assert str(result.error) == (
+            "lost contact with another rank (Connection closed by peer [127.0.0.1]:1234); the rank that failed "
+            "prints its own error, and torchrun's failure report names it (Root Cause)"
+        )
+    with pytest.raises(EngineClosedError, match="the engine is shut down and takes no more requests: "):
+        engine.submit(Request([1, 7, 8], 5, GREEDY))
