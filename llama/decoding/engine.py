@@ -22,7 +22,6 @@ others; rank 0's forward calls are broadcast and repeated (llama.decoding.row_st
 
 import logging
 import threading
-import time
 from collections import deque
 from typing import Deque, Dict, List, Optional
 
@@ -33,44 +32,16 @@ from ..errors import BusyError, ContextMemoryError, EngineClosedError, RankError
 from ..kv_cache import blocks_for
 from ..runtime.device_tuning import release_openmp_workers
 from ..runtime.ranks import peer_failure
-from .detokenize import TextDeltas
 from .loop import non_finite_error
 from .requests import Completion, Request, RequestHandle, TokenEvent
 from .row_steps import RowSteps
-from .sampler import Sampler, top_logprobs
+from .sampler import top_logprobs
+from .sequence import ActiveSequence
 from .slots import SlotTable
-from .stops import StopText
 
 log = logging.getLogger(__name__)
 
 IDLE_HEARTBEAT_S = 30.0  # how often an idle rank 0 tells the other ranks it is alive
-
-
-class _Sequence:
-    """A request while it holds a slot."""
-
-    def __init__(self, handle: RequestHandle, slot: int, cached: int, tokenizer, default_stops):
-        request = handle.request
-        self.handle, self.request, self.slot = handle, request, slot
-        self.prompt = list(request.prompt_tokens)
-        self.next_pos = cached  # the next prompt position to compute (prefill), len(prompt) after it
-        self.sampler = Sampler(request.sampling, self.prompt)
-        self.stops = set(default_stops if request.stop_tokens is None else request.stop_tokens)
-        self.deltas = TextDeltas(tokenizer)
-        self.stop_text = StopText(request.stop_strings)
-        self.result = Completion(prompt_tokens=len(self.prompt), cached_tokens=cached)
-        if request.logprobs:
-            self.result.logprobs = []
-            self.result.top_logprobs = [] if request.top_logprobs else None
-        if request.prompt_logprobs:
-            self.result.prompt_logprobs = [None]
-            self.result.prompt_top_logprobs = [None]
-        self.last: Optional[int] = None  # the newest token, to be fed in the next decode step
-        self.blocks = 0  # cache blocks set aside for this sequence at its longest (Engine._admit)
-
-    @property
-    def prefilling(self) -> bool:
-        return self.next_pos < len(self.prompt)
 
 
 class Engine:
@@ -89,7 +60,7 @@ class Engine:
         self.weight_dtype = generator.model.tok_embeddings.weight.dtype
         self._lock = threading.Condition()
         self._waiting: Deque[RequestHandle] = deque()
-        self._running: Dict[int, _Sequence] = {}
+        self._running: Dict[int, ActiveSequence] = {}
         self._closing = False
         self._failure: Optional[BaseException] = None
         if self.steps.device.type == "cpu":
@@ -213,7 +184,7 @@ class Engine:
                 return
             self._waiting.popleft()
             slot, cached = got
-            seq = _Sequence(handle, slot, cached, self.tokenizer, self.tokenizer.stop_tokens)
+            seq = ActiveSequence(handle, slot, cached, self.tokenizer, self.tokenizer.stop_tokens)
             seq.blocks, self._reserved = need, self._reserved + need
             self._running[slot] = seq  # before forget(), which can find a peer rank gone: _fail_all answers it
             self.steps.forget(slot, cached)  # the blocks past the reused prefix go back to the pool
@@ -250,7 +221,7 @@ class Engine:
             budget -= size
             self._prefill(seq)
 
-    def _prefill(self, seq: _Sequence) -> None:
+    def _prefill(self, seq: ActiveSequence) -> None:
         start = seq.next_pos
         chunk = seq.prompt[start : start + self.prefill_chunk]
         logits = self._step([seq], [chunk], [start], all_logits=seq.result.prompt_logprobs is not None)
@@ -268,7 +239,7 @@ class Engine:
         if not seq.prefilling:
             self._accept(seq, logits[0, -1])
 
-    def _decode(self, batch: List[_Sequence]) -> None:
+    def _decode(self, batch: List[ActiveSequence]) -> None:
         fed = [s.last for s in batch if s.last is not None]  # every sequence of a decode step has one
         positions = [self.slots.length(s.slot) for s in batch]
         logits = self._step(batch, [[token] for token in fed], positions)
@@ -284,7 +255,7 @@ class Engine:
             self.slots.extend(seq.slot, [token])
             self._accept(seq, last[b], finite[b], best[b] if best is not None and greedy[b] else None)
 
-    def _step(self, batch: List[_Sequence], tokens, positions, all_logits: bool = False) -> Optional[torch.Tensor]:
+    def _step(self, batch: List[ActiveSequence], tokens, positions, all_logits: bool = False) -> Optional[torch.Tensor]:
         """The forward call for `batch`; on failure its sequences end with the error (None is returned),
         and a lost peer rank ends the engine."""
         slots = [s.slot for s in batch]
@@ -300,7 +271,7 @@ class Engine:
             return None
 
     def _accept(
-        self, seq: _Sequence, logits: torch.Tensor, finite: Optional[bool] = None, chosen: Optional[int] = None
+        self, seq: ActiveSequence, logits: torch.Tensor, finite: Optional[bool] = None, chosen: Optional[int] = None
     ) -> None:
         """The next token of `seq` from its logits (vocab,): sampled, streamed, and checked for the end.
         finite / chosen: whether the logits are finite and the greedy token, where already known."""
@@ -312,7 +283,7 @@ class Engine:
             seq.result.stop_token = token
             self._finish(seq, "stop")
             return
-        event = self._record(seq, token, logits)
+        event = seq.record(token, logits)
         text, stopped = seq.stop_text.push(seq.deltas.push(token))
         seq.handle.put(TokenEvent(token, text, event[0], event[1]))
         seq.result.text += text
@@ -323,19 +294,7 @@ class Engine:
         else:
             seq.last = token
 
-    def _record(self, seq: _Sequence, token: int, logits: torch.Tensor):
-        seq.result.tokens.append(token)
-        seq.sampler.observe(token)
-        if seq.result.logprobs is None:
-            return None, None
-        scores = F.log_softmax(logits, dim=-1)
-        seq.result.logprobs.append(float(scores[token]))
-        top = top_logprobs(scores, seq.request.top_logprobs) if seq.request.top_logprobs else None
-        if seq.result.top_logprobs is not None:
-            seq.result.top_logprobs.append(top or [])
-        return seq.result.logprobs[-1], top
-
-    def _finish(self, seq: _Sequence, reason: str, error: Optional[BaseException] = None) -> None:
+    def _finish(self, seq: ActiveSequence, reason: str, error: Optional[BaseException] = None) -> None:
         if reason in ("stop", "length") and not seq.stop_text.stopped:
             rest, stopped = seq.stop_text.push(seq.deltas.flush())
             rest += seq.stop_text.flush()
@@ -360,13 +319,3 @@ class Engine:
             self._finish(seq, "error", exc)
         for handle in waiting:
             handle.put(Completion(finish_reason="error", error=exc, prompt_tokens=len(handle.request.prompt_tokens)))
-
-
-def wait_all(handles: List[RequestHandle], timeout: Optional[float] = None) -> List[Completion]:
-    """The Completions of `handles`, in order (each waited for up to what is left of `timeout`)."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    out = []
-    for handle in handles:
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        out.append(handle.result(left))
-    return out

@@ -5,6 +5,7 @@ import asyncio
 import itertools
 import queue
 import threading
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Iterator, List, Optional, Sequence, Tuple, Union, cast
@@ -195,3 +196,13 @@ def _mailbox(loop: asyncio.AbstractEventLoop) -> _Mailbox:
         if box is None:
             box = _mailboxes[loop] = _Mailbox(loop)
         return box
+
+
+def wait_all(handles: List[RequestHandle], timeout: Optional[float] = None) -> List[Completion]:
+    """The Completions of `handles`, in order (each waited for up to what is left of `timeout`)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    out = []
+    for handle in handles:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        out.append(handle.result(left))
+    return out

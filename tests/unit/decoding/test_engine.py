@@ -10,8 +10,8 @@ import time
 import pytest
 import torch
 
-from llama.decoding.engine import Engine, wait_all
-from llama.decoding.requests import Request
+from llama.decoding.engine import Engine
+from llama.decoding.requests import Request, wait_all
 from llama.decoding.sampler import SamplingParams
 from llama.errors import BusyError, ConfigError, ContextMemoryError, EngineClosedError, GenerationError, RankError
 
