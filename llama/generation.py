@@ -1,42 +1,31 @@
 """Llama: build a model from a checkpoint directory, then generate, text- or chat-complete.
 
-The facade over the package: `Llama.build` decides the runtime (llama.runtime.backend), opens the
-checkpoint and loads this rank's share (llama.weights.loading), and the methods run the decode loop
+The facade over the package: `Llama.build` (llama.building) decides the runtime
+(llama.runtime.backend), opens the checkpoint and loads this rank's share (llama.weights.loading),
+and the methods run the decode loop
 (llama.decoding.loop) on encoded prompts (llama.tokenizer, llama.chat_format). API, signatures and
 outputs are those of Meta's `meta-llama/llama` and `meta-llama/llama3` `llama/generation.py`.
 """
 
 import logging
-import time
 from typing import Any, Iterator, List, Optional, Sequence, Tuple, TypedDict, Union
 
 import torch
 
-from . import demo
+from . import building, demo
 from .chat_format import UNSAFE_ERROR, Dialog, Message, encode_dialog, is_unsafe
 from .decoding import native_step
 from .decoding.batches import Decode, Row, Timings, run_batch
 from .decoding.loop import DecodeState, decode_steps, start_decode
 from .decoding.sampler import SamplingParams
 from .decoding.sampling import sample_top_p
-from .decoding.static_step import StaticDecode
 from .errors import ConfigError
-from .kernels.formats import check_method
-from .kv_cache import KV_DTYPES
-from .layers.parallel import init_model_parallel, model_parallel_group, model_parallel_rank
 from .model import Transformer
-from .runtime import memory
-from .runtime.backend import Runtime, select
-from .runtime.device_tuning import compile_options, eos_check_interval
-from .runtime.distributed import barrier_then_tighten_timeouts, init_distributed
 from .runtime.group import is_main_process
-from .runtime.ranks import on_all_ranks
 from .tokenizer import Tokenizer
 from .tools.answer import tool_answer
 from .tools.support import check_tool_model
-from .validation import check_request, stop_list, whole_number
-from .weights import loading, meta, tokenizer_files
-from .weights.model_args import model_args
+from .validation import check_request, stop_list
 
 __all__ = ["Llama", "Dialog", "Message", "CompletionPrediction", "ChatPrediction", "sample_top_p"]
 
@@ -85,45 +74,12 @@ class Llama:
         kv_cache_dtype="float32" | "bfloat16" | "int8": how the cache stores keys and values (default:
         the model's dtype); attention reads them back in the model's dtype.
         """
-        whole_number("max_seq_len", max_seq_len)
-        whole_number("max_batch_size", max_batch_size)
-        whole_number("seed", seed, minimum=None)
-        if kv_cache_tokens is not None:
-            whole_number("kv_cache_tokens", kv_cache_tokens)
-        if kv_cache_dtype is not None and kv_cache_dtype not in KV_DTYPES:
-            raise ConfigError(
-                f"unknown kv_cache_dtype {kv_cache_dtype!r}; use one of {', '.join(KV_DTYPES)} (or leave it "
-                "unset: the model's dtype)"
+        return Llama(
+            *building.assemble(
+                ckpt_dir, tokenizer_path, max_seq_len, max_batch_size, model_parallel_size, seed, device, dtype,
+                backend, compile, quantize, kv_cache_tokens, kv_cache_dtype,
             )
-        check_method(quantize)
-        start_time = time.time()
-        ckpt = loading.open_checkpoint(ckpt_dir)
-        tokenizer = Tokenizer(model_path=tokenizer_files.find_tokenizer(ckpt_dir, tokenizer_path))
-        args = model_args(ckpt, tokenizer, max_seq_len, max_batch_size)
-        args.kv_cache_tokens, args.kv_cache_dtype = kv_cache_tokens, kv_cache_dtype
-
-        rt = select(device=device, dtype=dtype, backend=backend)
-        mp_size = _model_parallel_size(rt, model_parallel_size)
-        # Before any process joins the group: every rank fails alike, and none leaves mid-rendezvous.
-        meta.check_parallelism(ckpt.n_shards, mp_size, args.n_heads, args.kv_heads)
-        memory.check_fits(args, mp_size, rt.device, rt.dtype)
-        if is_main_process():
-            logger.info(memory.describe_pool(args, mp_size, rt.dtype))
-        init_distributed(rt)
-        init_model_parallel(mp_size)
-        torch.manual_seed(seed)
-        model = on_all_ranks(loading.load_model_or_explain, ckpt, args, mp_size, model_parallel_rank(), rt, quantize)
-        barrier_then_tighten_timeouts(rt, model_parallel_group())
-        if is_main_process():
-            print(f"Loaded in {time.time() - start_time:.2f} seconds")
-        # One-token steps: on an x86 CPU one native call (faster than a compiled step, so it wins over
-        # compile=True); else compiled if asked; else llama.model's forward.
-        decode_step: Any = native_step.for_model(model)
-        if decode_step is None and compile:
-            decode_step = StaticDecode(model, compile_options(rt.device))
-        if is_main_process():  # quantize: also what a checkpoint is stored in
-            logger.info("runtime: %s", _describe(rt, quantize or ckpt.stored, decode_step))
-        return Llama(model, tokenizer, decode_step, eos_check_interval(rt.device))
+        )  # fmt: skip
 
     @staticmethod
     def build_demo(**build_kwargs) -> "Llama":
@@ -358,20 +314,3 @@ class Llama:
             pred["tokens"] = [self.tokenizer.decode([x]) for x in row.tokens]
             pred["logprobs"] = row.logprobs
         return pred
-
-
-def _model_parallel_size(rt: Runtime, requested: Optional[int]) -> int:
-    """The reference's default (every process) or the requested size, which must divide the processes."""
-    size = rt.world_size if requested is None else whole_number("model_parallel_size", requested)
-    if rt.world_size % size:
-        raise ConfigError(f"model_parallel_size={size} must divide the number of processes ({rt.world_size})")
-    return size
-
-
-def _describe(rt: Runtime, quantize: Optional[str], decode_step: Any = None) -> str:
-    """The `runtime:` line: backend, device, dtype and why; the weight format; how one-token steps run."""
-    if isinstance(decode_step, native_step.NativeDecode):
-        path = "native"  # llama.decoding.native_step: one call of forward.c per step
-    else:
-        path = "compiled" if isinstance(decode_step, StaticDecode) else "eager"
-    return rt.describe() + (f" quantize={quantize}" if quantize else "") + f" decode={path}"

@@ -21,7 +21,7 @@ LAYERS = [
     ["layers"],
     ["weights"],
     ["decoding"],
-    ["generation", "streaming"],
+    ["building", "generation", "streaming"],
     ["serve", "testing"],
     ["cli"],
     ["chat", "reshard", "convert", "quantize", "server", "__init__", "__main__"],  # entry points and the facade
