@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # measure the chec
 from llama import Llama  # noqa: E402
 from llama.model import ModelArgs  # noqa: E402
 from llama.testing.reference import RefModel, ref_generate  # noqa: E402
-from llama.weights.meta import find_shards, load_shard, read_params_json  # noqa: E402
+from llama.weights.meta import find_shards, load_shard  # noqa: E402
+from llama.weights.params_json import read_params_json  # noqa: E402
 
 
 def timed(fn) -> float:

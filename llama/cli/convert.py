@@ -28,7 +28,7 @@ from ..errors import ConfigError
 from ..layers.plan import PLANS, split_dim
 from ..runtime.progress import Progress
 from ..validation import whole_number
-from ..weights import hf, hf_config, meta, tokenizer_files
+from ..weights import hf, hf_config, meta, params_json, tokenizer_files
 from ..weights.gguf import refuse_gguf
 from .destination import check_destination, copy_tokenizer, written_beside
 from .flags import Flag
@@ -154,7 +154,7 @@ def _signature(params: dict, vocab_size: int) -> tuple:
 
 
 def _meta_to_hf(src: Path, out: Path, dtype: Optional[torch.dtype], limit: int, bar: Progress) -> None:
-    params = meta.read_params_json(src)
+    params = params_json.read_params_json(src)
     shards = meta.find_shards(src)
     state = meta.reshard_state(shards, 1, 0, PLANS[meta.family(shards, params)])
     state = {k: t for k, t in state.items() if k not in meta.IGNORED_KEYS}

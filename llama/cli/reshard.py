@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from ..layers.plan import PLANS
 from ..runtime.progress import Progress
 from ..validation import whole_number
-from ..weights import meta
+from ..weights import meta, params_json
 from ..weights.gguf import refuse_gguf
 from .destination import check_destination, copy_tokenizer, written_beside
 from .flags import Flag
@@ -34,7 +34,7 @@ def reshard(src_dir, dst_dir, shards: int, force: bool = False) -> List[Path]:
     refuse_gguf(src_dir)
     src_dir, dst_dir = meta.source_dir(src_dir, "reshard", "llama-2-13b/"), Path(dst_dir)
     sources = meta.find_shards(src_dir)
-    params = meta.read_params_json(src_dir)
+    params = params_json.read_params_json(src_dir)
     n_heads = params.get("n_heads", 32)
     n_kv_heads = params.get("n_kv_heads") or n_heads
     why = meta.parallelism_problem(len(sources), shards, n_heads, n_kv_heads)

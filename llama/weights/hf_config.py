@@ -15,7 +15,7 @@ import torch
 from ..errors import ConfigError, MissingFileError
 from ..model import ModelArgs
 from ..validation import whole_number
-from .meta import check_params
+from .params_json import check_params
 
 CONFIG = "config.json"
 

@@ -1,4 +1,4 @@
-"""Meta checkpoint directories: params.json, shard discovery, safe loading and resharding.
+"""Meta checkpoint directories: shard discovery, safe loading and resharding (params.json: params_json).
 
 A directory saved with k shards (`consolidated.00.pth` ...) can be loaded by n model-parallel
 ranks whenever n divides k (each rank merges k/n consecutive shards) or k divides n (each rank
@@ -8,12 +8,10 @@ takes its slice of one shard). Which dim each weight is split along is the paral
 """
 
 import json
-import os
 import pickle
 import re
 import warnings
 import zipfile
-from dataclasses import fields
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -21,31 +19,16 @@ import torch
 
 from ..errors import CheckpointError, ConfigError, MissingFileError
 from ..layers.plan import PLANS, Plan, split_dim
-from ..model import ModelArgs
+from .params_json import as_path
 
 ORIGINAL = "original"  # where Meta's Hugging Face repositories keep params.json and the Llama 3 tokenizer
 IGNORED_KEYS = ("rope.freqs",)  # Meta's checkpoints carry it; the model computes its own tables
-PARAM_KEYS = (
-    "dim",
-    "n_layers",
-    "n_heads",
-    "n_kv_heads",
-    "vocab_size",
-    "multiple_of",
-    "ffn_dim_multiplier",
-    "norm_eps",
-    "rope_theta",
-    "use_scaled_rope",
-    "rope_scaling_factor",
-)
-INT_PARAMS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of")
-OPTIONAL_PARAMS = ("n_kv_heads", "ffn_dim_multiplier", "rope_scaling_factor")
 # Meta's Llama 3.x params.json give vocab_size 128256; Llama 2's give -1 (take it from the tokenizer).
 LLAMA3_MIN_VOCAB = 128000
 
 
 def find_shards(ckpt_dir) -> List[Path]:
-    ckpt_dir = _as_path(ckpt_dir, "ckpt_dir")
+    ckpt_dir = as_path(ckpt_dir, "ckpt_dir")
     if not ckpt_dir.is_dir():
         what = "is a file, not a directory" if ckpt_dir.exists() else "not found"
         raise MissingFileError(
@@ -71,74 +54,6 @@ def source_dir(src_dir, purpose: str, example: str) -> Path:
             f"consolidated.*.pth, e.g. {example})"
         )
     return src_dir
-
-
-def _as_path(value, name: str) -> Path:
-    if not isinstance(value, (str, os.PathLike)):
-        raise ConfigError(f"{name} must be a path (str), got {type(value).__name__} {value!r}")
-    return Path(value)
-
-
-def read_params_json(ckpt_dir) -> dict:
-    """params.json as a dict, checked for types and consistency before any weight is read."""
-    path = _as_path(ckpt_dir, "ckpt_dir") / "params.json"
-    if not path.is_file():
-        raise MissingFileError(f"params.json not found in {str(ckpt_dir)!r}; it comes with the weights")
-    try:
-        params = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            f"{str(path)!r} is not valid JSON ({exc}); restore the params.json that came with the weights"
-        ) from None
-    if not isinstance(params, dict):
-        raise ConfigError(f"{str(path)!r} must hold a JSON object, got {type(params).__name__}")
-    unknown = sorted(set(params) - set(PARAM_KEYS))
-    if unknown:
-        raise ConfigError(f"{str(path)!r} has unknown keys {unknown}; known keys: {list(PARAM_KEYS)}")
-    check_params(params, str(path))
-    return params
-
-
-def _check_types(params: dict, source: str) -> None:
-    for key, value in params.items():
-        optional = key in OPTIONAL_PARAMS
-        if value is None and optional:
-            continue
-        if key == "use_scaled_rope":
-            if not isinstance(value, bool):
-                raise ConfigError(f"{source}: use_scaled_rope must be true or false, got {value!r}")
-            continue
-        want_int = key in INT_PARAMS
-        ok = isinstance(value, int) if want_int else isinstance(value, (int, float))
-        if isinstance(value, bool) or not ok:
-            raise ConfigError(
-                f"{source}: {key} must be {'an integer' if want_int else 'a number'}"
-                f"{' or null' if optional else ''}, got {value!r}"
-            )
-        allowed_minus_one = key == "vocab_size" and value == -1
-        if not (value > 0 or allowed_minus_one):  # also rejects NaN, which json accepts
-            hint = " (or -1: take it from the tokenizer)" if key == "vocab_size" else ""
-            raise ConfigError(f"{source}: {key} must be > 0{hint}, got {value!r}")
-
-
-def check_params(params: dict, source: str) -> None:
-    """Types, signs and the divisibility rules attention needs; `source` names params.json in messages."""
-    _check_types(params, source)
-    defaults = {f.name: f.default for f in fields(ModelArgs)}
-    p = {**defaults, **params}
-    dim, n_heads = p["dim"], p["n_heads"]
-    n_kv_heads = n_heads if p["n_kv_heads"] is None else p["n_kv_heads"]
-    if dim % n_heads:
-        raise ConfigError(f"{source}: dim={dim} is not divisible by n_heads={n_heads}; each head gets dim / n_heads")
-    if (dim // n_heads) % 2:
-        raise ConfigError(
-            f"{source}: head size dim / n_heads = {dim // n_heads} is odd; rotary embeddings need an even head size"
-        )
-    if n_heads % n_kv_heads:
-        raise ConfigError(
-            f"{source}: n_heads={n_heads} is not divisible by n_kv_heads={n_kv_heads}; "
-            "each key/value head must serve a whole number of query heads"
-        )
 
 
 def valid_world_sizes(n_shards: int, n_heads: int, n_kv_heads: int) -> List[int]:

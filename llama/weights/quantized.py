@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 
 from ..errors import CheckpointError, ConfigError
 from ..kernels.formats import INT4_GROUP, METHODS
-from . import meta
+from . import params_json
 
 MARKER = "quantization"  # the params.json key a quantized checkpoint carries
 
@@ -38,7 +38,7 @@ def split_params(params: dict, source: str) -> Tuple[dict, Optional[str]]:
 def read_stored_params(ckpt_dir) -> Tuple[dict, Optional[str]]:
     """A Meta checkpoint's params.json -> (its params, the quantization it is stored in or None).
 
-    Without the marker this is `llama.weights.meta.read_params_json`, errors and all.
+    Without the marker this is `llama.weights.params_json.read_params_json`, errors and all.
     """
     path = Path(ckpt_dir) / "params.json"
     try:
@@ -46,12 +46,9 @@ def read_stored_params(ckpt_dir) -> Tuple[dict, Optional[str]]:
     except (OSError, ValueError):
         raw = None
     if not isinstance(raw, dict) or MARKER not in raw:
-        return meta.read_params_json(ckpt_dir), None
+        return params_json.read_params_json(ckpt_dir), None
     params, stored = split_params(raw, str(path))
-    unknown = sorted(set(params) - set(meta.PARAM_KEYS))
-    if unknown:
-        raise ConfigError(f"{str(path)!r} has unknown keys {unknown}; known keys: {list(meta.PARAM_KEYS)}")
-    meta.check_params(params, str(path))
+    params_json.check_known(params, str(path))
     return params, stored
 
 
