@@ -175,13 +175,20 @@ INLINE void q8_block(const int8_t *const *w, const float *const *wscale, const i
             for (int r = 0; r < R; r++) { /* |128 hi + lo| < 2^27: no overflow */
                 const __m256i dot = _mm256_sub_epi32(_mm256_add_epi32(_mm256_slli_epi32(hi[r], 7), lo[r]), offsets);
 #else
-            for (int j = 0; j < 8; j++) {
-                const __m256i wv = _mm256_loadu_si256((const __m256i *)(blk + 32 * j));
-                const __m256i magnitude = _mm256_sign_epi8(wv, wv); /* |w| <= 127 */
+            /* Two quads at a time: their lo pair sums are added in int16 before one vpmaddwd widens
+             * them (|lo| <= 64 and |w| <= 127, so |sum| <= 2 * 2 * 127 * 64 = 32512 never saturates;
+             * the integer dot is exactly the one quad by quad). hi parts (up to 127) cannot pair. */
+            for (int j = 0; j < 8; j += 2) {
+                const __m256i w0 = _mm256_loadu_si256((const __m256i *)(blk + 32 * j));
+                const __m256i w1 = _mm256_loadu_si256((const __m256i *)(blk + 32 * j + 32));
+                const __m256i m0 = _mm256_sign_epi8(w0, w0), m1 = _mm256_sign_epi8(w1, w1); /* |w| <= 127 */
                 for (int r = 0; r < R; r++) {
                     const int64_t at = r * K + g * GROUP + 4 * j;
-                    hi[r] = dot_acc(hi[r], magnitude, _mm256_sign_epi8(bcast4(xq + at), wv));
-                    lo[r] = dot_acc(lo[r], magnitude, _mm256_sign_epi8(bcast4(xlo + at), wv));
+                    hi[r] = dot_acc(hi[r], m0, _mm256_sign_epi8(bcast4(xq + at), w0));
+                    hi[r] = dot_acc(hi[r], m1, _mm256_sign_epi8(bcast4(xq + at + 4), w1));
+                    const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(m0, _mm256_sign_epi8(bcast4(xlo + at), w0)),
+                                                           _mm256_maddubs_epi16(m1, _mm256_sign_epi8(bcast4(xlo + at + 4), w1)));
+                    lo[r] = _mm256_add_epi32(lo[r], _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
                 }
             }
             for (int r = 0; r < R; r++) { /* |128 hi + lo| < 2^27: no overflow */
