@@ -93,6 +93,11 @@ async def answer(job: Job, handles: List[RequestHandle], tokenizer, model: str) 
 
 async def _merged(handles: List[RequestHandle]) -> AsyncIterator[Tuple[int, object]]:
     """(choice position, TokenEvent or Completion) of every handle, as they come."""
+    if len(handles) == 1:  # the common case: no queue and no task between the engine and the client
+        async for event in handles[0].async_events():
+            yield 0, event
+        yield 0, handles[0].result(0)
+        return
     queue: asyncio.Queue = asyncio.Queue()
 
     async def pump(k: int, handle: RequestHandle) -> None:

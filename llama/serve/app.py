@@ -16,6 +16,7 @@ from typing import Optional
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
 from . import answers
@@ -64,9 +65,27 @@ async def _until_done_or_gone(request: Request, task: "asyncio.Future", handles)
             raise APIError(499, "the client closed the connection", code="client_closed")
 
 
+class _KeyCheck:
+    """Pure ASGI: every /v1 request must carry `Authorization: Bearer KEY`. (Starlette's
+    BaseHTTPMiddleware would relay each streamed chunk through a memory stream and a task.)"""
+
+    def __init__(self, app, api_key: str):
+        self.app, self.key = app, api_key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+            given = Headers(scope=scope).get("authorization", "")
+            token = given[len("Bearer ") :] if given.startswith("Bearer ") else ""
+            if not hmac.compare_digest(token.encode(), self.key):
+                what = "Incorrect API key provided" if token else "Missing API key (Authorization: Bearer KEY)"
+                return await _error(APIError(401, what, code="invalid_api_key"))(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 def create_app(generator, engine, model_id: str, api_key: Optional[str] = None,
-               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:  # fmt: skip
-    """The app for `engine` (serving `generator`'s model as `model_id`); api_key: required from clients when set."""
+               max_body_bytes: int = MAX_BODY_BYTES):  # fmt: skip
+    """The ASGI app for `engine` (serving `generator`'s model as `model_id`); api_key: required from
+    clients when set."""
     app = FastAPI(title="llama", docs_url=None, redoc_url=None, openapi_url=None)
     created = int(time.time())
     tokenizer = generator.tokenizer
@@ -86,16 +105,6 @@ def create_app(generator, engine, model_id: str, api_key: Optional[str] = None,
     async def crash(request: Request, exc: Exception):
         log.exception("request %s %s failed", request.method, request.url.path)
         return _error(APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error"))
-
-    @app.middleware("http")
-    async def authorize(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1"):
-            given = request.headers.get("authorization", "")
-            token = given[len("Bearer ") :] if given.startswith("Bearer ") else ""
-            if not hmac.compare_digest(token.encode(), api_key.encode()):
-                what = "Incorrect API key provided" if token else "Missing API key (Authorization: Bearer KEY)"
-                return _error(APIError(401, what, code="invalid_api_key"))
-        return await call_next(request)
 
     def model_card() -> dict:
         return {"id": model_id, "object": "model", "created": created, "owned_by": "llama"}
@@ -132,4 +141,4 @@ def create_app(generator, engine, model_id: str, api_key: Optional[str] = None,
     async def completions(request: Request):
         return await run(request, completion_job)
 
-    return app
+    return _KeyCheck(app, api_key) if api_key else app
