@@ -91,19 +91,24 @@ async def answer(job: Job, handles: List[RequestHandle], tokenizer, model: str) 
     return shapes.envelope(job.kind, rid, shapes.now(), model, choices, usage=shapes.usage(job, completions))
 
 
+async def _events_then_result(handle: RequestHandle) -> AsyncIterator[object]:
+    """A handle's TokenEvents as they come, then its Completion."""
+    async for event in handle.async_events():
+        yield event
+    yield handle.result(0)
+
+
 async def _merged(handles: List[RequestHandle]) -> AsyncIterator[Tuple[int, object]]:
     """(choice position, TokenEvent or Completion) of every handle, as they come."""
     if len(handles) == 1:  # the common case: no queue and no task between the engine and the client
-        async for event in handles[0].async_events():
-            yield 0, event
-        yield 0, handles[0].result(0)
+        async for item in _events_then_result(handles[0]):
+            yield 0, item
         return
     queue: asyncio.Queue = asyncio.Queue()
 
     async def pump(k: int, handle: RequestHandle) -> None:
-        async for event in handle.async_events():
-            await queue.put((k, event))
-        await queue.put((k, handle.result(0)))
+        async for item in _events_then_result(handle):
+            await queue.put((k, item))
 
     tasks = [asyncio.ensure_future(pump(k, h)) for k, h in enumerate(handles)]
     finished = 0
