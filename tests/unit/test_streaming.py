@@ -2,6 +2,7 @@
 
 import random
 
+import pytest
 import torch
 
 from llama.decoding.detokenize import TextDeltas
@@ -12,6 +13,7 @@ from llama.streaming import (
     stream_generate,
     stream_text_completion,
 )
+from support.llama3_tokenizer import llama3_tokenizer_path
 
 PROMPTS = ["The with statement", "A list is", "Exceptions are raised when", "x", "Strings can be joined by"]
 MULTIBYTE = "Grüße, naïve café: 🦙 llamas ≠ 🐍 snakes  (two spaces)"
@@ -80,6 +82,25 @@ def test_deltas_add_up_to_the_decoded_text_for_random_token_sequences(tokenizer_
         decoder = TextDeltas(tokenizer)
         text = "".join(decoder.push(t) for t in ids) + decoder.flush()
         assert text == tokenizer.decode(ids)
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "tiktoken"])
+def test_deltas_of_long_rows_add_up_while_the_decoded_window_slides(kind, tokenizer_path):
+    from llama.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(str(tokenizer_path if kind == "sentencepiece" else llama3_tokenizer_path()))
+    rng = random.Random(1)
+    rows = [tokenizer.encode(MULTIBYTE * 6, bos=False, eos=False)]  # whole characters of 2-4 bytes
+    # the window's start lands inside a character's bytes at some of these offsets
+    rows += [tokenizer.encode("a b" * k + "🦙🐍≠ü " * 12, bos=False, eos=False) for k in range(9)]
+    rows += [[rng.randrange(3, tokenizer.n_words - 256) for _ in range(rng.randrange(20, 120))] for _ in range(60)]
+    for n, ids in enumerate(rows):
+        decoder = TextDeltas(tokenizer)
+        deltas = [decoder.push(t) for t in ids] + [decoder.flush()]
+        assert "".join(deltas) == tokenizer.decode(ids)
+        if n == 0:
+            assert decoder.start > 0  # only the row's last tokens were being decoded
+            assert not any("\ufffd" in d for d in deltas)
 
 
 def test_chat_stream_matches_chat_completion_and_hides_tagged_dialogs(build):
