@@ -22,7 +22,7 @@ have its tensors replaced afterwards.
 
 import ctypes
 import logging
-from typing import Any, List, Optional, Union
+from typing import Any, List, Optional, Sequence, Union
 
 import torch
 
@@ -176,24 +176,50 @@ class NativeDecode:
 
     def takes_prompt(self, tokens: torch.Tensor) -> bool:
         """Whether a prompt of these tokens (bsz, T) runs here (else llama.model runs it)."""
-        return tokens.numel() <= self.prompt_rows
+        return self.takes(tokens.numel())
+
+    def takes(self, n_tokens: int) -> bool:
+        """Whether a prompt of n_tokens in all (rows x tokens) runs here."""
+        return n_tokens <= self.prompt_rows
 
     def __call__(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
         bsz = tokens.shape[0]
-        return self.rows(tokens, torch.arange(bsz), torch.full((bsz,), start_pos, dtype=torch.int64))
+        return self.rows_of(tokens.tolist(), list(range(bsz)), [start_pos] * bsz)
 
     def rows(self, tokens: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """tokens (B, T), row b in KV-cache slot slots[b] from position positions[b] -> float32 logits
         (B, 1, vocab) of each row's last token."""
-        bsz, seqlen = tokens.shape
-        ids = tokens.to(torch.int64).contiguous()
-        slots, positions = slots.to(torch.int64).contiguous(), positions.to(torch.int64).contiguous()
-        self.pool.ensure(slots.tolist(), (positions + seqlen).tolist())
+        return self.rows_of(tokens.tolist(), slots.tolist(), positions.tolist())
+
+    def rows_of(self, tokens: Sequence[Sequence[int]], slots: Sequence[int], positions: Sequence[int]) -> torch.Tensor:
+        """rows() for rows given as lists (B rows of T token ids each): no tensors are made for them."""
+        bsz, seqlen = len(tokens), len(tokens[0])
+        flat = [t for row in tokens for t in row]
+        if len(flat) != bsz * seqlen or len(slots) != bsz or len(positions) != bsz:
+            raise ValueError(f"rows_of takes B rows of equal length, a slot and a position each; got {tokens!r}")
+        self.pool.ensure(slots, [p + seqlen for p in positions])
         self._cache_moved()
         logits = torch.empty(bsz, 1, self.desc.vocab)  # float32, as llama.model's forward returns
-        args = (ids.data_ptr(), bsz, seqlen, slots.data_ptr(), positions.data_ptr(), logits.data_ptr())
-        native.check(self.lib.llama_forward(ctypes.byref(self.desc), *args))
+        rc = self.lib.llama_forward(
+            ctypes.byref(self.desc), _int64s(flat), bsz, seqlen, _int64s(slots), _int64s(positions), logits.data_ptr()
+        )
+        native.check(rc)
         return logits
+
+    def scan(self, logits: torch.Tensor) -> List[int]:
+        """logits (B, T, vocab) -> per row the index of its last position's largest logit (the first of
+        equal ones, as torch.argmax), or -1 where they are not all finite. Reads no tensor through
+        torch where they are what rows() returns (float32, contiguous, T = 1)."""
+        bsz, vocab = logits.shape[0], logits.shape[-1]
+        if logits.dtype != torch.float32 or logits.shape[1] != 1 or not logits.is_contiguous():
+            logits = logits[:, -1].float().contiguous()
+        best = (ctypes.c_int64 * bsz)()
+        self.lib.llama_logits_scan(logits.data_ptr(), bsz, vocab, best)
+        return list(best)
+
+
+def _int64s(values: Sequence[int]) -> "ctypes.Array[ctypes.c_int64]":
+    return (ctypes.c_int64 * len(values))(*values)
 
 
 def for_model(model: Transformer) -> Optional[NativeDecode]:

@@ -5,7 +5,7 @@ first and repeated by the other ranks (`follow`), so all ranks step in lockstep.
 """
 
 import logging
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -31,24 +31,38 @@ class RowSteps:
         """Prompt tokens computed per call: what the native step takes at once, else TORCH_PREFILL_CHUNK."""
         return self.native.prompt_rows if self.native is not None and self.native.prompt_rows else TORCH_PREFILL_CHUNK
 
-    @torch.inference_mode()
     def __call__(
         self, tokens: Sequence[Sequence[int]], slots: Sequence[int], positions: Sequence[int], all_logits: bool = False
     ) -> torch.Tensor:
         """Row b's tokens at slot slots[b] from position positions[b] -> float32 logits (B, 1, vocab) of
-        each row's last token (B, T, vocab with all_logits); rank 0 only, in lockstep with the others."""
+        each row's last token (B, T, vocab with all_logits); rank 0 only, in lockstep with the others.
+        Called under torch.inference_mode() (the engine's thread holds it)."""
         if self.world > 1:
             self._send(("step", [list(t) for t in tokens], list(slots), list(positions), all_logits))
         return self._compute(tokens, slots, positions, all_logits)
 
     def _compute(self, tokens, slots, positions, all_logits: bool) -> torch.Tensor:
+        native = self.native
+        if (
+            native is not None
+            and not all_logits
+            and (len(tokens[0]) == 1 or native.takes(len(tokens) * len(tokens[0])))
+        ):
+            return native.rows_of(tokens, slots, positions)
         ids = torch.tensor(tokens, dtype=torch.long, device=self.device)
         at = torch.tensor(slots, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
-        native = self.native
-        if native is not None and not all_logits and (ids.shape[1] == 1 or native.takes_prompt(ids)):
-            return native.rows(ids, at, pos)
         return self.model.forward_rows(ids, at, pos, last_only=not all_logits)
+
+    def scan(self, logits: torch.Tensor, greedy: bool) -> Tuple[List[bool], Optional[List[int]]]:
+        """logits (B, T, vocab) of a step -> per row whether its last position's are all finite, and (with
+        greedy) the index of each row's largest (torch.argmax's); one native call on the CPU."""
+        if self.native is not None and logits.device.type == "cpu":
+            best = self.native.scan(logits)
+            return [b >= 0 for b in best], best if greedy else None
+        last = logits[:, -1]
+        finite = torch.isfinite(last).all(dim=-1).tolist()
+        return finite, last.argmax(dim=-1).tolist() if greedy else None
 
     def forget(self, slot: int, length: int) -> None:
         """Slot `slot` keeps its cache blocks for positions 0..length-1 only, on every rank."""

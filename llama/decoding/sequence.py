@@ -38,12 +38,13 @@ class ActiveSequence:
     def prefilling(self) -> bool:
         return self.next_pos < len(self.prompt)
 
-    def record(self, token: int, logits: torch.Tensor) -> Tuple[Optional[float], Optional[list]]:
-        """Append `token` (chosen from `logits`, (vocab,)) -> its log-prob and top log-probs where asked."""
+    def record(self, token: int, logits: Optional[torch.Tensor]) -> Tuple[Optional[float], Optional[list]]:
+        """Append `token` (chosen from `logits`, (vocab,); needed only where log-probs are asked) -> its
+        log-prob and top log-probs where asked."""
         result = self.result
         result.tokens.append(token)
         self.sampler.observe(token)
-        if result.logprobs is None:
+        if result.logprobs is None or logits is None:
             return None, None
         scores = F.log_softmax(logits, dim=-1)
         result.logprobs.append(float(scores[token]))

@@ -10,7 +10,7 @@ from typing import Tuple
 
 from .formats import INT4_GROUP
 
-ABI_VERSION = 4  # forward.c's ABI_VERSION
+ABI_VERSION = 5  # forward.c's ABI_VERSION
 BLOCK = 8  # output rows per repacked weight block (common.h's BLOCK)
 
 _P, _I = ctypes.c_void_p, ctypes.c_int64

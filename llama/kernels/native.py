@@ -84,6 +84,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         "llama_matmul_bf16_rows": [p, i, i, p, i, p],
         "llama_matmul_f32_tiles": [p, i, i, p, i, p],
         "llama_forward": [p, p, i, i, p, p, p],
+        "llama_logits_scan": [p, i, i, p],
         "llama_repack_int8": [p, i, i, p],
         "llama_repack_int4": [p, p, i, i, p],
     }

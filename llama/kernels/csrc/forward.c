@@ -24,7 +24,7 @@
 #include <string.h>
 
 /* Bumped whenever a descriptor below or an entry point's arguments change. */
-#define ABI_VERSION 4
+#define ABI_VERSION 5
 
 typedef struct {
     int64_t N, K;
@@ -448,4 +448,42 @@ int llama_forward(const model_desc *md, const int64_t *tokens, int64_t B, int64_
     (void)md, (void)tokens, (void)B, (void)T, (void)slot, (void)pos, (void)logits;
     return -2;
 #endif
+}
+
+/* Per row of logits (B rows of V floats): best[b] = the index of the row's largest value (the first
+ * of equal ones, as torch.argmax), or -1 if the row holds an inf or a nan. Returns how many rows
+ * did. One call for what the engine checks after every decode step. */
+int llama_logits_scan(const float *logits, int64_t B, int64_t V, int64_t *best) {
+    int bad = 0;
+    for (int64_t b = 0; b < B; b++) {
+        const float *row = logits + b * V;
+        float top = -INFINITY;
+        int finite = 1;
+        int64_t i = 0;
+#if SIMD
+        __m256 vtop = _mm256_set1_ps(-INFINITY), vbad = _mm256_setzero_ps();
+        for (; i + 8 <= V; i += 8) {
+            const __m256 x = _mm256_loadu_ps(row + i);
+            vbad = _mm256_or_ps(vbad, _mm256_cmp_ps(_mm256_sub_ps(x, x), _mm256_setzero_ps(), _CMP_NEQ_UQ));
+            vtop = _mm256_max_ps(vtop, x);
+        }
+        finite = _mm256_movemask_ps(vbad) == 0;
+        float lanes[8];
+        _mm256_storeu_ps(lanes, vtop);
+        for (int k = 0; k < 8; k++) top = lanes[k] > top ? lanes[k] : top;
+#endif
+        for (; i < V; i++) { /* the tail (all of it without SIMD); x - x is nan for inf and nan */
+            finite &= row[i] - row[i] == 0.0f;
+            top = row[i] > top ? row[i] : top;
+        }
+        if (!finite || V == 0) {
+            best[b] = -1;
+            bad++;
+            continue;
+        }
+        int64_t at = 0;
+        while (row[at] != top) at++;
+        best[b] = at;
+    }
+    return bad;
 }

@@ -174,3 +174,17 @@ def test_the_native_step_gives_the_same_bits_on_any_thread_count(build, dtype, m
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_the_native_logits_scan_is_argmax_and_flags_non_finite_rows(build):
+    step = build("mha").decode_step
+    logits = torch.randn(6, 1, 1003, generator=torch.Generator().manual_seed(0))  # a vocab that is not 8k
+    logits[1, 0, 17] = logits[1, 0, 900] = 50.0  # a tie: the first wins, as with torch.argmax
+    logits[2, 0, 1002] = 60.0  # the maximum in the tail past the last full vector
+    logits[3, 0, 5] = float("nan")
+    logits[4, 0, 1001] = float("inf")
+    logits[5, 0, 0] = float("-inf")
+    best = step.scan(logits)
+    assert best[:3] == logits[:3, -1].argmax(dim=-1).tolist() == [best[0], 17, 1002]
+    assert best[3:] == [-1, -1, -1]
+    assert step.scan(logits[:3].transpose(0, 1).contiguous().transpose(0, 1)) == best[:3]  # any layout
