@@ -184,19 +184,15 @@ class NativeDecode:
 
     def __call__(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
         bsz = tokens.shape[0]
-        return self.rows_of(tokens.tolist(), list(range(bsz)), [start_pos] * bsz)
+        return self.rows(tokens.tolist(), list(range(bsz)), [start_pos] * bsz)
 
-    def rows(self, tokens: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """tokens (B, T), row b in KV-cache slot slots[b] from position positions[b] -> float32 logits
-        (B, 1, vocab) of each row's last token."""
-        return self.rows_of(tokens.tolist(), slots.tolist(), positions.tolist())
-
-    def rows_of(self, tokens: Sequence[Sequence[int]], slots: Sequence[int], positions: Sequence[int]) -> torch.Tensor:
-        """rows() for rows given as lists (B rows of T token ids each): no tensors are made for them."""
+    def rows(self, tokens: Sequence[Sequence[int]], slots: Sequence[int], positions: Sequence[int]) -> torch.Tensor:
+        """B rows of T token ids, row b in KV-cache slot slots[b] from position positions[b] -> float32
+        logits (B, 1, vocab) of each row's last token. Lists, not tensors: none are made for them."""
         bsz, seqlen = len(tokens), len(tokens[0])
         flat = [t for row in tokens for t in row]
         if len(flat) != bsz * seqlen or len(slots) != bsz or len(positions) != bsz:
-            raise ValueError(f"rows_of takes B rows of equal length, a slot and a position each; got {tokens!r}")
+            raise ValueError(f"rows takes B rows of equal length, a slot and a position each; got {tokens!r}")
         self.pool.ensure(slots, [p + seqlen for p in positions])
         self._cache_moved()
         logits = torch.empty(bsz, 1, self.desc.vocab)  # float32, as llama.model's forward returns

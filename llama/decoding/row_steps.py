@@ -48,7 +48,7 @@ class RowSteps:
             and not all_logits
             and (len(tokens[0]) == 1 or native.takes(len(tokens) * len(tokens[0])))
         ):
-            return native.rows_of(tokens, slots, positions)
+            return native.rows(tokens, slots, positions)
         ids = torch.tensor(tokens, dtype=torch.long, device=self.device)
         at = torch.tensor(slots, dtype=torch.long, device=self.device)
         pos = torch.tensor(positions, dtype=torch.long, device=self.device)
